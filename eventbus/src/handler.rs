@@ -1,0 +1,421 @@
+//! Handlers: async functions that receive events.
+//!
+//! `#[handler]` registers a function at compile time; [`HandlerDef`] is the
+//! same thing built by hand for [`BusBuilder::handler`](crate::BusBuilder::handler).
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::codec::{Attributes, DecodeError};
+use crate::context::Context;
+use crate::event::{Event, Upcast};
+use crate::CloudEvent;
+
+/// Options of a handler, from `#[handler(...)]` or the [`HandlerDef`] builder.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HandlerMeta {
+    /// The function name.
+    pub name: &'static str,
+    /// `module_path!()` where the handler is defined.
+    pub module_path: &'static str,
+    /// The consumer group; `<service>.<name>` when `None`.
+    pub group: Option<&'static str>,
+    /// Retries after the first attempt before the event is dead-lettered.
+    pub retries: Option<u32>,
+    /// Events handled at once by one instance of this handler.
+    pub concurrency: Option<u32>,
+    /// A global handler (`#[handler(all)]`) receives every event on the bus.
+    pub all: bool,
+}
+
+impl HandlerMeta {
+    #[doc(hidden)]
+    pub const fn __new(
+        name: &'static str,
+        module_path: &'static str,
+        group: Option<&'static str>,
+        retries: Option<u32>,
+        concurrency: Option<u32>,
+        all: bool,
+    ) -> Self {
+        Self {
+            name,
+            module_path,
+            group,
+            retries,
+            concurrency,
+            all,
+        }
+    }
+}
+
+/// What a handler sees of a message before its argument is decoded.
+pub(crate) struct Incoming<'a> {
+    pub attrs: &'a Attributes<'a>,
+    pub payload: &'a [u8],
+    /// Old types whose `replaced_by` is this handler's type, with their conversion.
+    pub upcasts: &'a [(&'static str, Upcast)],
+}
+
+/// Why a handler run did not succeed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The message cannot be given to this handler; retrying will not help.
+    Poison(String),
+    /// The handler returned an error or panicked; worth a retry.
+    Error(String),
+}
+
+pub(crate) type HandlerFuture = BoxFuture<'static, Result<(), Failure>>;
+
+/// A type-erased handler.
+pub(crate) trait ErasedHandler: Send + Sync + 'static {
+    fn call(&self, incoming: Incoming<'_>, ctx: Context) -> Result<HandlerFuture, DecodeError>;
+    /// The CloudEvents type it takes; `None` for a global handler.
+    fn event_type(&self) -> Option<&'static str>;
+    /// The aliases of that type.
+    fn aliases(&self) -> &'static [&'static str];
+}
+
+/// A handler ready to be given to the bus.
+///
+/// `#[handler]` builds one for each annotated function and registers it;
+/// build one by hand for [`BusBuilder::handler`](crate::BusBuilder::handler):
+///
+/// ```
+/// # use eventbus::{Context, Event, HandlerDef};
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, Event)]
+/// # #[event("ping")]
+/// # struct Ping { n: u32 }
+/// async fn on_ping(ping: Ping, _ctx: Context) -> Result<(), std::io::Error> {
+///     println!("ping {}", ping.n);
+///     Ok(())
+/// }
+/// let def = HandlerDef::new("on_ping", on_ping).group("pings").retries(3).concurrency(4);
+/// assert_eq!(def.meta().group, Some("pings"));
+/// ```
+pub struct HandlerDef {
+    pub(crate) meta: HandlerMeta,
+    pub(crate) handler: std::sync::Arc<dyn ErasedHandler>,
+}
+
+impl fmt::Debug for HandlerDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerDef")
+            .field("meta", &self.meta)
+            .field("event_type", &self.handler.event_type())
+            .finish()
+    }
+}
+
+impl HandlerDef {
+    /// A handler named `name` (its default group is `<service>.<name>`).
+    pub fn new<F, Args>(name: &'static str, f: F) -> Self
+    where
+        F: IntoHandler<Args>,
+    {
+        let meta = HandlerMeta::__new(name, "", None, None, None, F::GLOBAL);
+        Self {
+            meta,
+            handler: f.into_erased(),
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn __from_macro<F, Args>(f: F, meta: HandlerMeta) -> Self
+    where
+        F: IntoHandler<Args>,
+    {
+        Self {
+            meta,
+            handler: f.into_erased(),
+        }
+    }
+
+    /// Sets the consumer group.
+    pub fn group(mut self, group: &'static str) -> Self {
+        self.meta.group = Some(group);
+        self
+    }
+
+    /// Sets the number of retries after the first attempt.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.meta.retries = Some(retries);
+        self
+    }
+
+    /// Sets how many events one instance handles at once.
+    pub fn concurrency(mut self, concurrency: u32) -> Self {
+        self.meta.concurrency = Some(concurrency);
+        self
+    }
+
+    /// The handler's options.
+    pub fn meta(&self) -> &HandlerMeta {
+        &self.meta
+    }
+
+    /// The CloudEvents type it handles; `None` for a global handler.
+    pub fn event_type(&self) -> Option<&'static str> {
+        self.handler.event_type()
+    }
+}
+
+/// An async function usable as a handler: `async fn(E) -> R` or
+/// `async fn(E, Context) -> R`, where `E` is an [`Event`] (or [`CloudEvent`]
+/// for a global handler) and `R` is `()` or `Result<(), impl Display>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an eventbus handler",
+    label = "expected `async fn(event: impl Event, ctx: Context) -> Result<(), E>`",
+    note = "a handler is an `async fn` whose first argument is an `#[derive(Event)]` type (or `CloudEvent` with `#[handler(all)]`), optionally followed by `Context`, returning `()` or `Result<(), E>`"
+)]
+pub trait IntoHandler<Args>: Send + Sync + Sized + 'static {
+    #[doc(hidden)]
+    const GLOBAL: bool;
+    #[doc(hidden)]
+    fn into_erased(self) -> std::sync::Arc<dyn ErasedHandler>;
+}
+
+/// The first argument of a handler: an [`Event`] type, or [`CloudEvent`] for `#[handler(all)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event type",
+    label = "not an event",
+    note = "derive `eventbus::Event` for `{Self}` with `#[event(\"type_name\")]`, or take `eventbus::CloudEvent` in a `#[handler(all)]`"
+)]
+pub trait HandlerArg: Send + Sized + 'static {
+    #[doc(hidden)]
+    const GLOBAL: bool;
+    #[doc(hidden)]
+    fn event_type() -> Option<&'static str>;
+    #[doc(hidden)]
+    fn aliases() -> &'static [&'static str];
+    #[doc(hidden)]
+    fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError>;
+}
+
+impl<E: Event> HandlerArg for E {
+    const GLOBAL: bool = false;
+
+    fn event_type() -> Option<&'static str> {
+        Some(E::TYPE)
+    }
+
+    fn aliases() -> &'static [&'static str] {
+        E::info().aliases
+    }
+
+    fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError> {
+        let ty = &*incoming.attrs.ty;
+        if ty == E::TYPE || E::info().aliases.contains(&ty) {
+            return incoming.attrs.data_as();
+        }
+        if let Some((_, upcast)) = incoming.upcasts.iter().find(|(old, _)| *old == ty) {
+            let raw = incoming.attrs.data.unwrap_or(serde_json::value::RawValue::NULL);
+            let boxed = upcast(raw)?;
+            return boxed.downcast::<E>().map(|b| *b).map_err(|_| {
+                DecodeError::new(
+                    Some(ty),
+                    format!("`{ty}` is declared `replaced_by` `{}`, but its conversion produced another type", E::TYPE),
+                )
+            });
+        }
+        Err(DecodeError::new(
+            Some(ty),
+            format!("a handler of `{}` received an event of type `{ty}`", E::TYPE),
+        ))
+    }
+}
+
+impl HandlerArg for CloudEvent {
+    const GLOBAL: bool = true;
+
+    fn event_type() -> Option<&'static str> {
+        None
+    }
+
+    fn aliases() -> &'static [&'static str] {
+        &[]
+    }
+
+    fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError> {
+        crate::codec::decode_cloudevent(incoming.payload)
+    }
+}
+
+/// What a handler may return: `()` or `Result<(), E>` with `E: Display`.
+#[diagnostic::on_unimplemented(
+    message = "a handler must return `()` or `Result<(), E>` where `E: Display`, not `{Self}`",
+    label = "unsupported return type"
+)]
+pub trait HandlerReturn: Send + 'static {
+    #[doc(hidden)]
+    fn into_outcome(self) -> Result<(), String>;
+}
+
+impl HandlerReturn for () {
+    fn into_outcome(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Display + Send + 'static> HandlerReturn for Result<(), E> {
+    fn into_outcome(self) -> Result<(), String> {
+        self.map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// The second argument of a handler.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a handler argument",
+    label = "only `eventbus::Context` may follow the event",
+    note = "read app state with `ctx.state::<T>()`"
+)]
+pub trait ContextArg: Send + 'static {
+    #[doc(hidden)]
+    fn from_context(ctx: Context) -> Self;
+}
+
+impl ContextArg for Context {
+    fn from_context(ctx: Context) -> Self {
+        ctx
+    }
+}
+
+struct Erased<F, Args> {
+    f: F,
+    _args: PhantomData<fn(Args)>,
+}
+
+fn guard<Fut, R>(fut: Fut) -> HandlerFuture
+where
+    Fut: Future<Output = R> + Send + 'static,
+    R: HandlerReturn,
+{
+    Box::pin(AssertUnwindSafe(fut).catch_unwind().map(|r| match r {
+        Ok(ret) => ret.into_outcome().map_err(Failure::Error),
+        Err(panic) => Err(Failure::Error(format!("handler panicked: {}", panic_message(&*panic)))),
+    }))
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}
+
+impl<F, Fut, A, R> ErasedHandler for Erased<F, (A,)>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    A: HandlerArg,
+    R: HandlerReturn,
+{
+    fn call(&self, incoming: Incoming<'_>, _ctx: Context) -> Result<HandlerFuture, DecodeError> {
+        let arg = A::from_incoming(&incoming)?;
+        Ok(guard((self.f)(arg)))
+    }
+
+    fn event_type(&self) -> Option<&'static str> {
+        A::event_type()
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        A::aliases()
+    }
+}
+
+impl<F, Fut, A, C, R> ErasedHandler for Erased<F, (A, C)>
+where
+    F: Fn(A, C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    A: HandlerArg,
+    C: ContextArg,
+    R: HandlerReturn,
+{
+    fn call(&self, incoming: Incoming<'_>, ctx: Context) -> Result<HandlerFuture, DecodeError> {
+        let arg = A::from_incoming(&incoming)?;
+        Ok(guard((self.f)(arg, C::from_context(ctx))))
+    }
+
+    fn event_type(&self) -> Option<&'static str> {
+        A::event_type()
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        A::aliases()
+    }
+}
+
+impl<F, Fut, A, R> IntoHandler<(A,)> for F
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    A: HandlerArg,
+    R: HandlerReturn,
+{
+    const GLOBAL: bool = A::GLOBAL;
+
+    fn into_erased(self) -> std::sync::Arc<dyn ErasedHandler> {
+        std::sync::Arc::new(Erased::<F, (A,)> {
+            f: self,
+            _args: PhantomData,
+        })
+    }
+}
+
+impl<F, Fut, A, C, R> IntoHandler<(A, C)> for F
+where
+    F: Fn(A, C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    A: HandlerArg,
+    C: ContextArg,
+    R: HandlerReturn,
+{
+    const GLOBAL: bool = A::GLOBAL;
+
+    fn into_erased(self) -> std::sync::Arc<dyn ErasedHandler> {
+        std::sync::Arc::new(Erased::<F, (A, C)> {
+            f: self,
+            _args: PhantomData,
+        })
+    }
+}
+
+/// Compile-time checks emitted by `#[handler]` under each argument.
+#[doc(hidden)]
+pub mod check {
+    use super::{ContextArg, HandlerArg, HandlerReturn};
+
+    /// The first argument of `#[handler]` must be an event.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an event type",
+        label = "not an event",
+        note = "derive `eventbus::Event` for `{Self}` with `#[event(\"type_name\")]`, or write `#[handler(all)]` and take `eventbus::CloudEvent`"
+    )]
+    pub trait TypedEventArg {}
+    impl<E: crate::Event> TypedEventArg for E {}
+
+    /// The argument of `#[handler(all)]` must be `CloudEvent`.
+    #[diagnostic::on_unimplemented(
+        message = "a global handler takes `eventbus::CloudEvent`, not `{Self}`",
+        label = "expected `eventbus::CloudEvent`",
+        note = "`#[handler(all)]` receives every event on the bus, of any type; drop `all` to handle one typed event"
+    )]
+    pub trait GlobalEventArg {}
+    impl GlobalEventArg for crate::CloudEvent {}
+
+    pub fn event_arg<T: TypedEventArg + HandlerArg>() {}
+    pub fn global_arg<T: GlobalEventArg + HandlerArg>() {}
+    pub fn context_arg<T: ContextArg>() {}
+    pub fn return_type<T: HandlerReturn>() {}
+}
