@@ -1,0 +1,190 @@
+//! `#[schedule(every = "1h")]` / `#[schedule(cron = "0 9 * * MON")]` on a fn
+//! that returns the event to publish.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{ItemFn, LitStr, ReturnType};
+
+use crate::attr::{
+    Args, Errors, Key, Kind, Spec, allow_lints, find_impl_trait, respan, validate_name,
+};
+
+const SPEC: Spec = Spec {
+    attr: "#[schedule(...)]",
+    keys: &[
+        Key::new("every", Kind::Str, "every = \"1h\""),
+        Key::new("cron", Kind::Str, "cron = \"0 9 * * MON\""),
+        Key::new("name", Kind::Str, "name = \"hourly_digest\""),
+        Key::new("crate", Kind::Path, "crate = ::eventbus"),
+    ],
+    positional: false,
+};
+
+const USAGE: &str = "a schedule needs `every = \"1h\"` (an interval) or `cron = \"0 9 * * MON\"` (a cron expression, UTC)";
+
+/// When the schedule fires, as validated.
+enum When<'a> {
+    Every(&'a LitStr),
+    Cron(&'a LitStr),
+}
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let mut errors = Errors::default();
+    let mut parsed = Args::default();
+    parsed.parse_into(args, &SPEC, &mut errors);
+    let when = check_when(&parsed, &mut errors);
+    if let Some(name) = parsed.str("name") {
+        validate_name(name, "schedule name", &mut errors);
+    }
+
+    let func: ItemFn = match syn::parse2(item) {
+        Ok(func) => func,
+        Err(_) => {
+            return errors.fail(syn::Error::new(
+                Span::call_site(),
+                "#[schedule] goes on a fn that returns the event to publish: `fn hourly_digest() -> Digest`",
+            ));
+        }
+    };
+    let sig = &func.sig;
+    if !sig.inputs.is_empty() {
+        errors.at(
+            &sig.inputs,
+            "a schedule function takes no arguments: it returns the event to publish",
+        );
+    }
+    const GENERIC: &str = "a schedule function cannot be generic";
+    if !sig.generics.params.is_empty() {
+        errors.at(&sig.generics, GENERIC);
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        errors.at(where_clause, GENERIC);
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.at(unsafety, "a schedule function cannot be an `unsafe fn`");
+    }
+    let ret = match &sig.output {
+        ReturnType::Type(_, ty) => {
+            if let Some(span) = find_impl_trait(ty.to_token_stream()) {
+                errors.at_span(
+                    span,
+                    "a schedule function cannot return `impl Trait`: name the event type",
+                );
+            }
+            Some(ty)
+        }
+        ReturnType::Default => {
+            errors.at(
+                sig,
+                "a schedule function must return the event to publish: add `-> MyEvent` or `-> Result<MyEvent, E>`",
+            );
+            None
+        }
+    };
+    errors.finish()?;
+    let (Some(ret), Some(when)) = (ret, when) else {
+        // Unreachable: both are errors above.
+        return Err(syn::Error::new(Span::call_site(), USAGE));
+    };
+
+    let krate = parsed.krate();
+    let ident = &sig.ident;
+    let name = match parsed.str("name") {
+        Some(name) => name.clone(),
+        None => LitStr::new(&ident.unraw().to_string(), ident.span()),
+    };
+    let call = match sig.asyncness {
+        Some(_) => quote!(#ident().await),
+        None => quote!(#ident()),
+    };
+    let when = match when {
+        When::Every(lit) => quote!(#krate::__private::When::Every(#lit)),
+        When::Cron(lit) => quote!(#krate::__private::When::Cron(#lit)),
+    };
+    let ret_span = ret.span();
+    let ret_krate = respan(krate.clone(), ret_span);
+    let event_type = quote_spanned! {ret_span=>
+        <<#ret as #ret_krate::__private::ScheduleOutput>::Event as #ret_krate::Event>::TYPE
+    };
+    let allow = allow_lints();
+
+    Ok(quote! {
+        #func
+
+        #allow
+        const _: () = {
+            fn __eventbus_produce(
+                bus: #krate::__private::Bus,
+            ) -> #krate::__private::BoxFuture<'static, #krate::__private::Result<()>> {
+                #krate::__private::boxed(async move {
+                    #krate::__private::publish_output(bus, #name, #call).await
+                })
+            }
+
+            fn __eventbus_def() -> #krate::__private::ScheduleDef {
+                #krate::__private::ScheduleDef::__new(
+                    #name,
+                    ::core::module_path!(),
+                    #when,
+                    #event_type,
+                    __eventbus_produce,
+                )
+            }
+
+            #krate::__private::inventory::submit! {
+                #krate::__private::ScheduleRegistration(__eventbus_def)
+            }
+        };
+    })
+}
+
+/// Checks `every` / `cron`: exactly one, and valid.
+fn check_when<'a>(args: &'a Args, errors: &mut Errors) -> Option<When<'a>> {
+    let mut given = args
+        .entries
+        .iter()
+        .filter(|e| e.name == "every" || e.name == "cron");
+    if let (Some(_), Some(later)) = (given.next(), given.next()) {
+        errors.at(
+            &later.key,
+            "`every` and `cron` cannot be used together: pick one",
+        );
+        return None;
+    }
+    if let Some(lit) = args.str("every") {
+        match humantime::parse_duration(&lit.value()) {
+            Err(e) => errors.at(
+                lit,
+                format!(
+                    "invalid interval {:?}: {e}; write e.g. \"30s\", \"5m\" or \"1h 30m\"",
+                    lit.value()
+                ),
+            ),
+            Ok(d) if d.is_zero() => errors.at(lit, "the interval must be longer than zero"),
+            Ok(_) => return Some(When::Every(lit)),
+        }
+        return None;
+    }
+    if let Some(lit) = args.str("cron") {
+        let parsed = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(&lit.value());
+        match parsed {
+            Err(e) => errors.at(
+                lit,
+                format!(
+                    "invalid cron expression {:?}: {e}; write 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, e.g. \"0 9 * * MON\"",
+                    lit.value()
+                ),
+            ),
+            Ok(_) => return Some(When::Cron(lit)),
+        }
+        return None;
+    }
+    if !args.seen.iter().any(|k| k == "every" || k == "cron") {
+        errors.at_span(Span::call_site(), USAGE);
+    }
+    None
+}
