@@ -170,6 +170,7 @@ pub(crate) struct Stamp<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(bound(serialize = "T: Serialize, S: fmt::Display"))]
 struct Envelope<'a, T, S> {
     specversion: &'static str,
     id: &'a str,

@@ -56,7 +56,9 @@ impl HandlerMeta {
 }
 
 /// What a handler sees of a message before its argument is decoded.
-pub(crate) struct Incoming<'a> {
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct Incoming<'a> {
     pub attrs: &'a Attributes<'a>,
     pub payload: &'a [u8],
     /// Old types whose `replaced_by` is this handler's type, with their conversion.
@@ -64,23 +66,22 @@ pub(crate) struct Incoming<'a> {
 }
 
 /// Why a handler run did not succeed.
+#[doc(hidden)]
 #[derive(Debug)]
-pub(crate) enum Failure {
-    /// The message cannot be given to this handler; retrying will not help.
-    Poison(String),
+pub enum Failure {
     /// The handler returned an error or panicked; worth a retry.
     Error(String),
 }
 
-pub(crate) type HandlerFuture = BoxFuture<'static, Result<(), Failure>>;
+#[doc(hidden)]
+pub type HandlerFuture = BoxFuture<'static, Result<(), Failure>>;
 
 /// A type-erased handler.
-pub(crate) trait ErasedHandler: Send + Sync + 'static {
+#[doc(hidden)]
+pub trait ErasedHandler: Send + Sync + 'static {
     fn call(&self, incoming: Incoming<'_>, ctx: Context) -> Result<HandlerFuture, DecodeError>;
     /// The CloudEvents type it takes; `None` for a global handler.
     fn event_type(&self) -> Option<&'static str>;
-    /// The aliases of that type.
-    fn aliases(&self) -> &'static [&'static str];
 }
 
 /// A handler ready to be given to the bus.
@@ -194,8 +195,6 @@ pub trait HandlerArg: Send + Sized + 'static {
     #[doc(hidden)]
     fn event_type() -> Option<&'static str>;
     #[doc(hidden)]
-    fn aliases() -> &'static [&'static str];
-    #[doc(hidden)]
     fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError>;
 }
 
@@ -204,10 +203,6 @@ impl<E: Event> HandlerArg for E {
 
     fn event_type() -> Option<&'static str> {
         Some(E::TYPE)
-    }
-
-    fn aliases() -> &'static [&'static str] {
-        E::info().aliases
     }
 
     fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError> {
@@ -237,10 +232,6 @@ impl HandlerArg for CloudEvent {
 
     fn event_type() -> Option<&'static str> {
         None
-    }
-
-    fn aliases() -> &'static [&'static str] {
-        &[]
     }
 
     fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError> {
@@ -328,10 +319,6 @@ where
     fn event_type(&self) -> Option<&'static str> {
         A::event_type()
     }
-
-    fn aliases(&self) -> &'static [&'static str] {
-        A::aliases()
-    }
 }
 
 impl<F, Fut, A, C, R> ErasedHandler for Erased<F, (A, C)>
@@ -349,10 +336,6 @@ where
 
     fn event_type(&self) -> Option<&'static str> {
         A::event_type()
-    }
-
-    fn aliases(&self) -> &'static [&'static str] {
-        A::aliases()
     }
 }
 

@@ -58,4 +58,5 @@ pub mod __private {
         Box::pin(f)
     }
 }
+#[allow(unused_extern_crates)]
 extern crate self as eventbus;

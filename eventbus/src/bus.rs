@@ -1,0 +1,665 @@
+//! [`Bus`]: publish events, run handlers.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{self, Stamp};
+use crate::context::StateMap;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::handler::HandlerDef;
+use crate::registry::{EventRegistration, HandlerRegistration, Registry, ScheduleRegistration};
+use crate::schedule::ScheduleDef;
+use crate::transport::{DeadLetter, GroupSpec, Outgoing, Topics, Transport};
+use crate::worker::{self, WorkerSpec};
+
+/// Handlers retry this many times after the first attempt unless `retries = N` says otherwise.
+pub const DEFAULT_RETRIES: u32 = 5;
+/// Events one handler instance handles at once unless `concurrency = N` says otherwise.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+
+/// Exponential backoff with jitter between attempts of a failing handler.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Delay before the first retry (before jitter).
+    pub initial: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt `attempt` (1-based): `initial * 2^(attempt-1)`,
+    /// capped at `max`, then a random point in its upper half.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let full = self.initial.saturating_mul(1 << exp).min(self.max);
+        let half = full / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// The event bus of a service: publishes typed events and runs the handlers.
+///
+/// Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: String,
+    source: String,
+    transport: Arc<dyn Transport>,
+    registry: Registry,
+    workers: Vec<Arc<WorkerSpec>>,
+    state: StateMap,
+    retry: RetryPolicy,
+    shutdown_timeout: Duration,
+    shutdown: CancellationToken,
+    warned: Mutex<HashSet<&'static str>>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("service", &self.inner.service)
+            .field("transport", &self.inner.transport.name())
+            .field("groups", &self.groups().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Bus {
+    /// Starts building a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// The service name (the default `source` and group prefix).
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The checked registry of this bus: events, handlers, schedules.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.transport
+    }
+
+    /// The consumer groups this bus runs (one per handler).
+    pub fn groups(&self) -> impl Iterator<Item = &str> + '_ {
+        self.inner.workers.iter().map(|w| w.group.group.as_str())
+    }
+
+    pub(crate) fn state_map(&self) -> &StateMap {
+        &self.inner.state
+    }
+
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
+    }
+
+    /// Encodes `event` as a structured CloudEvent, stamped with a fresh UUIDv7 id and the time.
+    pub fn encode<E: Event>(&self, event: &E) -> Result<Outgoing> {
+        let info = E::info();
+        if info.is_deprecated() {
+            self.warn_deprecated(info);
+        }
+        let source = match info.source {
+            Some(s) => codec::normalize_source(s),
+            None => std::borrow::Cow::Borrowed(self.inner.source.as_str()),
+        };
+        let stamp = Stamp {
+            id: uuid::Uuid::now_v7(),
+            source: &source,
+            time: SystemTime::now(),
+        };
+        let payload = codec::encode(event, stamp).map_err(|source| Error::Encode {
+            event_type: E::TYPE.to_owned(),
+            source,
+        })?;
+        Ok(Outgoing {
+            event_type: std::borrow::Cow::Borrowed(E::TYPE),
+            payload,
+        })
+    }
+
+    fn warn_deprecated(&self, info: &'static crate::EventInfo) {
+        if self.inner.warned.lock().insert(info.type_name) {
+            let hint = match (info.replaced_by, info.deprecated) {
+                (Some(new), _) => format!("publish `{new}` instead"),
+                (None, Some(note)) => note.to_owned(),
+                (None, None) => String::new(),
+            };
+            tracing::warn!(
+                event_type = info.type_name,
+                "publishing the deprecated event type `{}`: {hint}",
+                info.type_name
+            );
+        }
+    }
+
+    /// Publishes an event; returns once the transport accepted it.
+    ///
+    /// Handlers run later, on their own workers, never inside this call.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        let message = self.encode(&event)?;
+        tracing::debug!(event_type = E::TYPE, "publish");
+        self.inner.transport.publish(std::slice::from_ref(&message)).await
+    }
+
+    /// Publishes many events of one type in one transport round trip.
+    pub async fn publish_batch<E: Event>(&self, events: impl IntoIterator<Item = E>) -> Result<()> {
+        let batch = events
+            .into_iter()
+            .map(|e| self.encode(&e))
+            .collect::<Result<Vec<_>>>()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.inner.transport.publish(&batch).await
+    }
+
+    /// Publishes a `cloudevents::Event` as it is (for relays and bridges).
+    pub async fn publish_cloudevent(&self, event: &crate::CloudEvent) -> Result<()> {
+        let payload = codec::encode_cloudevent(event).map_err(|source| Error::Encode {
+            event_type: cloudevents::AttributesReader::ty(event).to_owned(),
+            source,
+        })?;
+        let message = Outgoing {
+            event_type: std::borrow::Cow::Owned(cloudevents::AttributesReader::ty(event).to_owned()),
+            payload,
+        };
+        self.inner.transport.publish(std::slice::from_ref(&message)).await
+    }
+
+    /// Publishes already-encoded messages (the outbox relay's path).
+    pub async fn publish_encoded(&self, batch: &[Outgoing]) -> Result<()> {
+        self.inner.transport.publish(batch).await
+    }
+
+    /// Publishes `event` at `at`; durable on durable transports.
+    pub async fn publish_at<E: Event>(&self, event: E, at: SystemTime) -> Result<()> {
+        let message = self.encode(&event)?;
+        self.inner.transport.publish_at(message, at).await
+    }
+
+    /// Publishes `event` after `delay`; durable on durable transports.
+    pub async fn publish_after<E: Event>(&self, event: E, delay: Duration) -> Result<()> {
+        self.publish_at(event, SystemTime::now() + delay).await
+    }
+
+    /// Lists up to `limit` dead letters, oldest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.inner.transport.dead_letters(limit).await
+    }
+
+    /// Delivers a dead letter again to the group that gave up on it. False if there is no such entry.
+    pub async fn replay_dead_letter(&self, id: &str) -> Result<bool> {
+        self.inner.transport.replay(id).await
+    }
+
+    /// Runs every handler and schedule until SIGINT/SIGTERM or [`Bus::shutdown`],
+    /// then drains: stops taking events, finishes those in flight (up to the
+    /// shutdown timeout), acknowledges what finished and leaves the rest to be
+    /// delivered again.
+    pub async fn run(&self) -> Result<()> {
+        self.run_inner(None, true).await
+    }
+
+    /// Like [`Bus::run`], for the named groups only (one worker per queue).
+    pub async fn run_groups<I, S>(&self, groups: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let wanted: BTreeSet<String> = groups.into_iter().map(|g| g.as_ref().to_owned()).collect();
+        self.run_inner(Some(wanted), true).await
+    }
+
+    /// Runs the bus in a background task (no signal handling); stop it with
+    /// [`Running::shutdown`] or [`Bus::shutdown`].
+    pub fn spawn(&self) -> Running {
+        let bus = self.clone();
+        Running {
+            bus: self.clone(),
+            task: tokio::spawn(async move { bus.run_inner(None, false).await }),
+        }
+    }
+
+    /// Asks a running bus to stop; [`Bus::run`] then drains and returns.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Whether [`Bus::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    async fn run_inner(&self, only: Option<BTreeSet<String>>, signals: bool) -> Result<()> {
+        let token = self.inner.shutdown.clone();
+        let workers: Vec<Arc<WorkerSpec>> = match &only {
+            None => self.inner.workers.clone(),
+            Some(wanted) => {
+                let known: BTreeSet<&str> = self.groups().collect();
+                let unknown: Vec<&String> = wanted.iter().filter(|g| !known.contains(g.as_str())).collect();
+                if !unknown.is_empty() {
+                    return Err(Error::Config(format!(
+                        "unknown group(s) {unknown:?}; this service has: {}",
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                self.inner
+                    .workers
+                    .iter()
+                    .filter(|w| wanted.contains(&w.group.group))
+                    .cloned()
+                    .collect()
+            }
+        };
+        if signals {
+            tokio::spawn(wait_for_signal(token.clone()));
+        }
+        let work_token = token.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        for spec in workers {
+            tasks.spawn(worker::run(self.clone(), spec, work_token.clone()));
+        }
+        let background = tokio::spawn(self.inner.transport.run_background(work_token.clone()));
+        let mut schedules = tokio::task::JoinSet::new();
+        for def in self.inner.registry.schedules() {
+            schedules.spawn(run_schedule(self.clone(), def.clone(), work_token.clone()));
+        }
+        tracing::info!(
+            service = %self.inner.service,
+            transport = self.inner.transport.name(),
+            groups = tasks.len(),
+            schedules = schedules.len(),
+            "bus running"
+        );
+
+        // Run until asked to stop, or until a worker fails to start.
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                Some(done) = tasks.join_next() => {
+                    if let Ok(Err(e)) = done {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        work_token.cancel();
+        schedules.abort_all();
+        let drained = tokio::time::timeout(self.inner.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        let _ = background.await;
+        if let Some(e) = failure {
+            token.cancel();
+            return Err(e);
+        }
+        if drained.is_err() {
+            tasks.abort_all();
+            return Err(Error::ShutdownTimeout(self.inner.shutdown_timeout));
+        }
+        tracing::info!(service = %self.inner.service, "bus stopped");
+        Ok(())
+    }
+}
+
+/// A bus running in the background, from [`Bus::spawn`].
+#[derive(Debug)]
+pub struct Running {
+    bus: Bus,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Stops the bus and waits for the drain to finish.
+    pub async fn shutdown(self) -> Result<()> {
+        self.bus.shutdown();
+        self.task
+            .await
+            .map_err(|e| Error::Config(format!("the bus task failed: {e}")))?
+    }
+
+    /// Whether the bus stopped (by shutdown or failure).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+async fn wait_for_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, draining"),
+            _ = term.recv() => tracing::info!("SIGTERM received, draining"),
+            _ = token.cancelled() => return,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received, draining"),
+            _ = token.cancelled() => return,
+        }
+    }
+    token.cancel();
+}
+
+/// Wall-clock time that follows tokio's clock, so schedules run on a paused test clock.
+struct Clock {
+    base: SystemTime,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            base: SystemTime::now(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.base + self.start.elapsed()
+    }
+}
+
+async fn run_schedule(bus: Bus, def: ScheduleDef, token: CancellationToken) {
+    let clock = Clock::new();
+    let key = format!("{}.{}", bus.service(), def.name);
+    loop {
+        let now = clock.now();
+        let next = match def.next_tick(now) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        let wait = next.duration_since(now).unwrap_or_default();
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let tick_ms = next.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        match bus.transport().claim_tick(&key, tick_ms).await {
+            Ok(true) => {
+                tracing::debug!(schedule = def.name, tick_ms, "schedule fired");
+                if let Err(e) = (def.produce)(bus.clone()).await {
+                    tracing::error!(schedule = def.name, "{e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(schedule = def.name, "cannot claim the tick: {e}"),
+        }
+    }
+}
+
+/// Builds a [`Bus`].
+///
+/// ```
+/// # async fn demo() -> eventbus::Result<()> {
+/// let bus = eventbus::Bus::builder()
+///     .service("reviews")
+///     .state(42_u32)
+///     .connect("memory://")
+///     .await?;
+/// assert_eq!(bus.service(), "reviews");
+/// # Ok(()) }
+/// ```
+pub struct BusBuilder {
+    service: Option<String>,
+    state: StateMap,
+    transport: Option<Arc<dyn Transport>>,
+    handlers: Vec<HandlerDef>,
+    schedules: Vec<ScheduleDef>,
+    registered: bool,
+    retry: RetryPolicy,
+    handler_timeout: Option<Duration>,
+    shutdown_timeout: Duration,
+}
+
+impl Default for BusBuilder {
+    fn default() -> Self {
+        Self {
+            service: None,
+            state: StateMap::default(),
+            transport: None,
+            handlers: Vec::new(),
+            schedules: Vec::new(),
+            registered: true,
+            retry: RetryPolicy::default(),
+            handler_timeout: Some(Duration::from_secs(30)),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("service", &self.service)
+            .field("handlers", &self.handlers)
+            .field("registered", &self.registered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BusBuilder {
+    /// The service name: default `source` (`/name`) and group prefix (`name.handler`).
+    /// Defaults to `EVENTBUS_SERVICE`, then the executable's name.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// App state, read by handlers with `ctx.state::<T>()`; one value per type.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state
+            .insert(TypeId::of::<T>(), Arc::new(value) as Arc<dyn Any + Send + Sync>);
+        self
+    }
+
+    /// Adds a handler explicitly (besides those registered with `#[handler]`).
+    pub fn handler(mut self, handler: HandlerDef) -> Self {
+        self.handlers.push(handler);
+        self
+    }
+
+    /// Adds a recurring schedule explicitly.
+    pub fn schedule(mut self, schedule: ScheduleDef) -> Self {
+        self.schedules.push(schedule);
+        self
+    }
+
+    /// Ignores the handlers and schedules registered with the macros; only
+    /// those given to [`handler`](Self::handler)/[`schedule`](Self::schedule) run.
+    pub fn without_registered(mut self) -> Self {
+        self.registered = false;
+        self
+    }
+
+    /// The backoff between retries (default 200 ms doubling up to 60 s, with jitter).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// A handler run longer than this fails (and is retried); default 30 s, `None` for no limit.
+    pub fn handler_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// How long [`Bus::run`] waits for in-flight events when stopping (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Uses this transport.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Connects to the transport at `url` (`memory://`, `redis://...`) and builds the bus.
+    pub async fn connect(mut self, url: &str) -> Result<Bus> {
+        self.transport = Some(crate::transport::connect(url).await?);
+        self.build().await
+    }
+
+    /// Connects to `EVENTBUS_URL` (default `memory://`) and builds the bus.
+    pub async fn connect_env(self) -> Result<Bus> {
+        let url = match std::env::var("EVENTBUS_URL") {
+            Ok(u) if !u.trim().is_empty() => u,
+            Ok(_) | Err(std::env::VarError::NotPresent) => "memory://".to_owned(),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::Config("EVENTBUS_URL is not valid UTF-8".into()));
+            }
+        };
+        self.connect(url.trim()).await
+    }
+
+    /// Builds the bus on the transport given to [`transport`](Self::transport)
+    /// (an in-memory one if none): checks the registry, declares every
+    /// handler's group so that nothing published from now on is missed.
+    pub async fn build(self) -> Result<Bus> {
+        let transport = match self.transport {
+            Some(t) => t,
+            None => crate::transport::connect("memory://").await?,
+        };
+        let service = match self.service {
+            Some(s) => s,
+            None => default_service(),
+        };
+        if service.is_empty() || service.contains(char::is_whitespace) {
+            return Err(Error::Config(format!(
+                "service name {service:?} must be non-empty and without spaces; set it with Bus::builder().service(\"name\")"
+            )));
+        }
+        let events: Vec<_> = inventory::iter::<EventRegistration>().map(|r| r.0).collect();
+        let mut handlers: Vec<HandlerDef> = Vec::new();
+        let mut schedules: Vec<ScheduleDef> = Vec::new();
+        if self.registered {
+            handlers.extend(inventory::iter::<HandlerRegistration>().map(|r| (r.0)()));
+            schedules.extend(inventory::iter::<ScheduleRegistration>().map(|r| (r.0)()));
+        }
+        handlers.extend(self.handlers);
+        schedules.extend(self.schedules);
+        let registry = Registry::build(events, handlers, schedules)?;
+
+        let mut workers = Vec::new();
+        for h in registry.handler_arcs() {
+            let group = match h.meta.group {
+                Some(g) => g.to_owned(),
+                None => format!("{service}.{}", h.meta.name),
+            };
+            let handler_name = if h.meta.module_path.is_empty() {
+                h.meta.name.to_owned()
+            } else {
+                format!("{}::{}", h.meta.module_path, h.meta.name)
+            };
+            let (topics, upcasts) = match h.event_type() {
+                None => (Topics::All, Vec::new()),
+                Some(ty) => {
+                    let routes = registry.routes_for(ty);
+                    (
+                        Topics::Types(routes.types.iter().map(|t| (*t).to_owned()).collect()),
+                        routes.upcasts,
+                    )
+                }
+            };
+            let concurrency = h.meta.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+            if concurrency == 0 {
+                return Err(Error::Config(format!(
+                    "handler `{handler_name}` has concurrency 0; it must be at least 1"
+                )));
+            }
+            workers.push(Arc::new(WorkerSpec {
+                group_name: Arc::from(group.as_str()),
+                group: GroupSpec {
+                    group,
+                    handler: handler_name,
+                    topics,
+                },
+                handler: h.clone(),
+                upcasts,
+                max_attempts: h.meta.retries.unwrap_or(DEFAULT_RETRIES).saturating_add(1),
+                concurrency: concurrency as usize,
+                timeout: self.handler_timeout,
+            }));
+        }
+        for w in &workers {
+            transport.declare(&w.group).await?;
+        }
+        let source = codec::normalize_source(&service).into_owned();
+        Ok(Bus {
+            inner: Arc::new(Inner {
+                service,
+                source,
+                transport,
+                registry,
+                workers,
+                state: self.state,
+                retry: self.retry,
+                shutdown_timeout: self.shutdown_timeout,
+                shutdown: CancellationToken::new(),
+                warned: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+}
+
+fn default_service() -> String {
+    if let Ok(s) = std::env::var("EVENTBUS_SERVICE") {
+        if !s.trim().is_empty() {
+            return s.trim().to_owned();
+        }
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| strip_cargo_hash(&s).to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "service".to_owned())
+}
+
+/// `tests_foo-0123456789abcdef` (a cargo test binary) -> `tests_foo`.
+fn strip_cargo_hash(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((base, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => base,
+        _ => name,
+    }
+}

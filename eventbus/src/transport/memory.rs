@@ -1,0 +1,475 @@
+//! `memory://`: the in-process transport.
+//!
+//! Same semantics as the durable transports (groups, competing subscribers,
+//! at-least-once with redelivery of what a subscriber left unacknowledged,
+//! delayed retries, dead-letter queue, scheduled messages, one claim per
+//! schedule tick), but nothing survives the process. Time is tokio's, so
+//! tests can run schedules and retries on a paused clock.
+//!
+//! `memory://` gives a private instance per bus; `memory://name` shares one
+//! instance, by name, between the buses of a process.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{
+    DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing, Subscriber, Topics, Transport,
+};
+use crate::error::{Error, Result};
+
+/// The in-process transport. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct MemoryTransport {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.state.lock();
+        f.debug_struct("MemoryTransport")
+            .field("groups", &st.groups.len())
+            .field("dead_letters", &st.dead.len())
+            .finish()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the timer task when an earlier deadline was added (or on drop).
+    timer: Arc<Notify>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.timer.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Groups subscribed to each type.
+    by_type: HashMap<String, Vec<Arc<Group>>>,
+    /// Groups subscribed to every type.
+    all: Vec<Arc<Group>>,
+    groups: HashMap<String, Arc<Group>>,
+    /// Scheduled publishes and delayed retries, by due time.
+    timers: BinaryHeap<Reverse<Timer>>,
+    timer_seq: u64,
+    dead: BTreeMap<u64, DeadLetter>,
+    dead_seq: u64,
+    ticks: HashSet<(String, u64)>,
+    timer_task: bool,
+}
+
+struct Timer {
+    due: Instant,
+    seq: u64,
+    what: TimerKind,
+}
+
+enum TimerKind {
+    Publish(Outgoing),
+    Retry { group: Arc<Group>, payload: Bytes, attempt: u32 },
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+struct Group {
+    name: String,
+    handler: String,
+    queue: Mutex<GroupQueue>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct GroupQueue {
+    ready: VecDeque<(Bytes, u32)>,
+    /// Handed out, not yet acked: id -> (payload, attempt).
+    in_flight: HashMap<u64, (Bytes, u32)>,
+    next_id: u64,
+    /// Retries waiting for their delay.
+    delayed: usize,
+}
+
+impl Group {
+    fn push(&self, payload: Bytes, attempt: u32) {
+        self.queue.lock().ready.push_back((payload, attempt));
+        self.notify.notify_one();
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Weak<Shared>>> {
+    static NAMED: std::sync::OnceLock<Mutex<HashMap<String, Weak<Shared>>>> = std::sync::OnceLock::new();
+    NAMED.get_or_init(Default::default)
+}
+
+impl Default for MemoryTransport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryTransport {
+    /// A new, private instance.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                timer: Arc::new(Notify::new()),
+            }),
+        }
+    }
+
+    /// The process-wide instance called `name`, created on first use.
+    pub fn named(name: &str) -> Self {
+        let mut named = registry().lock();
+        if let Some(shared) = named.get(name).and_then(Weak::upgrade) {
+            return Self { shared };
+        }
+        let t = Self::new();
+        named.insert(name.to_owned(), Arc::downgrade(&t.shared));
+        t
+    }
+
+    /// Opens `memory://` (private) or `memory://name` (shared by name).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url.strip_prefix("memory://").ok_or_else(|| {
+            Error::Config(format!("`{url}` is not a memory URL; write `memory://` or `memory://name`"))
+        })?;
+        let name = rest.trim_end_matches('/');
+        if name.contains(['/', '?', '#']) {
+            return Err(Error::Config(format!(
+                "`{url}`: a memory URL takes only an optional instance name, as in `memory://orders`"
+            )));
+        }
+        Ok(if name.is_empty() { Self::new() } else { Self::named(name) })
+    }
+
+    /// True when no message is queued, being handled, or waiting for a retry
+    /// (scheduled publishes not yet due do not count).
+    pub fn is_idle(&self) -> bool {
+        let st = self.shared.state.lock();
+        st.groups.values().all(|g| {
+            let q = g.queue.lock();
+            q.ready.is_empty() && q.in_flight.is_empty() && q.delayed == 0
+        })
+    }
+
+    /// Messages waiting in `group` (ready, in flight, delayed).
+    pub fn pending(&self, group: &str) -> usize {
+        let st = self.shared.state.lock();
+        st.groups.get(group).map_or(0, |g| {
+            let q = g.queue.lock();
+            q.ready.len() + q.in_flight.len() + q.delayed
+        })
+    }
+
+    fn group(&self, spec: &GroupSpec) -> Arc<Group> {
+        let mut st = self.shared.state.lock();
+        if let Some(g) = st.groups.get(&spec.group) {
+            return g.clone();
+        }
+        let g = Arc::new(Group {
+            name: spec.group.clone(),
+            handler: spec.handler.clone(),
+            queue: Mutex::new(GroupQueue::default()),
+            notify: Notify::new(),
+        });
+        match &spec.topics {
+            Topics::All => st.all.push(g.clone()),
+            Topics::Types(types) => {
+                for t in types {
+                    st.by_type.entry(t.clone()).or_default().push(g.clone());
+                }
+            }
+        }
+        st.groups.insert(spec.group.clone(), g.clone());
+        g
+    }
+
+    fn route(st: &State, message: &Outgoing) {
+        if let Some(groups) = st.by_type.get(&*message.event_type) {
+            for g in groups {
+                g.push(message.payload.clone(), 1);
+            }
+        }
+        for g in &st.all {
+            g.push(message.payload.clone(), 1);
+        }
+    }
+
+    fn add_timer(&self, due: Instant, what: TimerKind) {
+        let mut st = self.shared.state.lock();
+        st.timer_seq += 1;
+        let seq = st.timer_seq;
+        let earliest = st.timers.peek().is_none_or(|Reverse(t)| due < t.due);
+        st.timers.push(Reverse(Timer { due, seq, what }));
+        if !st.timer_task {
+            st.timer_task = true;
+            tokio::spawn(timer_loop(Arc::downgrade(&self.shared), self.shared.timer.clone()));
+        } else if earliest {
+            self.shared.timer.notify_one();
+        }
+    }
+}
+
+async fn timer_loop(shared: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let notified = wake.notified();
+        let Some(s) = shared.upgrade() else { return };
+        let next_due = {
+            let mut st = s.state.lock();
+            let now = Instant::now();
+            while st.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
+                let Some(Reverse(timer)) = st.timers.pop() else { break };
+                match timer.what {
+                    TimerKind::Publish(msg) => MemoryTransport::route(&st, &msg),
+                    TimerKind::Retry { group, payload, attempt } => {
+                        group.queue.lock().delayed -= 1;
+                        group.push(payload, attempt);
+                    }
+                }
+            }
+            st.timers.peek().map(|Reverse(t)| t.due)
+        };
+        drop(s);
+        match next_due {
+            Some(due) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+impl Transport for MemoryTransport {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
+        let st = self.shared.state.lock();
+        for message in batch {
+            Self::route(&st, message);
+        }
+        drop(st);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish_at(&self, message: Outgoing, at: SystemTime) -> BoxFuture<'_, Result<()>> {
+        let delay = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        if delay.is_zero() {
+            let st = self.shared.state.lock();
+            Self::route(&st, &message);
+        } else {
+            self.add_timer(Instant::now() + delay, TimerKind::Publish(message));
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn declare<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<()>> {
+        self.group(group);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscribe<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>> {
+        let group = self.group(group);
+        let sub: Box<dyn Subscriber> = Box::new(MemorySubscriber {
+            transport: self.clone(),
+            group,
+            mine: Mutex::new(HashSet::new()),
+        });
+        Box::pin(std::future::ready(Ok(sub)))
+    }
+
+    fn claim_tick<'a>(&'a self, schedule: &'a str, tick_ms: u64) -> BoxFuture<'a, Result<bool>> {
+        let mut st = self.shared.state.lock();
+        let claimed = st.ticks.insert((schedule.to_owned(), tick_ms));
+        if st.ticks.len() > 10_000 {
+            // Ticks are claimed in time order; old ones are never asked again.
+            let keep = tick_ms.saturating_sub(86_400_000);
+            st.ticks.retain(|(_, t)| *t >= keep);
+        }
+        Box::pin(std::future::ready(Ok(claimed)))
+    }
+
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
+        let st = self.shared.state.lock();
+        let list = st.dead.values().take(limit).cloned().collect();
+        Box::pin(std::future::ready(Ok(list)))
+    }
+
+    fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let mut st = self.shared.state.lock();
+        let found = dead_letter_id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| st.dead.remove(&id))
+            .and_then(|dl| st.groups.get(&dl.group).map(|g| (g.clone(), dl)));
+        Box::pin(std::future::ready(Ok(match found {
+            Some((group, dl)) => {
+                group.push(dl.payload, 1);
+                true
+            }
+            None => false,
+        })))
+    }
+}
+
+struct MemorySubscriber {
+    transport: MemoryTransport,
+    group: Arc<Group>,
+    /// Ids handed to this subscriber and not yet settled.
+    mine: Mutex<HashSet<u64>>,
+}
+
+impl MemorySubscriber {
+    fn take(&self, id: DeliveryId) -> Option<(Bytes, u32)> {
+        let id = id.0 as u64;
+        if !self.mine.lock().remove(&id) {
+            return None;
+        }
+        self.group.queue.lock().in_flight.remove(&id)
+    }
+}
+
+impl Subscriber for MemorySubscriber {
+    fn next(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>>> {
+        Box::pin(async move {
+            let max = max.max(1);
+            loop {
+                let notified = self.group.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut q = self.group.queue.lock();
+                    if !q.ready.is_empty() {
+                        let n = q.ready.len().min(max);
+                        let mut out = Vec::with_capacity(n);
+                        let mut mine = self.mine.lock();
+                        for _ in 0..n {
+                            let Some((payload, attempt)) = q.ready.pop_front() else { break };
+                            let id = q.next_id;
+                            q.next_id += 1;
+                            q.in_flight.insert(id, (payload.clone(), attempt));
+                            mine.insert(id);
+                            out.push(Delivery {
+                                id: DeliveryId(u128::from(id)),
+                                payload,
+                                attempt,
+                            });
+                        }
+                        if !q.ready.is_empty() {
+                            // Let a competing subscriber take the rest.
+                            self.group.notify.notify_one();
+                        }
+                        return Ok(out);
+                    }
+                }
+                notified.await;
+            }
+        })
+    }
+
+    fn ack<'a>(&'a self, ids: &'a [DeliveryId]) -> BoxFuture<'a, Result<()>> {
+        let mut mine = self.mine.lock();
+        let mut q = self.group.queue.lock();
+        for id in ids {
+            let id = id.0 as u64;
+            if mine.remove(&id) {
+                q.in_flight.remove(&id);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn retry(&self, id: DeliveryId, delay: Duration) -> BoxFuture<'_, Result<()>> {
+        if let Some((payload, attempt)) = self.take(id) {
+            if delay.is_zero() {
+                self.group.push(payload, attempt + 1);
+            } else {
+                self.group.queue.lock().delayed += 1;
+                self.transport.add_timer(
+                    Instant::now() + delay,
+                    TimerKind::Retry {
+                        group: self.group.clone(),
+                        payload,
+                        attempt: attempt + 1,
+                    },
+                );
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn dead_letter<'a>(&'a self, delivery: &'a Delivery, info: DeadLetterInfo) -> BoxFuture<'a, Result<()>> {
+        if self.take(delivery.id).is_some() {
+            let mut st = self.transport.shared.state.lock();
+            st.dead_seq += 1;
+            let id = st.dead_seq;
+            let dl = DeadLetter::new(
+                id.to_string(),
+                self.group.name.clone(),
+                DeadLetterInfo {
+                    handler: if info.handler.is_empty() {
+                        self.group.handler.clone()
+                    } else {
+                        info.handler
+                    },
+                    ..info
+                },
+                SystemTime::now(),
+                delivery.payload.clone(),
+            );
+            st.dead.insert(id, dl);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for MemorySubscriber {
+    fn drop(&mut self) {
+        // At-least-once: whatever this subscriber did not settle goes back.
+        let mine = std::mem::take(&mut *self.mine.lock());
+        if mine.is_empty() {
+            return;
+        }
+        let mut q = self.group.queue.lock();
+        let mut back: Vec<(u64, Bytes, u32)> = mine
+            .into_iter()
+            .filter_map(|id| q.in_flight.remove(&id).map(|(p, a)| (id, p, a)))
+            .collect();
+        back.sort_by_key(|(id, _, _)| Reverse(*id));
+        for (_, payload, attempt) in back {
+            q.ready.push_front((payload, attempt + 1));
+        }
+        drop(q);
+        self.group.notify.notify_one();
+    }
+}
