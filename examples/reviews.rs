@@ -1,1 +1,330 @@
-fn main() {}
+//! The reviews platform on eventbus: every event of its catalogue, the three
+//! task queues, a global audit handler, a delayed reminder and a recurring
+//! schedule.
+//!
+//! ```text
+//! cargo run --example reviews                                  # memory transport
+//! EVENTBUS_URL=redis://127.0.0.1:6379 cargo run --example reviews --features redis
+//! ```
+//!
+//! It publishes a short scenario, prints a trace of what was published and
+//! handled (including a job that fails, is retried and ends in the dead-letter
+//! queue, and a deprecated event delivered to the handler of its
+//! replacement), then a sorted summary, and exits 0.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use eventbus::bus::RetryPolicy;
+use eventbus::{Bus, CloudEvent, Context, Event, handler, schedule};
+use uuid::Uuid;
+
+#[path = "reviews/events.rs"]
+pub mod events;
+use events::*;
+
+/// What the scenario saw; handlers record into it through `ctx.state()`.
+#[derive(Default)]
+struct Trace {
+    handled: Mutex<BTreeMap<String, u32>>,
+}
+
+impl Trace {
+    fn handled(&self, ctx: &Context, handler: &str, detail: impl std::fmt::Display) {
+        let ty = ctx.event_type();
+        println!(
+            "  handled   {ty:<22} by {handler:<28} attempt {} {detail}",
+            ctx.attempt()
+        );
+        *self
+            .handled
+            .lock()
+            .unwrap()
+            .entry(format!("{handler} <- {ty}"))
+            .or_default() += 1;
+    }
+
+    fn count(&self, key: &str) -> u32 {
+        self.handled.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+#[handler]
+async fn on_review_created(event: ReviewCreated, ctx: Context) -> eventbus::Result<()> {
+    ctx.state::<Trace>().handled(
+        &ctx,
+        "on_review_created",
+        "-> record_create, send_short_message, reminder in 1s",
+    );
+    let bus = ctx.bus();
+    bus.publish(RecordCreate {
+        id: event.id,
+        model_name: "Review".into(),
+    })
+    .await?;
+    bus.publish(SendShortMessage {
+        message_id: Uuid::now_v7(),
+        phone: "+15550100".into(),
+        text: "Thanks for your review!".into(),
+    })
+    .await?;
+    bus.publish_after(ReviewReminder { id: event.id }, Duration::from_secs(1))
+        .await
+}
+
+#[handler]
+async fn on_moderate_action(event: ModerateAction, ctx: Context) {
+    let via = if ctx.event_type() == ModerateAction::TYPE {
+        String::new()
+    } else {
+        format!(
+            "(upcast from deprecated `{}`, status {:?})",
+            ctx.event_type(),
+            event.status
+        )
+    };
+    ctx.state::<Trace>()
+        .handled(&ctx, "on_moderate_action", via);
+}
+
+/// The old consumer of `review_approved` keeps working while it migrates.
+#[handler]
+async fn legacy_on_review_approved(_event: ReviewApproved, ctx: Context) {
+    ctx.state::<Trace>()
+        .handled(&ctx, "legacy_on_review_approved", "(old handler, old type)");
+}
+
+#[handler]
+async fn on_record_create(event: RecordCreate, ctx: Context) {
+    ctx.state::<Trace>().handled(
+        &ctx,
+        "on_record_create",
+        format!("model {}", event.model_name),
+    );
+}
+
+#[handler]
+async fn on_id_user_changed(event: IdUserChanged, ctx: Context) {
+    let via = if ctx.event_type() == IdUserChanged::TYPE {
+        String::new()
+    } else {
+        format!(
+            "(old name `{}` decoded as id_user_changed)",
+            ctx.event_type()
+        )
+    };
+    ctx.state::<Trace>().handled(
+        &ctx,
+        "on_id_user_changed",
+        format!("{:?} {via}", event.action),
+    );
+}
+
+#[handler(group = "sms_send_queue", retries = 5, concurrency = 8)]
+async fn send_short_message(job: SendShortMessage, ctx: Context) {
+    ctx.state::<Trace>()
+        .handled(&ctx, "send_short_message", format!("to {}", job.phone));
+}
+
+#[derive(Debug)]
+struct SmtpError(String);
+
+impl std::fmt::Display for SmtpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SMTP rejected the recipient: {}", self.0)
+    }
+}
+
+#[handler(group = "send_email_task", retries = 2)]
+async fn send_email_task(job: SendEmailTask, ctx: Context) -> Result<(), SmtpError> {
+    if job.to.ends_with(".invalid") {
+        ctx.state::<Trace>()
+            .handled(&ctx, "send_email_task", "FAILED, will retry or dead-letter");
+        return Err(SmtpError(job.to));
+    }
+    ctx.state::<Trace>()
+        .handled(&ctx, "send_email_task", format!("to {}", job.to));
+    Ok(())
+}
+
+#[handler(group = "send_notification")]
+async fn send_notification(job: SendNotification, ctx: Context) {
+    ctx.state::<Trace>()
+        .handled(&ctx, "send_notification", format!("\"{}\"", job.text));
+}
+
+#[handler]
+async fn on_review_reminder(_event: ReviewReminder, ctx: Context) {
+    ctx.state::<Trace>()
+        .handled(&ctx, "on_review_reminder", "(published 1s later)");
+}
+
+#[handler]
+async fn on_moderation_stats_due(_event: ModerationStatsDue, ctx: Context) {
+    ctx.state::<Trace>()
+        .handled(&ctx, "on_moderation_stats_due", "(recurring schedule)");
+}
+
+/// Sees every event on the bus, of any type.
+#[handler(all)]
+async fn audit(event: CloudEvent, ctx: Context) {
+    ctx.state::<Trace>().handled(
+        &ctx,
+        "audit",
+        format!(
+            "from {}",
+            eventbus::cloudevents::AttributesReader::source(&event)
+        ),
+    );
+}
+
+/// Every second (in production: `cron = "0 9 * * MON"`).
+#[schedule(every = "1s")]
+fn moderation_stats() -> ModerationStatsDue {
+    let tick_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    ModerationStatsDue { tick_ms }
+}
+
+fn published(ty: &str, note: &str) {
+    println!("published {ty:<22} {note}");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_target(false)
+        .init();
+
+    let bus = Bus::builder()
+        .service("reviews")
+        .state(Trace::default())
+        .retry_policy(RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+        })
+        .connect_env()
+        .await?;
+    println!("eventbus reviews example on {}\n", bus.transport().name());
+
+    let running = bus.spawn();
+    let review = Uuid::now_v7();
+    let user = Uuid::now_v7();
+
+    bus.publish(ReviewCreated { id: review }).await?;
+    published("review_created", "");
+    bus.publish(ReviewApproved { id: review }).await?;
+    published(
+        "review_approved",
+        "(deprecated: replaced by moderate_action)",
+    );
+    bus.publish(ModerateAction {
+        action_id: Uuid::now_v7(),
+        status: ModerationStatus::Rejected,
+        model_name: "Review".into(),
+        id: review,
+    })
+    .await?;
+    published("moderate_action", "");
+    bus.publish(RecordChange {
+        id: review,
+        model_name: "Review".into(),
+    })
+    .await?;
+    published("record_change", "");
+    bus.publish(RecordDelete {
+        id: review,
+        model_name: "Review".into(),
+    })
+    .await?;
+    published("record_delete", "");
+
+    // An old producer still sends the deprecated name `sso_user_changed`.
+    let old = eventbus::codec::decode_cloudevent(
+        format!(
+            r#"{{"specversion":"1.0","id":"{}","type":"sso_user_changed","source":"/sso","datacontenttype":"application/json","data":{{"data":{{"id":"{user}"}},"action":"update"}}}}"#,
+            Uuid::now_v7()
+        )
+        .as_bytes(),
+    )?;
+    bus.publish_cloudevent(&old).await?;
+    published(
+        "sso_user_changed",
+        "(old name of id_user_changed, from an old producer)",
+    );
+
+    for (ty, id) in [
+        ("grant_published", Uuid::now_v7()),
+        ("user_applied", Uuid::now_v7()),
+        ("winners_announcement", Uuid::now_v7()),
+        ("user_survey_finished", Uuid::now_v7()),
+    ] {
+        match ty {
+            "grant_published" => bus.publish(GrantPublished { id }).await?,
+            "user_applied" => bus.publish(UserApplied { id }).await?,
+            "winners_announcement" => bus.publish(WinnersAnnouncement { id }).await?,
+            _ => bus.publish(UserSurveyFinished { id }).await?,
+        }
+        published(ty, "");
+    }
+
+    bus.publish(SendEmailTask {
+        to: "author@example.invalid".into(),
+        subject: "Your review is live".into(),
+    })
+    .await?;
+    published("send_email_task", "(to an address the SMTP server rejects)");
+    bus.publish(SendNotification {
+        user_id: user,
+        text: "Your review was received".into(),
+    })
+    .await?;
+    published("send_notification", "");
+
+    // Wait for the delayed reminder, one schedule tick and the dead letter.
+    let trace = bus.state::<Trace>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = bus.dead_letters(10).await?;
+        if trace.count("on_review_reminder <- review_reminder") >= 1
+            && trace.count("on_moderation_stats_due <- moderation_stats_due") >= 1
+            && trace.count("send_short_message <- send_short_message") >= 1
+            && !dead.is_empty()
+        {
+            break dead;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the scenario did not complete within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    running.shutdown().await?;
+
+    println!("\ndead-letter queue:");
+    for d in &dead {
+        println!(
+            "  {} in group {} after {} attempts: {}",
+            d.event_type.as_deref().unwrap_or("?"),
+            d.group,
+            d.attempts,
+            d.error
+        );
+    }
+    println!("\nsummary (handler <- type: times; schedule ticks shown once):");
+    for (key, n) in trace.handled.lock().unwrap().iter() {
+        let n = if key.contains("moderation_stats_due") {
+            1
+        } else {
+            *n
+        };
+        println!("  {key}: {n}");
+    }
+    Ok(())
+}

@@ -110,8 +110,25 @@ impl Bus {
         self.inner.workers.iter().map(|w| w.group.group.as_str())
     }
 
-    pub(crate) fn state_map(&self) -> &StateMap {
-        &self.inner.state
+    /// The app state of type `T` given to [`BusBuilder::state`].
+    ///
+    /// # Panics
+    /// If no state of that type was given; see [`Bus::try_state`].
+    pub fn state<T: Send + Sync + 'static>(&self) -> &T {
+        self.try_state().unwrap_or_else(|| {
+            panic!(
+                "no state of type `{}` was given to the bus; add `.state(value)` to `Bus::builder()`",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+
+    /// The app state of type `T`, if any.
+    pub fn try_state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner
+            .state
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.downcast_ref())
     }
 
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
@@ -164,7 +181,10 @@ impl Bus {
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
         let message = self.encode(&event)?;
         tracing::debug!(event_type = E::TYPE, "publish");
-        self.inner.transport.publish(std::slice::from_ref(&message)).await
+        self.inner
+            .transport
+            .publish(std::slice::from_ref(&message))
+            .await
     }
 
     /// Publishes many events of one type in one transport round trip.
@@ -186,10 +206,15 @@ impl Bus {
             source,
         })?;
         let message = Outgoing {
-            event_type: std::borrow::Cow::Owned(cloudevents::AttributesReader::ty(event).to_owned()),
+            event_type: std::borrow::Cow::Owned(
+                cloudevents::AttributesReader::ty(event).to_owned(),
+            ),
             payload,
         };
-        self.inner.transport.publish(std::slice::from_ref(&message)).await
+        self.inner
+            .transport
+            .publish(std::slice::from_ref(&message))
+            .await
     }
 
     /// Publishes already-encoded messages (the outbox relay's path).
@@ -262,7 +287,10 @@ impl Bus {
             None => self.inner.workers.clone(),
             Some(wanted) => {
                 let known: BTreeSet<&str> = self.groups().collect();
-                let unknown: Vec<&String> = wanted.iter().filter(|g| !known.contains(g.as_str())).collect();
+                let unknown: Vec<&String> = wanted
+                    .iter()
+                    .filter(|g| !known.contains(g.as_str()))
+                    .collect();
                 if !unknown.is_empty() {
                     return Err(Error::Config(format!(
                         "unknown group(s) {unknown:?}; this service has: {}",
@@ -412,7 +440,10 @@ async fn run_schedule(bus: Bus, def: ScheduleDef, token: CancellationToken) {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let tick_ms = next.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let tick_ms = next
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         match bus.transport().claim_tick(&key, tick_ms).await {
             Ok(true) => {
                 tracing::debug!(schedule = def.name, tick_ms, "schedule fired");
@@ -486,8 +517,10 @@ impl BusBuilder {
 
     /// App state, read by handlers with `ctx.state::<T>()`; one value per type.
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.state
-            .insert(TypeId::of::<T>(), Arc::new(value) as Arc<dyn Any + Send + Sync>);
+        self.state.insert(
+            TypeId::of::<T>(),
+            Arc::new(value) as Arc<dyn Any + Send + Sync>,
+        );
         self
     }
 
@@ -569,7 +602,9 @@ impl BusBuilder {
                 "service name {service:?} must be non-empty and without spaces; set it with Bus::builder().service(\"name\")"
             )));
         }
-        let events: Vec<_> = inventory::iter::<EventRegistration>().map(|r| r.0).collect();
+        let events: Vec<_> = inventory::iter::<EventRegistration>()
+            .map(|r| r.0)
+            .collect();
         let mut handlers: Vec<HandlerDef> = Vec::new();
         let mut schedules: Vec<ScheduleDef> = Vec::new();
         if self.registered {
@@ -659,7 +694,9 @@ fn default_service() -> String {
 /// `tests_foo-0123456789abcdef` (a cargo test binary) -> `tests_foo`.
 fn strip_cargo_hash(name: &str) -> &str {
     match name.rsplit_once('-') {
-        Some((base, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => base,
+        Some((base, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            base
+        }
         _ => name,
     }
 }

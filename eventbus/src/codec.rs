@@ -253,7 +253,11 @@ pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, DecodeError> {
     if attrs.ty != E::TYPE && !info.aliases.contains(&&*attrs.ty) {
         return Err(DecodeError::new(
             Some(&attrs.ty),
-            format!("expected an event of type `{}`, got `{}`", E::TYPE, attrs.ty),
+            format!(
+                "expected an event of type `{}`, got `{}`",
+                E::TYPE,
+                attrs.ty
+            ),
         ));
     }
     attrs.data_as()

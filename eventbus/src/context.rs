@@ -1,6 +1,7 @@
 //! [`Context`]: what a handler knows besides its event.
 
 use std::any::{Any, TypeId};
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -118,17 +119,12 @@ impl Context {
     /// # Panics
     /// If no state of that type was given; use [`Context::try_state`] to check.
     pub fn state<T: Send + Sync + 'static>(&self) -> &T {
-        self.try_state().unwrap_or_else(|| {
-            panic!(
-                "no state of type `{}` was given to the bus; add `.state(value)` to `Bus::builder()`",
-                std::any::type_name::<T>()
-            )
-        })
+        self.bus.state()
     }
 
     /// The app state of type `T`, if any.
     pub fn try_state<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.bus.state_map().get(&TypeId::of::<T>()).and_then(|s| s.downcast_ref())
+        self.bus.try_state()
     }
 }
 

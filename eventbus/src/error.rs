@@ -57,7 +57,9 @@ pub enum Error {
     Closed,
 
     /// Graceful shutdown did not finish in time; unfinished events will be redelivered.
-    #[error("shutdown timed out after {0:?}; unfinished events stay unacknowledged and will be redelivered")]
+    #[error(
+        "shutdown timed out after {0:?}; unfinished events stay unacknowledged and will be redelivered"
+    )]
     ShutdownTimeout(Duration),
 
     /// An outbox database error.

@@ -28,7 +28,9 @@ use crate::codec::DecodeError;
 /// assert_eq!(ReviewCreated::TYPE, "review_created");
 /// assert_eq!(ReviewCreated::info().description, "Triggered when the review is created.");
 /// ```
-pub trait Event: Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static {
+pub trait Event:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
     /// The CloudEvents `type` attribute, e.g. `"review_created"`.
     const TYPE: &'static str;
 
@@ -130,7 +132,9 @@ pub fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
 
 /// Decodes `Old`, converts it with `From<Old> for New`, boxes the result.
 #[doc(hidden)]
-pub fn upcast<Old, New>(raw: &serde_json::value::RawValue) -> Result<Box<dyn Any + Send>, DecodeError>
+pub fn upcast<Old, New>(
+    raw: &serde_json::value::RawValue,
+) -> Result<Box<dyn Any + Send>, DecodeError>
 where
     Old: Event,
     New: Event + From<Old>,

@@ -11,10 +11,10 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
+use crate::CloudEvent;
 use crate::codec::{Attributes, DecodeError};
 use crate::context::Context;
 use crate::event::{Event, Upcast};
-use crate::CloudEvent;
 
 /// Options of a handler, from `#[handler(...)]` or the [`HandlerDef`] builder.
 #[derive(Debug, Clone)]
@@ -211,7 +211,10 @@ impl<E: Event> HandlerArg for E {
             return incoming.attrs.data_as();
         }
         if let Some((_, upcast)) = incoming.upcasts.iter().find(|(old, _)| *old == ty) {
-            let raw = incoming.attrs.data.unwrap_or(serde_json::value::RawValue::NULL);
+            let raw = incoming
+                .attrs
+                .data
+                .unwrap_or(serde_json::value::RawValue::NULL);
             let boxed = upcast(raw)?;
             return boxed.downcast::<E>().map(|b| *b).map_err(|_| {
                 DecodeError::new(
@@ -222,7 +225,10 @@ impl<E: Event> HandlerArg for E {
         }
         Err(DecodeError::new(
             Some(ty),
-            format!("a handler of `{}` received an event of type `{ty}`", E::TYPE),
+            format!(
+                "a handler of `{}` received an event of type `{ty}`",
+                E::TYPE
+            ),
         ))
     }
 }
@@ -290,7 +296,10 @@ where
 {
     Box::pin(AssertUnwindSafe(fut).catch_unwind().map(|r| match r {
         Ok(ret) => ret.into_outcome().map_err(Failure::Error),
-        Err(panic) => Err(Failure::Error(format!("handler panicked: {}", panic_message(&*panic)))),
+        Err(panic) => Err(Failure::Error(format!(
+            "handler panicked: {}",
+            panic_message(&*panic)
+        ))),
     }))
 }
 

@@ -21,6 +21,9 @@ pub use handler::HandlerDef;
 pub use schedule::ScheduleDef;
 pub use transport::DeadLetter;
 
+/// The CloudEvents SDK (`cloudevents-sdk`), re-exported for its attribute traits.
+pub use cloudevents;
+
 /// The CloudEvents 1.0 event of `cloudevents-sdk`, as global handlers receive it.
 pub type CloudEvent = cloudevents::Event;
 

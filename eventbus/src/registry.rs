@@ -49,9 +49,15 @@ impl Registry {
         static GLOBAL: OnceLock<std::result::Result<Registry, Vec<String>>> = OnceLock::new();
         GLOBAL
             .get_or_init(|| {
-                let events = inventory::iter::<EventRegistration>().map(|r| r.0).collect();
-                let handlers = inventory::iter::<HandlerRegistration>().map(|r| (r.0)()).collect();
-                let schedules = inventory::iter::<ScheduleRegistration>().map(|r| (r.0)()).collect();
+                let events = inventory::iter::<EventRegistration>()
+                    .map(|r| r.0)
+                    .collect();
+                let handlers = inventory::iter::<HandlerRegistration>()
+                    .map(|r| (r.0)())
+                    .collect();
+                let schedules = inventory::iter::<ScheduleRegistration>()
+                    .map(|r| (r.0)())
+                    .collect();
                 Registry::build(events, handlers, schedules).map_err(|e| match e {
                     Error::Registry(problems) => problems,
                     other => vec![other.to_string()],

@@ -100,7 +100,10 @@ impl ScheduleDef {
     }
 
     fn invalid(&self, why: String) -> Error {
-        Error::Config(format!("schedule `{}` ({}) is invalid: {why}", self.name, self.when))
+        Error::Config(format!(
+            "schedule `{}` ({}) is invalid: {why}",
+            self.name, self.when
+        ))
     }
 }
 

@@ -83,7 +83,11 @@ impl TestBus {
 
     /// The CloudEvents types published so far, in order.
     pub fn published_types(&self) -> Vec<String> {
-        self.log.lock().iter().map(|m| m.event_type.to_string()).collect()
+        self.log
+            .lock()
+            .iter()
+            .map(|m| m.event_type.to_string())
+            .collect()
     }
 
     /// Every event of type `E` published so far, decoded.

@@ -43,12 +43,22 @@ enum Settle {
 
 const MAX_BATCH: usize = 256;
 
-pub(crate) async fn run(bus: Bus, spec: Arc<WorkerSpec>, token: CancellationToken) -> crate::Result<()> {
+pub(crate) async fn run(
+    bus: Bus,
+    spec: Arc<WorkerSpec>,
+    token: CancellationToken,
+) -> crate::Result<()> {
     let sub: Arc<dyn Subscriber> = Arc::from(bus.transport().subscribe(&spec.group).await?);
     let slots = Arc::new(Semaphore::new(spec.concurrency));
     let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<Delivery>>(spec.concurrency.clamp(1, 64));
     let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
-    let reader = tokio::spawn(read_loop(sub.clone(), slots.clone(), batch_tx, token.clone(), spec.clone()));
+    let reader = tokio::spawn(read_loop(
+        sub.clone(),
+        slots.clone(),
+        batch_tx,
+        token.clone(),
+        spec.clone(),
+    ));
     let settler = tokio::spawn(settle_loop(sub.clone(), settle_rx, spec.clone()));
     let retry = bus.retry_policy();
 
@@ -89,7 +99,10 @@ fn start(
     bus: &Bus,
     spec: &Arc<WorkerSpec>,
     delivery: Delivery,
-) -> Result<impl std::future::Future<Output = (Delivery, Outcome)> + Send + 'static, (Delivery, String)> {
+) -> Result<
+    impl std::future::Future<Output = (Delivery, Outcome)> + Send + 'static,
+    (Delivery, String),
+> {
     let (fut, span) = {
         let attrs = match Attributes::parse(&delivery.payload) {
             Ok(a) => a,
@@ -113,7 +126,12 @@ fn start(
             handler = %spec.group.handler,
             attempt = delivery.attempt,
         );
-        let ctx = Context::new(bus.clone(), delivery.payload.clone(), delivery.attempt, spec.group_name.clone());
+        let ctx = Context::new(
+            bus.clone(),
+            delivery.payload.clone(),
+            delivery.attempt,
+            spec.group_name.clone(),
+        );
         let incoming = Incoming {
             attrs: &attrs,
             payload: &delivery.payload,
@@ -240,7 +258,11 @@ async fn read_loop(
     }
 }
 
-async fn settle_loop(sub: Arc<dyn Subscriber>, mut rx: mpsc::UnboundedReceiver<Settle>, spec: Arc<WorkerSpec>) {
+async fn settle_loop(
+    sub: Arc<dyn Subscriber>,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    spec: Arc<WorkerSpec>,
+) {
     let mut acks = Vec::new();
     let mut others = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -262,9 +284,14 @@ async fn settle_loop(sub: Arc<dyn Subscriber>, mut rx: mpsc::UnboundedReceiver<S
         for cmd in others.drain(..) {
             match cmd {
                 Settle::Ack(_) => {}
-                Settle::Retry(id, delay) => retrying(&spec, "schedule a retry", || sub.retry(id, delay)).await,
+                Settle::Retry(id, delay) => {
+                    retrying(&spec, "schedule a retry", || sub.retry(id, delay)).await
+                }
                 Settle::Dead(delivery, info) => {
-                    retrying(&spec, "dead-letter", || sub.dead_letter(&delivery, info.clone())).await
+                    retrying(&spec, "dead-letter", || {
+                        sub.dead_letter(&delivery, info.clone())
+                    })
+                    .await
                 }
             }
         }

@@ -21,7 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing, Subscriber, Topics, Transport,
+    DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing, Subscriber, Topics,
+    Transport,
 };
 use crate::error::{Error, Result};
 
@@ -77,7 +78,11 @@ struct Timer {
 
 enum TimerKind {
     Publish(Outgoing),
-    Retry { group: Arc<Group>, payload: Bytes, attempt: u32 },
+    Retry {
+        group: Arc<Group>,
+        payload: Bytes,
+        attempt: u32,
+    },
 }
 
 impl PartialEq for Timer {
@@ -122,7 +127,8 @@ impl Group {
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Weak<Shared>>> {
-    static NAMED: std::sync::OnceLock<Mutex<HashMap<String, Weak<Shared>>>> = std::sync::OnceLock::new();
+    static NAMED: std::sync::OnceLock<Mutex<HashMap<String, Weak<Shared>>>> =
+        std::sync::OnceLock::new();
     NAMED.get_or_init(Default::default)
 }
 
@@ -157,7 +163,9 @@ impl MemoryTransport {
     /// Opens `memory://` (private) or `memory://name` (shared by name).
     pub fn from_url(url: &str) -> Result<Self> {
         let rest = url.strip_prefix("memory://").ok_or_else(|| {
-            Error::Config(format!("`{url}` is not a memory URL; write `memory://` or `memory://name`"))
+            Error::Config(format!(
+                "`{url}` is not a memory URL; write `memory://` or `memory://name`"
+            ))
         })?;
         let name = rest.trim_end_matches('/');
         if name.contains(['/', '?', '#']) {
@@ -165,7 +173,11 @@ impl MemoryTransport {
                 "`{url}`: a memory URL takes only an optional instance name, as in `memory://orders`"
             )));
         }
-        Ok(if name.is_empty() { Self::new() } else { Self::named(name) })
+        Ok(if name.is_empty() {
+            Self::new()
+        } else {
+            Self::named(name)
+        })
     }
 
     /// True when no message is queued, being handled, or waiting for a retry
@@ -229,7 +241,10 @@ impl MemoryTransport {
         st.timers.push(Reverse(Timer { due, seq, what }));
         if !st.timer_task {
             st.timer_task = true;
-            tokio::spawn(timer_loop(Arc::downgrade(&self.shared), self.shared.timer.clone()));
+            tokio::spawn(timer_loop(
+                Arc::downgrade(&self.shared),
+                self.shared.timer.clone(),
+            ));
         } else if earliest {
             self.shared.timer.notify_one();
         }
@@ -244,10 +259,16 @@ async fn timer_loop(shared: Weak<Shared>, wake: Arc<Notify>) {
             let mut st = s.state.lock();
             let now = Instant::now();
             while st.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
-                let Some(Reverse(timer)) = st.timers.pop() else { break };
+                let Some(Reverse(timer)) = st.timers.pop() else {
+                    break;
+                };
                 match timer.what {
                     TimerKind::Publish(msg) => MemoryTransport::route(&st, &msg),
-                    TimerKind::Retry { group, payload, attempt } => {
+                    TimerKind::Retry {
+                        group,
+                        payload,
+                        attempt,
+                    } => {
                         group.queue.lock().delayed -= 1;
                         group.push(payload, attempt);
                     }
@@ -283,7 +304,9 @@ impl Transport for MemoryTransport {
     }
 
     fn publish_at(&self, message: Outgoing, at: SystemTime) -> BoxFuture<'_, Result<()>> {
-        let delay = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let delay = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         if delay.is_zero() {
             let st = self.shared.state.lock();
             Self::route(&st, &message);
@@ -374,7 +397,9 @@ impl Subscriber for MemorySubscriber {
                         let mut out = Vec::with_capacity(n);
                         let mut mine = self.mine.lock();
                         for _ in 0..n {
-                            let Some((payload, attempt)) = q.ready.pop_front() else { break };
+                            let Some((payload, attempt)) = q.ready.pop_front() else {
+                                break;
+                            };
                             let id = q.next_id;
                             q.next_id += 1;
                             q.in_flight.insert(id, (payload.clone(), attempt));
@@ -428,7 +453,11 @@ impl Subscriber for MemorySubscriber {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn dead_letter<'a>(&'a self, delivery: &'a Delivery, info: DeadLetterInfo) -> BoxFuture<'a, Result<()>> {
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        info: DeadLetterInfo,
+    ) -> BoxFuture<'a, Result<()>> {
         if self.take(delivery.id).is_some() {
             let mut st = self.transport.shared.state.lock();
             st.dead_seq += 1;

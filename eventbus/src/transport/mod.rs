@@ -133,7 +133,13 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Builds an entry, reading type and id from the payload when possible.
-    pub fn new(id: String, group: String, info: DeadLetterInfo, time: SystemTime, payload: Bytes) -> Self {
+    pub fn new(
+        id: String,
+        group: String,
+        info: DeadLetterInfo,
+        time: SystemTime,
+        payload: Bytes,
+    ) -> Self {
         let (event_type, event_id) = match crate::codec::Attributes::parse(&payload) {
             Ok(a) => (Some(a.ty.into_owned()), Some(a.id.into_owned())),
             Err(_) => (None, None),
@@ -183,7 +189,10 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Background work the transport needs while the bus runs (moving due
     /// scheduled messages, ...); runs until `shutdown` fires.
-    fn run_background(&self, shutdown: tokio_util::sync::CancellationToken) -> BoxFuture<'static, Result<()>> {
+    fn run_background(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'static, Result<()>> {
         let _ = shutdown;
         Box::pin(async { Ok(()) })
     }
@@ -202,7 +211,11 @@ pub trait Subscriber: Send + Sync {
     fn retry(&self, id: DeliveryId, delay: Duration) -> BoxFuture<'_, Result<()>>;
 
     /// Moves the delivery to the dead-letter queue and acknowledges it.
-    fn dead_letter<'a>(&'a self, delivery: &'a Delivery, info: DeadLetterInfo) -> BoxFuture<'a, Result<()>>;
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        info: DeadLetterInfo,
+    ) -> BoxFuture<'a, Result<()>>;
 }
 
 /// Opens the transport named by `url`: `memory://[name]`, or (feature

@@ -1,0 +1,234 @@
+//! The event catalogue of the reviews platform, as code.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use eventbus::Event;
+
+/// Triggered when the review is created.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("review_created", source = "reviews")]
+pub struct ReviewCreated {
+    /// The review.
+    #[event(subject)]
+    pub id: Uuid,
+}
+
+/// Triggered when the review is approved by moderators.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("review_approved", deprecated = "use moderate_action", replaced_by = ModerateAction)]
+pub struct ReviewApproved {
+    /// The review.
+    #[event(subject)]
+    pub id: Uuid,
+}
+
+/// Outcome of a moderation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum ModerationStatus {
+    /// `1`: the object is published.
+    Approved,
+    /// `2`: the object is hidden.
+    Rejected,
+}
+
+impl From<ModerationStatus> for u8 {
+    fn from(s: ModerationStatus) -> u8 {
+        match s {
+            ModerationStatus::Approved => 1,
+            ModerationStatus::Rejected => 2,
+        }
+    }
+}
+
+impl TryFrom<u8> for ModerationStatus {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            1 => Ok(ModerationStatus::Approved),
+            2 => Ok(ModerationStatus::Rejected),
+            other => Err(format!(
+                "unknown moderation status {other}; expected 1 (approved) or 2 (rejected)"
+            )),
+        }
+    }
+}
+
+impl JsonSchema for ModerationStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ModerationStatus".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "1 approved, 2 rejected",
+            "type": "integer",
+            "enum": [1, 2]
+        })
+    }
+}
+
+/// Triggered when a moderator approves or rejects an object.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("moderate_action")]
+pub struct ModerateAction {
+    /// The moderation itself.
+    pub action_id: Uuid,
+    /// 1 approved, 2 rejected.
+    pub status: ModerationStatus,
+    /// The moderated model, e.g. `Review`.
+    pub model_name: String,
+    /// The moderated object.
+    #[event(subject)]
+    pub id: Uuid,
+}
+
+impl From<ReviewApproved> for ModerateAction {
+    fn from(old: ReviewApproved) -> Self {
+        ModerateAction {
+            action_id: Uuid::nil(),
+            status: ModerationStatus::Approved,
+            model_name: "Review".into(),
+            id: old.id,
+        }
+    }
+}
+
+/// Triggered when a record is created.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("record_create")]
+pub struct RecordCreate {
+    /// The record.
+    pub id: Uuid,
+    /// Its model, e.g. `Review`.
+    pub model_name: String,
+}
+
+/// Triggered when a record is changed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("record_change")]
+pub struct RecordChange {
+    /// The record.
+    pub id: Uuid,
+    /// Its model, e.g. `Review`.
+    pub model_name: String,
+}
+
+/// Triggered when a record is deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("record_delete")]
+pub struct RecordDelete {
+    /// The record.
+    pub id: Uuid,
+    /// Its model, e.g. `Review`.
+    pub model_name: String,
+}
+
+/// A reference to a user of the ID service.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct UserRef {
+    /// The user.
+    pub id: Uuid,
+}
+
+/// What happened to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UserAction {
+    /// The user's data changed.
+    Update,
+    /// The user was deleted.
+    Delete,
+}
+
+/// Triggered when the user is changed in the ID service.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("id_user_changed", aliases = ["sso_user_changed"])]
+pub struct IdUserChanged {
+    /// The user.
+    pub data: UserRef,
+    /// `update` or `delete`.
+    pub action: UserAction,
+}
+
+/// Triggered when a grant is published.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("grant_published")]
+pub struct GrantPublished {
+    /// The grant.
+    pub id: Uuid,
+}
+
+/// Triggered when a user applies for a grant.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("user_applied")]
+pub struct UserApplied {
+    /// The application.
+    pub id: Uuid,
+}
+
+/// Triggered when the winners of a grant are announced.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("winners_announcement")]
+pub struct WinnersAnnouncement {
+    /// The grant.
+    pub id: Uuid,
+}
+
+/// Triggered when a user finishes a survey.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("user_survey_finished")]
+pub struct UserSurveyFinished {
+    /// The survey answer.
+    pub id: Uuid,
+}
+
+/// Job: send a text message (queue `sms_send_queue`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("send_short_message")]
+pub struct SendShortMessage {
+    /// The `ShortMessage` row to send.
+    pub message_id: Uuid,
+    /// Recipient, E.164.
+    pub phone: String,
+    /// Text.
+    pub text: String,
+}
+
+/// Job: send an e-mail.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("send_email_task")]
+pub struct SendEmailTask {
+    /// Recipient.
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+}
+
+/// Job: send an in-app notification.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("send_notification")]
+pub struct SendNotification {
+    /// The user to notify.
+    pub user_id: Uuid,
+    /// Text.
+    pub text: String,
+}
+
+/// Reminds the author of a review that is still waiting for moderation.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("review_reminder")]
+pub struct ReviewReminder {
+    /// The review.
+    pub id: Uuid,
+}
+
+/// Fired by the recurring schedule: time to publish moderation statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event("moderation_stats_due")]
+pub struct ModerationStatsDue {
+    /// When the tick fired (Unix ms).
+    pub tick_ms: u64,
+}
