@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,17 @@ struct Inner {
     shutdown_timeout: Duration,
     shutdown: CancellationToken,
     warned: Mutex<HashSet<&'static str>>,
+    background: Vec<Background>,
+}
+
+/// A long-running task that [`Bus::run`] runs next to the handlers (an outbox
+/// relay, for instance). It gets the bus and a token cancelled at shutdown.
+pub type BackgroundFn = Arc<dyn Fn(Bus, CancellationToken) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+
+#[derive(Clone)]
+struct Background {
+    name: String,
+    run: BackgroundFn,
 }
 
 impl fmt::Debug for Bus {
@@ -314,6 +326,16 @@ impl Bus {
             tasks.spawn(worker::run(self.clone(), spec, work_token.clone()));
         }
         let background = tokio::spawn(self.inner.transport.run_background(work_token.clone()));
+        for bg in &self.inner.background {
+            let (bus, token, bg) = (self.clone(), work_token.clone(), bg.clone());
+            tasks.spawn(async move {
+                let result = (bg.run)(bus, token).await;
+                if let Err(e) = &result {
+                    tracing::error!(task = %bg.name, "background task failed: {e}");
+                }
+                result
+            });
+        }
         let mut schedules = tokio::task::JoinSet::new();
         for def in self.inner.registry.schedules() {
             schedules.spawn(run_schedule(self.clone(), def.clone(), work_token.clone()));
@@ -479,6 +501,7 @@ pub struct BusBuilder {
     retry: RetryPolicy,
     handler_timeout: Option<Duration>,
     shutdown_timeout: Duration,
+    background: Vec<Background>,
 }
 
 impl Default for BusBuilder {
@@ -493,6 +516,7 @@ impl Default for BusBuilder {
             retry: RetryPolicy::default(),
             handler_timeout: Some(Duration::from_secs(30)),
             shutdown_timeout: Duration::from_secs(30),
+            background: Vec::new(),
         }
     }
 }
@@ -558,6 +582,19 @@ impl BusBuilder {
     /// How long [`Bus::run`] waits for in-flight events when stopping (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Runs `task` next to the handlers while the bus runs (e.g. an outbox
+    /// relay); it must return when the token is cancelled.
+    pub fn background<F>(mut self, name: impl Into<String>, task: F) -> Self
+    where
+        F: Fn(Bus, CancellationToken) -> BoxFuture<'static, Result<()>> + Send + Sync + 'static,
+    {
+        self.background.push(Background {
+            name: name.into(),
+            run: Arc::new(task),
+        });
         self
     }
 
@@ -672,6 +709,7 @@ impl BusBuilder {
                 shutdown_timeout: self.shutdown_timeout,
                 shutdown: CancellationToken::new(),
                 warned: Mutex::new(HashSet::new()),
+                background: self.background,
             }),
         })
     }
