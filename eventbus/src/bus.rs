@@ -78,7 +78,8 @@ struct Inner {
 
 /// A long-running task that [`Bus::run`] runs next to the handlers (an outbox
 /// relay, for instance). It gets the bus and a token cancelled at shutdown.
-pub type BackgroundFn = Arc<dyn Fn(Bus, CancellationToken) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+pub type BackgroundFn =
+    Arc<dyn Fn(Bus, CancellationToken) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
 #[derive(Clone)]
 struct Background {

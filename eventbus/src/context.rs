@@ -21,9 +21,9 @@ pub(crate) type StateMap = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 /// ```
 /// # use eventbus::{Context, Event};
 /// # #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, Event)]
-/// # #[event("ping")] struct Ping;
+/// # #[event("doc.context.ping")] struct Ping;
 /// # #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema, Event)]
-/// # #[event("pong")] struct Pong;
+/// # #[event("doc.context.pong")] struct Pong;
 /// # struct Db;
 /// async fn on_ping(_: Ping, ctx: Context) -> eventbus::Result<()> {
 ///     println!("{} attempt {} in {}", ctx.id(), ctx.attempt(), ctx.group());

@@ -19,13 +19,13 @@ use crate::codec::DecodeError;
 ///
 /// /// Triggered when the review is created.
 /// #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Event)]
-/// #[event("review_created", source = "reviews")]
+/// #[event("doc.review_created", source = "reviews")]
 /// pub struct ReviewCreated {
 ///     #[event(subject)]
 ///     pub id: uuid::Uuid,
 /// }
 ///
-/// assert_eq!(ReviewCreated::TYPE, "review_created");
+/// assert_eq!(ReviewCreated::TYPE, "doc.review_created");
 /// assert_eq!(ReviewCreated::info().description, "Triggered when the review is created.");
 /// ```
 pub trait Event:

@@ -4,7 +4,7 @@
 //! Works on tokio's paused clock (`#[tokio::test(start_paused = true)]`):
 //! retry backoff, `publish_after` and recurring schedules then take no real time.
 //!
-//! ```
+//! ```rust,standalone_crate
 //! use eventbus::testing::TestBus;
 //! # #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, eventbus::Event)]
 //! # #[event("doc.ping")] struct Ping { n: u32 }

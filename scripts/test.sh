@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit, integration, UI and doc tests.
+# Integration tests start their own redis-server and PostgreSQL on free
+# loopback ports; this script installs the binaries when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy (all targets, all features)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+echo "==> cargo test (all features)"
+cargo test --workspace --all-features
+
+echo "==> the example runs on the default transport"
+cargo run --quiet --example reviews > /dev/null
+
+echo "==> every feature builds on its own"
+for features in "" memory redis postgres sqlite; do
+  cargo check --quiet -p eventbus --no-default-features ${features:+--features "$features"}
+done
+echo "all checks passed"
