@@ -133,6 +133,8 @@ pub(crate) struct Args {
     pub(crate) entries: Vec<Entry>,
     /// Every known key written, valid value or not.
     pub(crate) seen: Vec<String>,
+    /// An identifier was written where the leading literal belongs (and reported).
+    pub(crate) bare_positional: bool,
 }
 
 impl Args {
@@ -200,11 +202,8 @@ impl Args {
         let name = key.unraw().to_string();
         let Some(k) = spec.keys.iter().find(|k| k.name == name) else {
             let message = if spec.positional && index == 0 && !input.peek(Token![=]) {
-                format!(
-                    "the event type is a string literal: write `#[event(\"{name}\")]`; \
-                     or, for a key, expected one of: {}",
-                    spec.expected()
-                )
+                self.bare_positional = true;
+                format!("the event type is a string literal: write #[event(\"{name}\")]")
             } else {
                 unknown_key(&name, spec)
             };
@@ -345,7 +344,12 @@ fn parse_value(tokens: TokenStream, key: &Key) -> syn::Result<Value> {
                 ));
             }
             let n = lit.base10_parse::<u32>().map_err(|_| {
-                syn::Error::new_spanned(&lit, format!("`{name}` must fit in a u32"))
+                let why = if lit.base10_digits().starts_with('-') {
+                    "cannot be negative"
+                } else {
+                    "is too large for a u32"
+                };
+                syn::Error::new_spanned(&tokens, format!("`{name}` {why}"))
             })?;
             Ok(Value::U32(n, lit))
         }
@@ -614,7 +618,7 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "`retries` must fit in a u32",
+                "`retries` is too large for a u32",
                 "`group` expects a string literal: write `group = \"name\"`",
             ]
         );

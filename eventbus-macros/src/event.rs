@@ -89,6 +89,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             );
             None
         }
+        (None, Some(_)) if args.bare_positional => None,
         (None, Some(attr)) => {
             errors.at(attr, MISSING_TYPE);
             None

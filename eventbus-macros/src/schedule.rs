@@ -102,10 +102,15 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
         When::Every(lit) => quote!(#krate::__private::When::Every(#lit)),
         When::Cron(lit) => quote!(#krate::__private::When::Cron(#lit)),
     };
+    // Both uses of the return type are spanned at it and live in one body, so
+    // that rustc reports "a schedule must return an event" once, under it.
     let ret_span = ret.span();
     let ret_krate = respan(krate.clone(), ret_span);
     let event_type = quote_spanned! {ret_span=>
-        <<#ret as #ret_krate::__private::ScheduleOutput>::Event as #ret_krate::Event>::TYPE
+        __eventbus_event_type::<#ret>()
+    };
+    let publish = quote_spanned! {ret_span=>
+        #ret_krate::__private::publish_output::<#ret>(bus, #name, #call).await
     };
     let allow = allow_lints();
 
@@ -114,12 +119,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
         #allow
         const _: () = {
-            fn __eventbus_produce(
-                bus: #krate::__private::Bus,
-            ) -> #krate::__private::BoxFuture<'static, #krate::__private::Result<()>> {
-                #krate::__private::boxed(async move {
-                    #krate::__private::publish_output(bus, #name, #call).await
-                })
+            fn __eventbus_event_type<O: #krate::__private::ScheduleOutput>() -> &'static str {
+                <<O as #krate::__private::ScheduleOutput>::Event as #krate::Event>::TYPE
             }
 
             fn __eventbus_def() -> #krate::__private::ScheduleDef {
@@ -128,7 +129,11 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
                     ::core::module_path!(),
                     #when,
                     #event_type,
-                    __eventbus_produce,
+                    |bus: #krate::__private::Bus| {
+                        #krate::__private::boxed(async move {
+                            #publish
+                        })
+                    },
                 )
             }
 
