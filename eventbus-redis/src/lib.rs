@@ -1,1 +1,33 @@
-pub fn placeholder() {}
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+mod client;
+pub mod codec;
+pub mod config;
+mod conn;
+mod consumer;
+pub mod dlq;
+mod error;
+pub mod keys;
+pub mod pubsub;
+pub mod schedule;
+mod scripts;
+pub mod streams;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
+
+pub use client::Client;
+pub use config::{Codec, Layout, Mode, RedisConfig, Secret};
+pub use conn::ClientOptions;
+pub use consumer::{
+    Consumer, ConsumerOptions, ConsumerStats, DeadLetterInfo, Entry, EntryId, StartFrom, Types,
+};
+pub use dlq::{DeadLetter, DlqId};
+pub use error::{Error, Result};
+pub use keys::Keys;
+pub use schedule::{SchedulerHandle, SchedulerOptions, TrimReport};
+
+/// The `cloudevents` crate (cloudevents-sdk) this crate speaks at its edges.
+pub use cloudevents;

@@ -1,0 +1,335 @@
+//! [`Client`]: one configuration, one shared multiplexed connection, and
+//! every operation that is not a consumer's.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use redis::Pipeline;
+
+use crate::codec;
+use crate::config::{Codec, Layout, Mode, RedisConfig};
+use crate::conn::{self, ClientOptions, Conn, Connector};
+use crate::consumer::{Consumer, ConsumerOptions, Kind, Types};
+use crate::error::Result;
+use crate::keys::{Keys, check_name};
+use crate::pubsub::PubSubConsumer;
+use crate::streams::StreamConsumer;
+
+/// A connection to Redis for one [`RedisConfig`]: publishes, schedules,
+/// creates consumers, manages the dead-letter queue.
+///
+/// Cheap to clone (an `Arc`); clones share one multiplexed connection that
+/// pipelines concurrent callers and reconnects by itself.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: RedisConfig,
+    pub(crate) keys: Keys,
+    pub(crate) connector: Connector,
+    pub(crate) conn: Conn,
+    /// Types this client has already added to the types set.
+    known_types: RwLock<HashSet<String>>,
+    pub(crate) scheduler_wake: tokio::sync::Notify,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a publish writes for one event: XADD fields, or a PUBLISH payload.
+pub(crate) enum Write<'a> {
+    Xadd {
+        key: String,
+        fields: Vec<(&'static str, Cow<'a, [u8]>)>,
+    },
+    Publish {
+        channel: String,
+        payload: Cow<'a, [u8]>,
+    },
+}
+
+impl Client {
+    /// Connects with default [`ClientOptions`]. Fails fast with
+    /// "cannot connect to Redis at host:port: ..." when the server is unreachable.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        Self::connect_with(config, ClientOptions::default()).await
+    }
+
+    /// Parses `url` and connects.
+    pub async fn connect_url(url: &str) -> Result<Self> {
+        Self::connect(RedisConfig::from_url(url)?).await
+    }
+
+    /// Connects with explicit timeouts and reconnect budget.
+    pub async fn connect_with(config: RedisConfig, opts: ClientOptions) -> Result<Self> {
+        let connector = Connector::new(&config, opts)?;
+        let mut conn = connector.connect(connector.options().response_timeout).await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| conn::connect_error(&config, e))?;
+        tracing::debug!(redis = %config, "connected to Redis");
+        Ok(Client {
+            inner: Arc::new(Inner {
+                keys: Keys::new(&config),
+                config,
+                connector,
+                conn,
+                known_types: RwLock::new(HashSet::new()),
+                scheduler_wake: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    /// The configuration (prints with the password as `***`).
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The key names this client uses.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub(crate) fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+
+    pub(crate) fn options(&self) -> &ClientOptions {
+        self.inner.connector.options()
+    }
+
+    /// Runs one command on the shared connection, retrying while Redis is unreachable.
+    pub(crate) async fn run<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        let conn = self.conn();
+        conn::retry(op, self.options().reconnect_for, || {
+            let mut c = conn.clone();
+            async move { cmd.query_async::<T>(&mut c).await }
+        })
+        .await
+    }
+
+    /// Runs a pipeline on the shared connection (one round trip), retrying
+    /// while Redis is unreachable.
+    pub(crate) async fn run_pipe<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &Pipeline,
+    ) -> Result<T> {
+        let conn = self.conn();
+        conn::retry(op, self.options().reconnect_for, || {
+            let mut c = conn.clone();
+            async move { pipe.query_async::<T>(&mut c).await }
+        })
+        .await
+    }
+
+    /// Runs a script on the shared connection, retrying while Redis is unreachable.
+    pub(crate) async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let conn = self.conn();
+        conn::retry(op, self.options().reconnect_for, || {
+            let mut c = conn.clone();
+            async move { inv.invoke_async::<T>(&mut c).await }
+        })
+        .await
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> Result<()> {
+        self.run::<()>("PING", &redis::cmd("PING")).await
+    }
+
+    /// Publishes a batch of `(event type, payload)` in one round trip.
+    ///
+    /// `payload` is structured-mode CloudEvent JSON (bare data JSON is
+    /// wrapped into a CloudEvent of the type). Streams mode: one `XADD` per
+    /// event; pub/sub: one `PUBLISH`. Concurrent calls are pipelined on the
+    /// shared connection, not serialized.
+    pub async fn publish(&self, events: &[(&str, &[u8])]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let mut new_types = Vec::new();
+        for (ty, payload) in events {
+            check_name("event type", ty)?;
+            if self.needs_type_registration(ty) && !new_types.contains(ty) {
+                new_types.push(*ty);
+            }
+            add_write(&mut pipe, self.write(ty, payload));
+        }
+        if !new_types.is_empty() {
+            pipe.cmd("SADD")
+                .arg(self.inner.keys.types())
+                .arg(&new_types)
+                .ignore();
+        }
+        self.run_pipe::<()>("publish", &pipe).await?;
+        if !new_types.is_empty() {
+            let mut known = self.inner.known_types.write().expect("not poisoned");
+            known.extend(new_types.iter().map(|t| (*t).to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Publishes one event.
+    pub async fn publish_one(&self, event_type: &str, payload: &[u8]) -> Result<()> {
+        self.publish(&[(event_type, payload)]).await
+    }
+
+    /// Publishes a `cloudevents::Event` (its `type` picks the stream or channel).
+    pub async fn publish_event(&self, event: &cloudevents::Event) -> Result<()> {
+        use cloudevents::AttributesReader;
+        let payload = codec::encode_event(event)?;
+        self.publish_one(event.ty(), &payload).await
+    }
+
+    fn needs_type_registration(&self, ty: &str) -> bool {
+        self.inner.config.mode() == Mode::Streams
+            && self.inner.config.layout() == &Layout::PerType
+            && !self
+                .inner
+                .known_types
+                .read()
+                .expect("not poisoned")
+                .contains(ty)
+    }
+
+    /// What publishing `payload` as `ty` writes.
+    pub(crate) fn write<'a>(&self, ty: &str, payload: &'a [u8]) -> Write<'a> {
+        let keys = &self.inner.keys;
+        let config = &self.inner.config;
+        let body = |payload: &'a [u8]| -> Cow<'a, [u8]> {
+            match config.codec() {
+                Codec::Legacy => codec::legacy_data(payload),
+                Codec::CloudEvents => {
+                    if looks_structured(payload) {
+                        Cow::Borrowed(payload)
+                    } else {
+                        match codec::wrap_legacy(ty, &source_of(ty), payload) {
+                            Some(b) => Cow::Owned(b.to_vec()),
+                            None => Cow::Borrowed(payload),
+                        }
+                    }
+                }
+            }
+        };
+        match (config.mode(), config.layout()) {
+            (Mode::PubSub, _) => Write::Publish {
+                channel: keys.channel(ty),
+                payload: body(payload),
+            },
+            (_, Layout::PerType) => {
+                let field = match config.codec() {
+                    Codec::CloudEvents => "cloud_event",
+                    Codec::Legacy => "data",
+                };
+                Write::Xadd {
+                    key: keys.stream(ty),
+                    fields: vec![(field, body(payload))],
+                }
+            }
+            (_, Layout::Django { .. }) => {
+                let ce = body(payload);
+                let (id, source, time) = match codec::header_attrs(&ce) {
+                    Some(a) => (
+                        a.id.into_owned(),
+                        a.source.map(|s| s.into_owned()).unwrap_or_default(),
+                        a.time
+                            .map(|t| t.into_owned())
+                            .unwrap_or_else(|| codec::format_time(SystemTime::now())),
+                    ),
+                    None => (
+                        uuid::Uuid::now_v7().to_string(),
+                        String::new(),
+                        codec::format_time(SystemTime::now()),
+                    ),
+                };
+                Write::Xadd {
+                    key: keys.stream(ty),
+                    fields: vec![
+                        ("event_id", Cow::Owned(id.into_bytes())),
+                        ("event_type", Cow::Owned(ty.as_bytes().to_vec())),
+                        ("source", Cow::Owned(source.into_bytes())),
+                        ("timestamp", Cow::Owned(time.into_bytes())),
+                        ("cloud_event", ce),
+                    ],
+                }
+            }
+        }
+    }
+
+    /// A consumer of `group` reading `types`.
+    ///
+    /// Streams: creates the group on every stream it reads (`MKSTREAM`), at
+    /// [`ConsumerOptions::start`]; a [`Types::All`] consumer also creates it,
+    /// at `0`, on the streams of types first published later. Pub/sub:
+    /// subscribes to the types' channels (or the prefix pattern for `All`)
+    /// before returning, so nothing published after this call is missed.
+    pub async fn consumer(
+        &self,
+        group: &str,
+        types: Types,
+        opts: ConsumerOptions,
+    ) -> Result<Consumer> {
+        check_name("group", group)?;
+        if let Types::Only(list) = &types {
+            for t in list {
+                check_name("event type", t)?;
+            }
+        }
+        let kind = match self.inner.config.mode() {
+            Mode::Streams => Kind::Streams(Arc::new(
+                StreamConsumer::new(self.clone(), group, types, opts).await?,
+            )),
+            Mode::PubSub => Kind::PubSub(Arc::new(
+                PubSubConsumer::new(self.clone(), group, types, opts).await?,
+            )),
+        };
+        Ok(Consumer { kind })
+    }
+}
+
+pub(crate) fn add_write(pipe: &mut Pipeline, write: Write<'_>) {
+    match write {
+        Write::Xadd { key, fields } => {
+            let cmd = pipe.cmd("XADD").arg(key).arg("*");
+            for (f, v) in &fields {
+                cmd.arg(*f).arg(&**v);
+            }
+            cmd.ignore();
+        }
+        Write::Publish { channel, payload } => {
+            pipe.cmd("PUBLISH").arg(channel).arg(&*payload).ignore();
+        }
+    }
+}
+
+/// The `source` given to bare payloads wrapped into CloudEvents.
+pub(crate) fn source_of(channel_or_type: &str) -> String {
+    format!("/redis/{channel_or_type}")
+}
+
+/// Cheap check used on the publish path: a structured CloudEvent always has
+/// a `"specversion"` member.
+pub(crate) fn looks_structured(payload: &[u8]) -> bool {
+    payload.windows(13).any(|w| w == b"\"specversion\"")
+}

@@ -1,0 +1,662 @@
+//! `redis://` URLs: where the server is and how events are laid out on it.
+//!
+//! ```text
+//! redis://[user:pass@]host[:port][/db][?options]
+//! rediss://...                                   TLS (feature `tls`)
+//! redis+cluster://[user:pass@]host1:port,host2:port,...[?options]
+//! rediss+cluster://...                           cluster over TLS (feature `tls`)
+//!
+//! options: mode=streams|pubsub  codec=cloudevents|legacy  prefix=NAME
+//!          layout=per-type|django  stream=NAME (django layout)  maxlen=N
+//! ```
+//!
+//! The password is kept in a [`Secret`] whose `Debug` and `Display` print
+//! `***`; [`RedisConfig`]'s `Display` is the URL with the password redacted.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// The default port of `redis-server`.
+pub const DEFAULT_PORT: u16 = 6379;
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "eventbus";
+/// The default stream of the `django` layout.
+pub const DEFAULT_DJANGO_STREAM: &str = "events";
+
+const OPTIONS: &str = "`mode`, `codec`, `prefix`, `layout`, `stream`, `maxlen`";
+
+/// How events travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Redis Streams: durable, consumer groups, at-least-once (`mode=streams`, default).
+    #[default]
+    Streams,
+    /// Redis pub/sub: fire-and-forget, at-most-once (`mode=pubsub`).
+    PubSub,
+}
+
+/// What is written on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Codec {
+    /// Structured-mode CloudEvents JSON (`codec=cloudevents`, default).
+    #[default]
+    CloudEvents,
+    /// The bare `data` JSON, as older services publish it (`codec=legacy`).
+    Legacy,
+}
+
+/// Which keys a Streams-mode client uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Layout {
+    /// One stream per event type, `{prefix}:stream:<type>` (`layout=per-type`, default).
+    #[default]
+    PerType,
+    /// One stream shared by every type, with the fields that django-broadcaster
+    /// writes (`event_id`, `event_type`, `source`, `timestamp`, `cloud_event`);
+    /// consumers filter by `event_type` (`layout=django&stream=events`).
+    Django {
+        /// The stream's key (default `events`).
+        stream: String,
+    },
+}
+
+/// A password: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The password itself. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A parsed Redis URL. Build it with [`RedisConfig::from_url`], adjust it
+/// with the `with_*` methods.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    nodes: Vec<(String, u16)>,
+    tls: bool,
+    cluster: bool,
+    username: Option<String>,
+    password: Option<Secret>,
+    db: i64,
+    mode: Mode,
+    codec: Codec,
+    prefix: Option<String>,
+    layout: Layout,
+    maxlen: Option<u64>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("nodes", &self.nodes)
+            .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("mode", &self.mode)
+            .field("codec", &self.codec)
+            .field("prefix", &self.prefix())
+            .field("layout", &self.layout)
+            .field("maxlen", &self.maxlen)
+            .finish()
+    }
+}
+
+/// The URL, password as `***`, options normalized.
+impl fmt::Display for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match (self.tls, self.cluster) {
+            (false, false) => "redis",
+            (true, false) => "rediss",
+            (false, true) => "redis+cluster",
+            (true, true) => "rediss+cluster",
+        };
+        write!(f, "{scheme}://")?;
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) => write!(f, "{u}:***@")?,
+            (None, Some(_)) => f.write_str(":***@")?,
+            (Some(u), None) => write!(f, "{u}@")?,
+            (None, None) => {}
+        }
+        f.write_str(&self.addr())?;
+        if !self.cluster {
+            write!(f, "/{}", self.db)?;
+        }
+        let mut sep = '?';
+        let mut opt = |f: &mut fmt::Formatter<'_>, k: &str, v: &dyn fmt::Display| {
+            let r = write!(f, "{sep}{k}={v}");
+            sep = '&';
+            r
+        };
+        if self.mode == Mode::PubSub {
+            opt(f, "mode", &"pubsub")?;
+        }
+        if self.codec == Codec::Legacy {
+            opt(f, "codec", &"legacy")?;
+        }
+        if let Some(p) = &self.prefix {
+            opt(f, "prefix", p)?;
+        }
+        if let Layout::Django { stream } = &self.layout {
+            opt(f, "layout", &"django")?;
+            opt(f, "stream", stream)?;
+        }
+        if let Some(n) = self.maxlen {
+            opt(f, "maxlen", &n)?;
+        }
+        Ok(())
+    }
+}
+
+impl RedisConfig {
+    /// A config for one server at `host:port`, database 0, every option at its default.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        RedisConfig {
+            nodes: vec![(host.into(), port)],
+            tls: false,
+            cluster: false,
+            username: None,
+            password: None,
+            db: 0,
+            mode: Mode::Streams,
+            codec: Codec::CloudEvents,
+            prefix: None,
+            layout: Layout::PerType,
+            maxlen: None,
+        }
+    }
+
+    /// Parses `redis://`, `rediss://`, `redis+cluster://` and `rediss+cluster://` URLs.
+    ///
+    /// Every error names the URL (password redacted) and says what to change.
+    pub fn from_url(url: &str) -> Result<Self> {
+        parse(url).map_err(|reason| Error::Config {
+            url: redact_url(url),
+            reason,
+        })
+    }
+
+    /// `host:port` of the server, or the comma-separated cluster nodes.
+    pub fn addr(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(h, p)| {
+                if h.contains(':') {
+                    format!("[{h}]:{p}")
+                } else {
+                    format!("{h}:{p}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The server (or the cluster's seed nodes).
+    pub fn nodes(&self) -> &[(String, u16)] {
+        &self.nodes
+    }
+    /// `rediss://`.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+    /// `redis+cluster://`.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+    /// The ACL user name.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+    /// The password (prints as `***`).
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+    /// The database index (always 0 on a cluster).
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+    /// Streams or pub/sub.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// CloudEvents or legacy payloads.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+    /// The key prefix (default `eventbus`).
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(DEFAULT_PREFIX)
+    }
+    /// The pub/sub channel prefix: the `prefix` option when the URL sets it,
+    /// none otherwise (so channels are the bare event types legacy services use).
+    pub fn channel_prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+    /// Per-type streams or the django-broadcaster layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    /// The stream length bound (`maxlen`), if any.
+    pub fn maxlen(&self) -> Option<u64> {
+        self.maxlen
+    }
+
+    /// Sets the mode.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+    /// Sets the codec.
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+    /// Sets the key (and pub/sub channel) prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Result<Self> {
+        let prefix = prefix.into();
+        check_prefix(&prefix).map_err(|reason| Error::Config {
+            url: self.to_string(),
+            reason,
+        })?;
+        self.prefix = Some(prefix);
+        Ok(self)
+    }
+    /// Sets the layout.
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+    /// Sets (or clears) the stream length bound.
+    pub fn with_maxlen(mut self, maxlen: Option<u64>) -> Self {
+        self.maxlen = maxlen;
+        self
+    }
+    /// Sets the credentials.
+    pub fn with_auth(mut self, username: Option<String>, password: Option<Secret>) -> Self {
+        self.username = username;
+        self.password = password;
+        self
+    }
+}
+
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("`prefix` must not be empty; leave it out for the default `eventbus`".into());
+    }
+    if prefix.contains(['{', '}']) {
+        return Err(format!(
+            "`prefix={prefix}` must not contain `{{` or `}}`: the crate adds the cluster hash tag itself"
+        ));
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`prefix={prefix}` must not contain spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn parse(url: &str) -> Result<RedisConfig, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("expected a URL like `redis://127.0.0.1:6379/0`".into());
+    };
+    let (tls, cluster) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => (false, false),
+        "rediss" => (true, false),
+        "redis+cluster" => (false, true),
+        "rediss+cluster" => (true, true),
+        other => {
+            return Err(format!(
+                "unknown scheme `{other}`; use `redis://`, `rediss://` (TLS), `redis+cluster://` or `rediss+cluster://`"
+            ));
+        }
+    };
+    if tls && !cfg!(feature = "tls") {
+        return Err(format!(
+            "`{scheme}://` needs TLS support: enable the `tls` feature of eventbus-redis"
+        ));
+    }
+    if rest.contains('#') {
+        return Err("fragments (`#...`) are not supported; remove them".into());
+    }
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (before_query, ""),
+    };
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let mut config = RedisConfig::new(String::new(), DEFAULT_PORT);
+    config.tls = tls;
+    config.cluster = cluster;
+    if let Some(userinfo) = userinfo {
+        let (user, pass) = match userinfo.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (userinfo, None),
+        };
+        let user = percent_decode(user).ok_or("the user name has a bad %-escape")?;
+        if !user.is_empty() {
+            config.username = Some(user);
+        }
+        if let Some(pass) = pass {
+            let pass = percent_decode(pass)
+                .ok_or("the password has a bad %-escape (write `%25` for a literal `%`)")?;
+            config.password = Some(Secret(pass));
+        }
+    }
+    config.nodes.clear();
+    for node in hosts.split(',') {
+        config.nodes.push(parse_host(node)?);
+    }
+    if config.nodes.len() > 1 && !cluster {
+        return Err(
+            "several hosts are only allowed with `redis+cluster://host1:port,host2:port`".into(),
+        );
+    }
+    let path = path.trim_end_matches('/');
+    if !path.is_empty() {
+        let db: i64 = path.parse().ok().filter(|d| *d >= 0).ok_or_else(|| {
+            format!("the database `/{path}` must be a number like `/0`")
+        })?;
+        if cluster && db != 0 {
+            return Err("Redis Cluster has only database 0; remove the `/N` path".into());
+        }
+        config.db = db;
+    }
+    let mut stream = None;
+    let mut layout_django = false;
+    if let Some(query) = query {
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "mode" => {
+                    config.mode = match &*value {
+                        "streams" => Mode::Streams,
+                        "pubsub" => Mode::PubSub,
+                        v => {
+                            return Err(format!(
+                                "`mode={v}` is not a mode; use `mode=streams` (durable) or `mode=pubsub` (fire-and-forget)"
+                            ));
+                        }
+                    }
+                }
+                "codec" => {
+                    config.codec = match &*value {
+                        "cloudevents" => Codec::CloudEvents,
+                        "legacy" => Codec::Legacy,
+                        v => {
+                            return Err(format!(
+                                "`codec={v}` is not a codec; use `codec=cloudevents` or `codec=legacy` (bare data JSON)"
+                            ));
+                        }
+                    }
+                }
+                "prefix" => {
+                    check_prefix(&value)?;
+                    config.prefix = Some(value.into_owned());
+                }
+                "layout" => {
+                    layout_django = match &*value {
+                        "per-type" => false,
+                        "django" => true,
+                        v => {
+                            return Err(format!(
+                                "`layout={v}` is not a layout; use `layout=per-type` (default) or `layout=django`"
+                            ));
+                        }
+                    }
+                }
+                "stream" => {
+                    let v = value.into_owned();
+                    if v.is_empty() || v.contains(['{', '}']) {
+                        return Err(format!(
+                            "`stream={v}` must be a non-empty key name without `{{` or `}}`"
+                        ));
+                    }
+                    stream = Some(v);
+                }
+                "maxlen" => {
+                    let n: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("`maxlen={value}` must be a positive number of entries, like `maxlen=100000`")
+                    })?;
+                    config.maxlen = Some(n);
+                }
+                other => {
+                    return Err(format!(
+                        "unknown option `{other}`; expected one of: {OPTIONS}"
+                    ));
+                }
+            }
+        }
+    }
+    if layout_django {
+        if config.mode == Mode::PubSub {
+            return Err("`layout=django` is a Streams layout; remove `mode=pubsub`".into());
+        }
+        if config.codec == Codec::Legacy {
+            return Err(
+                "`layout=django` always writes CloudEvents JSON; remove `codec=legacy`".into(),
+            );
+        }
+        config.layout = Layout::Django {
+            stream: stream.unwrap_or_else(|| DEFAULT_DJANGO_STREAM.to_owned()),
+        };
+    } else if stream.is_some() {
+        return Err("`stream=...` only applies to `layout=django`; add `layout=django`".into());
+    }
+    Ok(config)
+}
+
+fn parse_host(node: &str) -> Result<(String, u16), String> {
+    if node.is_empty() {
+        return Err("the host is missing; write it like `redis://127.0.0.1:6379`".into());
+    }
+    let (host, port) = if let Some(rest) = node.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{node}`: an IPv6 address needs a closing `]`"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if after.is_empty() => (h, None),
+            None => return Err(format!("`{node}`: expected `:port` after `]`")),
+        }
+    } else {
+        match node.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (node, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("`{node}`: the host is missing"));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{node}`: the port must be a number from 1 to 65535"))?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The URL with the password (if any) replaced by `***`. Works on URLs that do not parse.
+pub fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[start..];
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..auth_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..start],
+                    &userinfo[..colon],
+                    &rest[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_defaults() {
+        let c = RedisConfig::from_url("redis://127.0.0.1").unwrap();
+        assert_eq!(c.nodes(), &[("127.0.0.1".to_owned(), 6379)]);
+        assert_eq!(c.db(), 0);
+        assert_eq!(c.mode(), Mode::Streams);
+        assert_eq!(c.codec(), Codec::CloudEvents);
+        assert_eq!(c.prefix(), "eventbus");
+        assert_eq!(c.channel_prefix(), None);
+        assert_eq!(c.layout(), &Layout::PerType);
+        assert_eq!(c.to_string(), "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn parses_everything() {
+        let c = RedisConfig::from_url(
+            "redis://me:p%40ss@localhost:7000/3?mode=pubsub&codec=legacy&prefix=svc&maxlen=1000",
+        )
+        .unwrap();
+        assert_eq!(c.username(), Some("me"));
+        assert_eq!(c.password().unwrap().expose(), "p@ss");
+        assert_eq!(c.db(), 3);
+        assert_eq!(c.mode(), Mode::PubSub);
+        assert_eq!(c.codec(), Codec::Legacy);
+        assert_eq!(c.prefix(), "svc");
+        assert_eq!(c.channel_prefix(), Some("svc"));
+        assert_eq!(c.maxlen(), Some(1000));
+        assert_eq!(
+            c.to_string(),
+            "redis://me:***@localhost:7000/3?mode=pubsub&codec=legacy&prefix=svc&maxlen=1000"
+        );
+    }
+
+    #[test]
+    fn parses_cluster_and_django() {
+        let c = RedisConfig::from_url(
+            "redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002?layout=django&stream=outbox",
+        )
+        .unwrap();
+        assert!(c.is_cluster());
+        assert_eq!(c.nodes().len(), 3);
+        assert_eq!(c.nodes()[2], ("::1".to_owned(), 7002));
+        assert_eq!(
+            c.layout(),
+            &Layout::Django {
+                stream: "outbox".into()
+            }
+        );
+        assert_eq!(
+            c.to_string(),
+            "redis+cluster://:***@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002?layout=django&stream=outbox"
+        );
+        let d = RedisConfig::from_url("redis://h?layout=django").unwrap();
+        assert_eq!(
+            d.layout(),
+            &Layout::Django {
+                stream: "events".into()
+            }
+        );
+    }
+
+    fn err(url: &str) -> String {
+        RedisConfig::from_url(url).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_are_actionable_and_redacted() {
+        let e = err("redis://u:hunter2@h:6379/0?colour=blue");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("u:***@h"), "{e}");
+        assert!(
+            e.contains("unknown option `colour`; expected one of: `mode`"),
+            "{e}"
+        );
+        assert!(err("redis://h?mode=kafka").contains("use `mode=streams`"));
+        assert!(err("redis://h?codec=avro").contains("`codec=legacy`"));
+        assert!(err("redis://h?maxlen=-1").contains("positive number"));
+        assert!(err("redis://h:99999").contains("port must be a number"));
+        assert!(err("redis://h/x").contains("must be a number like `/0`"));
+        assert!(err("http://h").contains("unknown scheme `http`"));
+        assert!(err("localhost:6379").contains("expected a URL like"));
+        assert!(err("redis://a:1,b:2").contains("redis+cluster://"));
+        assert!(err("redis+cluster://a:1/2").contains("only database 0"));
+        assert!(err("redis://h?stream=x").contains("add `layout=django`"));
+        assert!(err("redis://h?layout=django&mode=pubsub").contains("Streams layout"));
+        assert!(err("redis://h?prefix=a{b}").contains("hash tag"));
+        #[cfg(not(feature = "tls"))]
+        assert!(err("rediss://h").contains("enable the `tls` feature"));
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        let c = RedisConfig::from_url("redis://user:hunter2@h/0").unwrap();
+        let dbg = format!("{c:?} {c:#?} {c}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn redacts_unparseable_urls() {
+        assert_eq!(redact_url("redis://u:pw@h:x/0"), "redis://u:***@h:x/0");
+        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact_url("redis://h/0"), "redis://h/0");
+    }
+}

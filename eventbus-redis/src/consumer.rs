@@ -1,0 +1,319 @@
+//! What every consumer hands out, whatever the mode: [`Entry`]s with an
+//! opaque, `Copy` [`EntryId`], acked, retried later or dead-lettered through
+//! the [`Consumer`] that read them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use crate::dlq::DlqId;
+use crate::error::Result;
+use crate::pubsub::PubSubConsumer;
+use crate::streams::StreamConsumer;
+
+/// Which event types a consumer reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Types {
+    /// These types only.
+    Only(Vec<String>),
+    /// Every type, including types first published after the consumer started.
+    All,
+}
+
+/// Where a consumer group starts when this consumer creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// Only events published after the group was created (`$`, default).
+    #[default]
+    Latest,
+    /// Every event still in the stream (`0`).
+    Earliest,
+}
+
+/// Tuning of a consumer. The defaults suit handlers that finish well within a minute.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// Longest time `read` blocks in `XREADGROUP` waiting for new entries. An
+    /// entry that arrives wakes it at once; this only bounds how long an idle
+    /// `read` takes to return an empty batch.
+    pub block: Duration,
+    /// While entries handed out by this consumer are still unacked (so a
+    /// handler may call `retry_later`), `read` blocks at most this long, which
+    /// bounds how late a delayed retry fires.
+    pub busy_block: Duration,
+    /// Entries pending on another consumer for longer than this are taken
+    /// over (`XCLAIM`): that consumer is presumed dead. Keep it larger than
+    /// the longest handler run.
+    pub claim_idle: Duration,
+    /// How often to look for such entries.
+    pub claim_interval: Duration,
+    /// How often a consumer of [`Types::All`] looks for new event types.
+    pub types_poll: Duration,
+    /// How often to look for delayed retries scheduled by other consumers of
+    /// the group (own retries are tracked locally and fire on time).
+    pub retry_poll: Duration,
+    /// Where a group created by this consumer starts.
+    pub start: StartFrom,
+    /// The consumer name inside its group; default `<host>-<pid>-<random>`,
+    /// unique per consumer.
+    pub name: Option<String>,
+    /// Pub/sub only: how many received messages wait for `read` before new
+    /// ones are dropped (and counted in [`ConsumerStats::dropped`]).
+    pub pubsub_buffer: usize,
+    /// Pub/sub only: how many handed-out entries are kept for `retry_later`
+    /// until they are acked; beyond it the oldest are released (counted).
+    pub pubsub_hold: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            block: Duration::from_secs(2),
+            busy_block: Duration::from_millis(100),
+            claim_idle: Duration::from_secs(60),
+            claim_interval: Duration::from_secs(10),
+            types_poll: Duration::from_secs(1),
+            retry_poll: Duration::from_secs(1),
+            start: StartFrom::Latest,
+            name: None,
+            pubsub_buffer: 1 << 16,
+            pubsub_hold: 1 << 16,
+        }
+    }
+}
+
+/// Identifies an entry handed out by a [`Consumer`]; only meaningful to that consumer.
+///
+/// For Streams it is the stream (an index into the consumer's streams) and
+/// the entry id (`ms-seq`); for pub/sub a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId {
+    pub(crate) stream: u32,
+    pub(crate) ms: u64,
+    pub(crate) seq: u64,
+}
+
+impl EntryId {
+    pub(crate) fn parse(stream: u32, id: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(id).ok()?;
+        let (ms, seq) = s.split_once('-')?;
+        Some(EntryId {
+            stream,
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// The Redis stream entry id's milliseconds part (0 for pub/sub).
+    pub fn ms(&self) -> u64 {
+        self.ms
+    }
+
+    /// The Redis stream entry id's sequence part (the message number for pub/sub).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// `ms-seq`, as Redis writes stream ids.
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// One event handed out by a consumer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Pass it back to `ack`, `retry_later`.
+    pub id: EntryId,
+    /// The CloudEvents type (the stream's or channel's type; in the django
+    /// layout the `event_type` field).
+    pub event_type: Arc<str>,
+    /// Structured-mode CloudEvent JSON (legacy payloads already wrapped). Not
+    /// validated: a malformed entry is handed out as it is, so the caller can
+    /// dead-letter it with the reason.
+    pub payload: Bytes,
+    /// How many times the entry has been delivered, this time included
+    /// (1 on first delivery; Redis counts it, so crashes count too).
+    pub delivery_count: u32,
+}
+
+impl Entry {
+    /// Decodes the payload with cloudevents-sdk.
+    pub fn to_event(&self) -> Result<cloudevents::Event> {
+        crate::codec::decode_event(&self.payload)
+    }
+}
+
+/// Why an entry is dead-lettered.
+#[derive(Debug, Clone)]
+pub struct DeadLetterInfo {
+    /// The handler that gave up (a function path, or any label).
+    pub handler: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+    /// When it gave up.
+    pub time: SystemTime,
+}
+
+impl DeadLetterInfo {
+    /// Info with `time` now.
+    pub fn new(handler: impl Into<String>, attempts: u32, error: impl Into<String>) -> Self {
+        DeadLetterInfo {
+            handler: handler.into(),
+            attempts,
+            error: error.into(),
+            time: SystemTime::now(),
+        }
+    }
+}
+
+/// Counters of a consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Entries handed out by `read`.
+    pub delivered: u64,
+    /// Pub/sub messages dropped because the buffer was full (never silent:
+    /// each drop is counted here and logged).
+    pub dropped: u64,
+    /// Times the connection was lost and re-established.
+    pub reconnects: u64,
+    /// Streams: entries taken over from dead consumers. Pub/sub: held entries
+    /// released without ack because more than `pubsub_hold` were outstanding.
+    pub reclaimed_or_released: u64,
+}
+
+#[derive(Clone)]
+pub(crate) enum Kind {
+    Streams(Arc<StreamConsumer>),
+    PubSub(Arc<PubSubConsumer>),
+}
+
+/// Reads entries of a group (Streams) or a set of channels (pub/sub).
+///
+/// Cheap to clone; clones share one reader, so one task can `read` while
+/// others `ack`, `retry_later` and `dead_letter` concurrently.
+#[derive(Clone)]
+pub struct Consumer {
+    pub(crate) kind: Kind,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.group())
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Up to `max` entries (sometimes an empty batch after blocking for
+    /// [`ConsumerOptions::block`]). Entries stay pending until acked.
+    ///
+    /// Cancel-safe: entries read by a cancelled call are handed out again by
+    /// a later one.
+    pub async fn read(&self, max: usize) -> Result<Vec<Entry>> {
+        match &self.kind {
+            Kind::Streams(c) => c.read(max).await,
+            Kind::PubSub(c) => c.read(max).await,
+        }
+    }
+
+    /// Acknowledges handled entries, in one round trip (a no-op on Redis for
+    /// pub/sub, where it only releases the entries kept for `retry_later`).
+    pub async fn ack(&self, ids: &[EntryId]) -> Result<()> {
+        match &self.kind {
+            Kind::Streams(c) => c.ack(ids).await,
+            Kind::PubSub(c) => {
+                c.ack(ids);
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives entries back without acking them (e.g. at shutdown, for
+    /// entries whose handler did not finish): on Streams they become
+    /// claimable by the group's other consumers at their next claim pass
+    /// instead of after `claim_idle`. Pub/sub: forgets them.
+    pub async fn release(&self, ids: &[EntryId]) -> Result<()> {
+        match &self.kind {
+            Kind::Streams(c) => c.release(ids).await,
+            Kind::PubSub(c) => {
+                c.ack(ids);
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands the entry out again after `delay`, with its delivery count
+    /// bumped; other entries keep flowing meanwhile. On Streams the entry
+    /// stays pending in Redis and any consumer of the group may take it when
+    /// due, so the retry survives this process.
+    pub async fn retry_later(&self, id: EntryId, delay: Duration) -> Result<()> {
+        match &self.kind {
+            Kind::Streams(c) => c.retry_later(id, delay).await,
+            Kind::PubSub(c) => c.retry_later(id, delay),
+        }
+    }
+
+    /// Moves the entry to the dead-letter stream (and acks it), atomically.
+    pub async fn dead_letter(&self, entry: &Entry, info: DeadLetterInfo) -> Result<DlqId> {
+        match &self.kind {
+            Kind::Streams(c) => c.dead_letter(entry, info).await,
+            Kind::PubSub(c) => c.dead_letter(entry, info).await,
+        }
+    }
+
+    /// The consumer group (for pub/sub: the name given, for the DLQ records).
+    pub fn group(&self) -> &str {
+        match &self.kind {
+            Kind::Streams(c) => c.group(),
+            Kind::PubSub(c) => c.group(),
+        }
+    }
+
+    /// This consumer's name inside the group.
+    pub fn name(&self) -> &str {
+        match &self.kind {
+            Kind::Streams(c) => c.name(),
+            Kind::PubSub(c) => c.name(),
+        }
+    }
+
+    /// Counters (drops, reconnects, reclaimed entries).
+    pub fn stats(&self) -> ConsumerStats {
+        match &self.kind {
+            Kind::Streams(c) => c.stats(),
+            Kind::PubSub(c) => c.stats(),
+        }
+    }
+}
+
+pub(crate) fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}

@@ -1,0 +1,320 @@
+//! Pub/sub mode: fire-and-forget, at-most-once.
+//!
+//! Channel = `[prefix:]type`; payload = CloudEvent JSON, or with
+//! `codec=legacy` the bare data JSON. A subscriber task reads the dedicated
+//! pub/sub connection into a bounded buffer; when `read` falls behind and the
+//! buffer is full, messages are dropped — never silently: each drop is
+//! counted in [`ConsumerStats::dropped`] and logged. The task reconnects and
+//! resubscribes with backoff; messages published while it is disconnected are
+//! lost (that is what at-most-once means), and each reconnect is counted.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::client::{Client, source_of};
+use crate::codec;
+use crate::consumer::{
+    ConsumerOptions, ConsumerStats, DeadLetterInfo, Entry, EntryId, Types, default_consumer_name,
+};
+use crate::dlq::DlqId;
+use crate::error::{Error, Result};
+use crate::scripts;
+
+/// The `stream` index of pub/sub entry ids.
+const PUBSUB_STREAM: u32 = u32::MAX;
+
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    reconnects: AtomicU64,
+    released: AtomicU64,
+}
+
+struct Message {
+    channel: String,
+    payload: Vec<u8>,
+}
+
+pub(crate) struct PubSubConsumer {
+    client: Client,
+    group: String,
+    name: String,
+    opts: ConsumerOptions,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
+    /// Entries handed out, kept for `retry_later` until acked.
+    held: Mutex<BTreeMap<u64, Entry>>,
+    /// Entries whose retry is due (or will be), sent by timer tasks.
+    retries_tx: mpsc::UnboundedSender<Entry>,
+    retries_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Entry>>,
+    next_seq: AtomicU64,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PubSubConsumer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum Subscription {
+    Channels(Vec<String>),
+    Pattern(String),
+}
+
+async fn subscribe(client: &Client, sub: &Subscription) -> Result<redis::aio::PubSub> {
+    let mut ps = client.inner.connector.pubsub().await?;
+    match sub {
+        Subscription::Channels(chs) => ps
+            .subscribe(chs)
+            .await
+            .map_err(|e| Error::redis("SUBSCRIBE", e))?,
+        Subscription::Pattern(p) => ps
+            .psubscribe(p)
+            .await
+            .map_err(|e| Error::redis("PSUBSCRIBE", e))?,
+    }
+    Ok(ps)
+}
+
+impl PubSubConsumer {
+    pub(crate) async fn new(
+        client: Client,
+        group: &str,
+        types: Types,
+        opts: ConsumerOptions,
+    ) -> Result<Self> {
+        let keys = client.keys();
+        let sub = match &types {
+            Types::Only(list) => Subscription::Channels(list.iter().map(|t| keys.channel(t)).collect()),
+            Types::All => Subscription::Pattern(keys.channel_pattern()),
+        };
+        // Subscribe before returning: whatever is published from now on arrives.
+        let first = subscribe(&client, &sub).await?;
+        let (tx, rx) = mpsc::channel(opts.pubsub_buffer.max(1));
+        let (retries_tx, retries_rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(run_subscriber(
+            client.clone(),
+            sub,
+            first,
+            tx,
+            counters.clone(),
+        ));
+        Ok(PubSubConsumer {
+            name: opts.name.clone().unwrap_or_else(default_consumer_name),
+            client,
+            group: group.to_owned(),
+            opts,
+            rx: tokio::sync::Mutex::new(rx),
+            held: Mutex::new(BTreeMap::new()),
+            retries_tx,
+            retries_rx: tokio::sync::Mutex::new(retries_rx),
+            next_seq: AtomicU64::new(1),
+            counters,
+            task,
+        })
+    }
+
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn stats(&self) -> ConsumerStats {
+        ConsumerStats {
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            reconnects: self.counters.reconnects.load(Ordering::Relaxed),
+            reclaimed_or_released: self.counters.released.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) async fn read(&self, max: usize) -> Result<Vec<Entry>> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        {
+            let mut retries = self.retries_rx.lock().await;
+            while out.len() < max {
+                match retries.try_recv() {
+                    Ok(e) => out.push(e),
+                    Err(_) => break,
+                }
+            }
+        }
+        if out.is_empty() {
+            let mut rx = self.rx.lock().await;
+            let mut retries = self.retries_rx.lock().await;
+            let mut batch = Vec::new();
+            tokio::select! {
+                n = rx.recv_many(&mut batch, max) => {
+                    if n == 0 {
+                        return Err(Error::Unsupported("the pub/sub subscriber stopped".into()));
+                    }
+                }
+                Some(e) = retries.recv() => out.push(e),
+                _ = tokio::time::sleep(self.opts.block) => {}
+            }
+            let keys = self.client.keys();
+            for m in batch {
+                let ty = keys.type_of_channel(&m.channel);
+                let payload = Bytes::from(m.payload);
+                let payload = codec::ensure_structured(ty, &source_of(&m.channel), payload);
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                out.push(Entry {
+                    id: EntryId {
+                        stream: PUBSUB_STREAM,
+                        ms: 0,
+                        seq,
+                    },
+                    event_type: Arc::from(ty),
+                    payload,
+                    delivery_count: 1,
+                });
+            }
+        }
+        if !out.is_empty() {
+            self.counters
+                .delivered
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            let mut held = self.held.lock().expect("not poisoned");
+            for e in &out {
+                held.insert(e.id.seq, e.clone());
+            }
+            while held.len() > self.opts.pubsub_hold.max(1) {
+                held.pop_first();
+                self.counters.released.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn ack(&self, ids: &[crate::consumer::EntryId]) {
+        let mut held = self.held.lock().expect("not poisoned");
+        for id in ids {
+            held.remove(&id.seq);
+        }
+    }
+
+    pub(crate) fn retry_later(&self, id: EntryId, delay: Duration) -> Result<()> {
+        let entry = self
+            .held
+            .lock()
+            .expect("not poisoned")
+            .remove(&id.seq)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "pub/sub entry {id} is no longer held (acked, or released because more than `pubsub_hold` entries were outstanding)"
+                ))
+            })?;
+        let tx = self.retries_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let retry = Entry {
+                delivery_count: entry.delivery_count + 1,
+                ..entry
+            };
+            let _ = tx.send(retry);
+        });
+        Ok(())
+    }
+
+    pub(crate) async fn dead_letter(&self, entry: &Entry, info: DeadLetterInfo) -> Result<DlqId> {
+        self.held
+            .lock()
+            .expect("not poisoned")
+            .remove(&entry.id.seq);
+        let dlq = self.client.keys().dlq();
+        let channel = self.client.keys().channel(&entry.event_type);
+        let mut inv = scripts::DEAD_LETTER.prepare_invoke();
+        inv.key(&dlq)
+            .key(&dlq)
+            .key(&dlq)
+            .arg(&self.group)
+            .arg(entry.id.to_string())
+            .arg(&*entry.event_type)
+            .arg(&entry.payload[..])
+            .arg(&info.handler)
+            .arg(info.attempts)
+            .arg(&info.error)
+            .arg(codec::format_time(info.time))
+            .arg("0")
+            .arg("0")
+            .arg(&channel);
+        let id: String = self.client.run_script("dead-letter script", &inv).await?;
+        tracing::warn!(group = %self.group, handler = %info.handler, event_type = %entry.event_type, error = %info.error, dlq_id = %id, "event dead-lettered");
+        Ok(DlqId(id))
+    }
+}
+
+async fn run_subscriber(
+    client: Client,
+    sub: Subscription,
+    first: redis::aio::PubSub,
+    tx: mpsc::Sender<Message>,
+    counters: Arc<Counters>,
+) {
+    let mut conn = Some(first);
+    let mut delay = Duration::from_millis(50);
+    let mut last_drop_log: Option<Instant> = None;
+    let mut drops_since_log = 0u64;
+    loop {
+        let ps = match conn.take() {
+            Some(ps) => ps,
+            None => match subscribe(&client, &sub).await {
+                Ok(ps) => {
+                    counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("pub/sub subscriber reconnected");
+                    delay = Duration::from_millis(50);
+                    ps
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pub/sub subscriber cannot reconnect; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            },
+        };
+        let mut stream = ps.into_on_message();
+        while let Some(msg) = stream.next().await {
+            let m = Message {
+                channel: msg.get_channel_name().to_owned(),
+                payload: msg.get_payload_bytes().to_vec(),
+            };
+            match tx.try_send(m) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    drops_since_log += 1;
+                    if last_drop_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(
+                            dropped = drops_since_log,
+                            total = counters.dropped.load(Ordering::Relaxed),
+                            channel = %m.channel,
+                            "pub/sub buffer full: dropping messages (consumer too slow; raise `pubsub_buffer` or use Streams)"
+                        );
+                        last_drop_log = Some(Instant::now());
+                        drops_since_log = 0;
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tracing::warn!("pub/sub connection lost; reconnecting (messages published meanwhile are lost: at-most-once)");
+        tokio::time::sleep(delay).await;
+    }
+}

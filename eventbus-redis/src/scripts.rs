@@ -1,0 +1,226 @@
+//! The Lua scripts. Each one is atomic on the server, names every key it
+//! touches through `KEYS[1]` (and derives the others from the same hash tag),
+//! so it runs on one hash slot of a cluster as on a single server.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Claims a group's due retries: removes them from the retry zset and
+/// `XCLAIM`s them to this consumer (bumping the delivery count), returning
+/// `{stream, id, fields, delivery_count}` for each.
+///
+/// KEYS[1] = retry zset; ARGV = group, consumer, now_ms, limit.
+pub(crate) static CLAIM_RETRIES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
+local out = {}
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[1], m)
+  local nl = string.find(m, '\n', 1, true)
+  if nl then
+    local stream = string.sub(m, 1, nl - 1)
+    local id = string.sub(m, nl + 1)
+    local ok, c = pcall(redis.call, 'XCLAIM', stream, ARGV[1], ARGV[2], 0, id)
+    if ok and c[1] and c[1][2] then
+      local p = redis.call('XPENDING', stream, ARGV[1], id, id, 1)
+      local n = 1
+      if p[1] then n = p[1][4] end
+      out[#out + 1] = {stream, c[1][1], c[1][2], n}
+    end
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Reclaims entries pending on other consumers for longer than `min_idle`
+/// (dead or stuck consumers), skipping entries that wait for a scheduled
+/// retry. Pages through the pending list with a cursor.
+///
+/// KEYS[1] = stream, KEYS[2] = retry zset;
+/// ARGV = group, consumer, min_idle_ms, start (`-` or `(id`), count.
+/// Returns `{next_start, {{id, fields, delivery_count}, ...}}`; `next_start`
+/// is `-` when the scan reached the end.
+pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], ARGV[4], '+', ARGV[5])
+local out = {}
+local last = nil
+for _, p in ipairs(pend) do
+  last = p[1]
+  if p[2] ~= ARGV[2] and not redis.call('ZSCORE', KEYS[2], KEYS[1] .. '\n' .. p[1]) then
+    local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+    if c[1] and c[1][2] then
+      out[#out + 1] = {c[1][1], c[1][2], p[4] + 1}
+    end
+  end
+end
+local nxt = '-'
+if #pend == tonumber(ARGV[5]) and last then nxt = '(' .. last end
+return {nxt, out}
+"#,
+    )
+});
+
+/// Adds an entry to the dead-letter stream and, for Streams entries, acks it
+/// (and drops a scheduled retry of it) in the same atomic step. Replayed
+/// entries are also deleted from their replay stream.
+///
+/// KEYS[1] = dlq, KEYS[2] = source stream (or the dlq again for pub/sub),
+/// KEYS[3] = retry zset (or the dlq again);
+/// ARGV = group, entry id, type, payload, handler, attempts, error, time,
+/// ack (`1`/`0`), delete (`1`/`0`), source name.
+pub(crate) static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local dlq_id = redis.call('XADD', KEYS[1], '*', 'type', ARGV[3], 'id', ARGV[2], 'stream', ARGV[11], 'group', ARGV[1], 'handler', ARGV[5], 'attempts', ARGV[6], 'error', ARGV[7], 'time', ARGV[8], 'payload', ARGV[4])
+if ARGV[9] == '1' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('ZREM', KEYS[3], KEYS[2] .. '\n' .. ARGV[2])
+end
+if ARGV[10] == '1' then
+  redis.call('XDEL', KEYS[2], ARGV[2])
+end
+return dlq_id
+"#,
+    )
+});
+
+/// Moves one dead letter to the replay stream of its group (creating the
+/// group there if needed) and deletes it from the DLQ.
+///
+/// KEYS[1] = dlq; ARGV = dlq id, key base (`{eventbus}`).
+/// Returns the group, or false when the id is not in the DLQ.
+pub(crate) static REPLAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #e == 0 then return false end
+local f = e[1][2]
+local h = {}
+for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
+if not h['group'] or not h['type'] or not h['payload'] then return false end
+local key = ARGV[2] .. ':replay:' .. h['group']
+redis.pcall('XGROUP', 'CREATE', key, h['group'], '0', 'MKSTREAM')
+redis.call('XADD', key, '*', 'type', h['type'], 'cloud_event', h['payload'], 'id', h['id'] or '', 'dlq_id', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return h['group']
+"#,
+    )
+});
+
+/// Moves due scheduled events to their stream (`XADD`) or channel
+/// (`PUBLISH`) and removes them from the schedule, atomically, so any number
+/// of instances can run it: each event is moved exactly once.
+///
+/// A member is length-prefixed parts `<n>:<bytes>`: uid, kind (`x` stream /
+/// `p` channel), target, then field/value pairs (`x`) or the payload (`p`).
+///
+/// KEYS[1] = schedule zset; ARGV = now_ms, limit.
+/// Returns `{moved, next_due_ms or false}`.
+pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local function parts(m)
+  local out = {}
+  local pos = 1
+  while pos <= #m do
+    local c = string.find(m, ':', pos, true)
+    if not c then return nil end
+    local n = tonumber(string.sub(m, pos, c - 1))
+    if not n then return nil end
+    out[#out + 1] = string.sub(m, c + 1, c + n)
+    pos = c + n + 1
+  end
+  return out
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local moved = 0
+for _, m in ipairs(due) do
+  local p = parts(m)
+  if p and p[2] == 'x' and #p >= 5 then
+    local args = {p[3], '*'}
+    for i = 4, #p do args[#args + 1] = p[i] end
+    redis.call('XADD', unpack(args))
+    moved = moved + 1
+  elseif p and p[2] == 'p' and #p >= 4 then
+    redis.call('PUBLISH', p[3], p[4])
+    moved = moved + 1
+  else
+    redis.log(redis.LOG_WARNING, 'eventbus: dropping malformed schedule member')
+  end
+  redis.call('ZREM', KEYS[1], m)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if nxt[2] then return {moved, nxt[2]} end
+return {moved, false}
+"#,
+    )
+});
+
+/// Claims one tick of a recurring schedule: succeeds only for a tick later
+/// than the last one claimed, so each tick fires once across instances and a
+/// late instance cannot fire an old tick again.
+///
+/// KEYS[1] = tick key; ARGV = tick_ms. Returns 1 or 0.
+pub(crate) static CLAIM_TICK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(last) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Trims a stream to about `maxlen` entries, but never past an entry that a
+/// consumer group has not read yet or has read and not acked.
+///
+/// KEYS[1] = stream; ARGV = maxlen.
+/// Returns `{length before, entries trimmed, group that held trimming back or ''}`.
+pub(crate) static TRIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local len = redis.call('XLEN', KEYS[1])
+local maxlen = tonumber(ARGV[1])
+if len <= maxlen then return {len, 0, ''} end
+local function parse(id)
+  local d = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local r = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - maxlen + 1)
+local limit = r[#r][1]
+local blocker = ''
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+for _, g in ipairs(groups) do
+  local name, pending, ld
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1]
+    elseif g[i] == 'pending' then pending = g[i + 1]
+    elseif g[i] == 'last-delivered-id' then ld = g[i + 1] end
+  end
+  local keep = ld
+  if pending and pending > 0 then
+    local s = redis.call('XPENDING', KEYS[1], name)
+    if s[2] and less(s[2], keep) then keep = s[2] end
+  end
+  if less(keep, limit) then
+    limit = keep
+    blocker = name
+  end
+end
+local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', limit)
+return {len, trimmed, blocker}
+"#,
+    )
+});

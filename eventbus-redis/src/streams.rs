@@ -1,0 +1,1035 @@
+//! Streams mode: durable, consumer groups, at-least-once.
+//!
+//! A consumer reads with `XREADGROUP ... BLOCK` on a connection of its own
+//! (never the shared one, which other callers must keep using), so an idle
+//! consumer wakes the moment an entry arrives. Entries stay pending until
+//! acked; delayed retries wait in a per-group zset while staying pending, and
+//! come back through `XCLAIM`, which bumps Redis's delivery count, so a
+//! poison message that crashes every consumer still ends in the DLQ. Entries
+//! pending on dead consumers are taken over after `claim_idle`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::Value;
+
+use crate::client::{Client, source_of};
+use crate::codec;
+use crate::config::Layout;
+use crate::conn::{self, Conn};
+use crate::consumer::{
+    ConsumerOptions, ConsumerStats, DeadLetterInfo, Entry, EntryId, StartFrom, Types,
+    default_consumer_name,
+};
+use crate::dlq::DlqId;
+use crate::error::{Error, Result};
+use crate::scripts;
+
+#[derive(Debug, Clone)]
+enum SlotKind {
+    /// A per-type stream: every entry is of this type.
+    Type(Arc<str>),
+    /// The django-layout stream: the type is in `event_type`.
+    Django,
+    /// The group's replay stream: the type is in `type`.
+    Replay,
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: String,
+    kind: SlotKind,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    slots: Vec<Slot>,
+    by_key: HashMap<String, u32>,
+    /// The slots `XREADGROUP` reads (all of them, in order).
+    read: Vec<u32>,
+}
+
+impl Table {
+    fn add(&mut self, key: String, kind: SlotKind, read: bool) -> u32 {
+        if let Some(&i) = self.by_key.get(&key) {
+            if read && !self.read.contains(&i) {
+                self.read.push(i);
+            }
+            return i;
+        }
+        let i = self.slots.len() as u32;
+        self.by_key.insert(key.clone(), i);
+        self.slots.push(Slot { key, kind });
+        if read {
+            self.read.push(i);
+        }
+        i
+    }
+
+    fn read_keys(&self) -> Vec<(u32, String)> {
+        self.read
+            .iter()
+            .map(|&i| (i, self.slots[i as usize].key.clone()))
+            .collect()
+    }
+}
+
+struct Reader {
+    conn: Option<Conn>,
+    buffer: VecDeque<Entry>,
+    /// Set while a blocking read is in flight, cleared when it completes: if
+    /// the read was cancelled or failed, entries Redis delivered to us may
+    /// never have arrived, so the next read first re-reads our pending history.
+    need_history: bool,
+    next_claim: Instant,
+    next_types_poll: Instant,
+    next_retry_poll: Instant,
+    cursors: HashMap<u32, String>,
+    interned: HashMap<Vec<u8>, Arc<str>>,
+}
+
+pub(crate) struct StreamConsumer {
+    client: Client,
+    group: String,
+    name: String,
+    all: bool,
+    /// Django layout with `Types::Only`: the wanted types.
+    filter: Option<HashSet<String>>,
+    opts: ConsumerOptions,
+    retry_key: String,
+    table: RwLock<Table>,
+    reader: tokio::sync::Mutex<Reader>,
+    /// Entries handed out and not yet acked, retried or dead-lettered.
+    outstanding: Mutex<HashSet<EntryId>>,
+    /// Due times (epoch ms) of retries this consumer scheduled.
+    local_dues: Mutex<BinaryHeap<Reverse<u64>>>,
+    delivered: AtomicU64,
+    reconnects: AtomicU64,
+    reclaimed: AtomicU64,
+}
+
+pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn start_id(start: StartFrom) -> &'static str {
+    match start {
+        StartFrom::Latest => "$",
+        StartFrom::Earliest => "0",
+    }
+}
+
+impl StreamConsumer {
+    pub(crate) async fn new(
+        client: Client,
+        group: &str,
+        types: Types,
+        opts: ConsumerOptions,
+    ) -> Result<Self> {
+        let keys = client.keys().clone();
+        let mut table = Table::default();
+        table.add(keys.replay(group), SlotKind::Replay, true);
+        let all = types == Types::All;
+        let mut filter = None;
+        match client.config().layout() {
+            Layout::PerType => {
+                let list = match types {
+                    Types::Only(list) => list,
+                    Types::All => {
+                        let mut known: Vec<String> = client
+                            .run("SMEMBERS", redis::cmd("SMEMBERS").arg(keys.types()))
+                            .await?;
+                        known.sort();
+                        known
+                    }
+                };
+                for t in list {
+                    table.add(keys.stream(&t), SlotKind::Type(Arc::from(t.as_str())), true);
+                }
+            }
+            Layout::Django { stream } => {
+                table.add(stream.clone(), SlotKind::Django, true);
+                if let Types::Only(list) = types {
+                    filter = Some(list.into_iter().collect());
+                }
+            }
+        }
+        let name = match &opts.name {
+            Some(n) => {
+                crate::keys::check_name("consumer name", n)?;
+                n.clone()
+            }
+            None => default_consumer_name(),
+        };
+        let now = Instant::now();
+        let consumer = StreamConsumer {
+            retry_key: keys.retry(group),
+            group: group.to_owned(),
+            name,
+            all,
+            filter,
+            reader: tokio::sync::Mutex::new(Reader {
+                conn: None,
+                buffer: VecDeque::new(),
+                // A name given explicitly may own entries from an earlier run.
+                need_history: opts.name.is_some(),
+                next_claim: now,
+                next_types_poll: now + opts.types_poll,
+                next_retry_poll: now,
+                cursors: HashMap::new(),
+                interned: HashMap::new(),
+            }),
+            opts,
+            table: RwLock::new(table),
+            client,
+            outstanding: Mutex::new(HashSet::new()),
+            local_dues: Mutex::new(BinaryHeap::new()),
+            delivered: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+        };
+        let replay = consumer.client.keys().replay(group);
+        let streams: Vec<String> = consumer
+            .table()
+            .read_keys()
+            .into_iter()
+            .map(|(_, k)| k)
+            .filter(|k| *k != replay)
+            .collect();
+        consumer
+            .ensure_groups(&streams, start_id(consumer.opts.start))
+            .await?;
+        consumer.ensure_groups(&[replay], "0").await?;
+        tracing::debug!(group, consumer = %consumer.name, streams = streams.len(), "stream consumer ready");
+        Ok(consumer)
+    }
+
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn stats(&self) -> ConsumerStats {
+        ConsumerStats {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            dropped: 0,
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            reclaimed_or_released: self.reclaimed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().expect("not poisoned")
+    }
+
+    /// `XGROUP CREATE key group id MKSTREAM` on each key, in one round trip;
+    /// an existing group is fine.
+    async fn ensure_groups(&self, keys: &[String], id: &str) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(&self.group)
+                .arg(id)
+                .arg("MKSTREAM");
+        }
+        pipe.ignore_errors();
+        let results: Vec<redis::RedisResult<Value>> =
+            self.client.run_pipe("XGROUP CREATE", &pipe).await?;
+        for r in results {
+            if let Err(e) = r
+                && e.code() != Some("BUSYGROUP")
+                && !e.to_string().contains("BUSYGROUP")
+            {
+                return Err(Error::redis("XGROUP CREATE", e));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn read(&self, max: usize) -> Result<Vec<Entry>> {
+        let max = max.max(1);
+        let mut rd = self.reader.lock().await;
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(25);
+        loop {
+            if !rd.buffer.is_empty() {
+                return Ok(self.hand_out(&mut rd, max));
+            }
+            match self.fill(&mut rd, max).await {
+                Ok(()) => return Ok(self.hand_out(&mut rd, max)),
+                Err(Failure::NoGroup) => {
+                    tracing::warn!(group = %self.group, "consumer group or stream missing (Redis lost data?); recreating it at 0");
+                    let keys: Vec<String> =
+                        self.table().read_keys().into_iter().map(|(_, k)| k).collect();
+                    self.ensure_groups(&keys, "0").await?;
+                }
+                Err(Failure::Transient(op, e))
+                    if started.elapsed() < self.client.options().reconnect_for =>
+                {
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    rd.need_history = true;
+                    let sleep = delay.mul_f64(0.5 + fastrand::f64());
+                    tracing::warn!(op, error = %e, group = %self.group, "Redis unreachable; consumer retries in {sleep:?}");
+                    tokio::time::sleep(sleep).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(Failure::Transient(op, e)) => return Err(Error::redis(op, e)),
+                Err(Failure::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn hand_out(&self, rd: &mut Reader, max: usize) -> Vec<Entry> {
+        let n = max.min(rd.buffer.len());
+        let out: Vec<Entry> = rd.buffer.drain(..n).collect();
+        if !out.is_empty() {
+            let mut outstanding = self.outstanding.lock().expect("not poisoned");
+            outstanding.extend(out.iter().map(|e| e.id));
+            self.delivered
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// One round of: housekeeping, due retries, history, then a blocking read.
+    /// Leaves entries (possibly none) in the buffer.
+    async fn fill(&self, rd: &mut Reader, max: usize) -> Result<(), Failure> {
+        let now = Instant::now();
+        if self.all && now >= rd.next_types_poll {
+            self.refresh_types().await?;
+            rd.next_types_poll = now + self.opts.types_poll;
+        }
+        if now >= rd.next_claim {
+            self.reclaim(rd, max).await?;
+            self.forget_dead_consumers().await;
+            rd.next_claim = now + self.opts.claim_interval;
+            if !rd.buffer.is_empty() {
+                return Ok(());
+            }
+        }
+        let now_ms = epoch_ms(SystemTime::now());
+        let local_due = {
+            let mut dues = self.local_dues.lock().expect("not poisoned");
+            let mut any = false;
+            while dues.peek().is_some_and(|Reverse(d)| *d <= now_ms) {
+                dues.pop();
+                any = true;
+            }
+            any
+        };
+        if local_due || now >= rd.next_retry_poll {
+            self.claim_retries(rd, max, now_ms).await?;
+            rd.next_retry_poll = now + self.opts.retry_poll;
+            if !rd.buffer.is_empty() {
+                return Ok(());
+            }
+        }
+        if rd.need_history {
+            self.read_history(rd).await?;
+            rd.need_history = false;
+            if !rd.buffer.is_empty() {
+                return Ok(());
+            }
+        }
+
+        // Block until an entry arrives, but not past the next housekeeping.
+        let mut block = self.opts.block;
+        if !self.outstanding.lock().expect("not poisoned").is_empty() {
+            block = block.min(self.opts.busy_block);
+        }
+        if let Some(Reverse(due)) = self.local_dues.lock().expect("not poisoned").peek() {
+            block = block.min(Duration::from_millis(due.saturating_sub(now_ms)));
+        }
+        let later = |t: Instant| t.saturating_duration_since(now);
+        block = block
+            .min(later(rd.next_claim))
+            .min(later(rd.next_retry_poll));
+        if self.all {
+            block = block.min(later(rd.next_types_poll));
+        }
+
+        if rd.conn.is_none() {
+            let timeout = self.opts.block + self.client.options().response_timeout;
+            let conn = self
+                .client
+                .inner
+                .connector
+                .connect(timeout)
+                .await
+                .map_err(|e| match e {
+                    Error::Connect {
+                        source: Some(src), ..
+                    } if conn::is_transient(&src) => Failure::Transient("connect", src),
+                    other => Failure::Other(other),
+                })?;
+            rd.conn = Some(conn);
+        }
+        let streams = self.table().read_keys();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(max);
+        let block_ms = block.as_millis() as u64;
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS");
+        for (_, key) in &streams {
+            cmd.arg(key);
+        }
+        for _ in &streams {
+            cmd.arg(">");
+        }
+        let mut conn = rd.conn.clone().expect("connected above");
+        rd.need_history = true;
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| Failure::from_redis("XREADGROUP", e))?;
+        rd.need_history = false;
+        let mut skipped: HashMap<u32, Vec<String>> = HashMap::new();
+        for (key, entries) in stream_replies(reply) {
+            let Some(idx) = self.table().by_key.get(&key).copied() else {
+                continue;
+            };
+            for (id, fields) in entries {
+                match self.make_entry(rd, idx, &id, fields, 1) {
+                    Made::Entry(e) => rd.buffer.push_back(e),
+                    Made::Skip(id) => skipped.entry(idx).or_default().push(id),
+                    Made::Bad => {}
+                }
+            }
+        }
+        if !skipped.is_empty() {
+            // Django layout: entries of types this group does not consume.
+            let mut pipe = redis::pipe();
+            let table = self.table();
+            for (idx, ids) in &skipped {
+                pipe.cmd("XACK")
+                    .arg(&table.slots[*idx as usize].key)
+                    .arg(&self.group)
+                    .arg(ids)
+                    .ignore();
+            }
+            drop(table);
+            self.client
+                .run_pipe::<()>("XACK", &pipe)
+                .await
+                .map_err(Failure::Other)?;
+        }
+        Ok(())
+    }
+
+    fn make_entry(&self, rd: &mut Reader, idx: u32, id: &[u8], fields: Value, count: u32) -> Made {
+        let Some(entry_id) = EntryId::parse(idx, id) else {
+            tracing::warn!(id = %String::from_utf8_lossy(id), "ignoring stream entry with an unparseable id");
+            return Made::Bad;
+        };
+        let kind = self.table().slots[idx as usize].kind.clone();
+        let mut cloud_event: Option<Vec<u8>> = None;
+        let mut data: Option<Vec<u8>> = None;
+        let mut ty: Option<Vec<u8>> = None;
+        let type_field: &[u8] = match kind {
+            SlotKind::Django => b"event_type",
+            _ => b"type",
+        };
+        for_each_field(fields, |name, value| {
+            if name == b"cloud_event" {
+                cloud_event = Some(value);
+            } else if name == b"data" {
+                data = Some(value);
+            } else if name == type_field {
+                ty = Some(value);
+            }
+        });
+        let event_type: Arc<str> = match kind {
+            SlotKind::Type(t) => t,
+            SlotKind::Django | SlotKind::Replay => {
+                let raw = ty.unwrap_or_default();
+                if let Some(filter) = &self.filter
+                    && matches!(kind, SlotKind::Django)
+                    && !filter.contains(&*String::from_utf8_lossy(&raw))
+                {
+                    return Made::Skip(entry_id.to_string());
+                }
+                match rd.interned.get(&raw) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t: Arc<str> = Arc::from(&*String::from_utf8_lossy(&raw));
+                        if rd.interned.len() < 10_000 {
+                            rd.interned.insert(raw, t.clone());
+                        }
+                        t
+                    }
+                }
+            }
+        };
+        let payload = match (cloud_event, data) {
+            (Some(ce), _) => Bytes::from(ce),
+            (None, Some(d)) => {
+                codec::wrap_legacy(&event_type, &source_of(&event_type), &d).unwrap_or_else(|| Bytes::from(d))
+            }
+            (None, None) => {
+                tracing::warn!(id = %entry_id, %event_type, "stream entry has neither `cloud_event` nor `data`");
+                Bytes::new()
+            }
+        };
+        Made::Entry(Entry {
+            id: entry_id,
+            event_type,
+            payload,
+            delivery_count: count,
+        })
+    }
+
+    fn slot_for_key(&self, key: &str) -> u32 {
+        if let Some(&i) = self.table().by_key.get(key) {
+            return i;
+        }
+        let keys = self.client.keys();
+        let kind = if keys.django_stream() == Some(key) {
+            SlotKind::Django
+        } else if let Some(t) = keys.type_of_stream(key) {
+            SlotKind::Type(Arc::from(t))
+        } else {
+            SlotKind::Replay
+        };
+        self.table
+            .write()
+            .expect("not poisoned")
+            .add(key.to_owned(), kind, false)
+    }
+
+    /// A [`Types::All`] consumer: start reading the streams of types first
+    /// published since the last look, from their first entry.
+    async fn refresh_types(&self) -> Result<(), Failure> {
+        let keys = self.client.keys();
+        let known: Vec<String> = self
+            .client
+            .run("SMEMBERS", redis::cmd("SMEMBERS").arg(keys.types()))
+            .await
+            .map_err(Failure::Other)?;
+        let new: Vec<String> = {
+            let table = self.table();
+            known
+                .into_iter()
+                .filter(|t| !table.by_key.contains_key(&keys.stream(t)))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let stream_keys: Vec<String> = new.iter().map(|t| keys.stream(t)).collect();
+        self.ensure_groups(&stream_keys, "0")
+            .await
+            .map_err(Failure::Other)?;
+        let mut table = self.table.write().expect("not poisoned");
+        for (t, key) in new.iter().zip(stream_keys) {
+            table.add(key, SlotKind::Type(Arc::from(t.as_str())), true);
+        }
+        tracing::debug!(group = %self.group, new = ?new, "consuming new event types");
+        Ok(())
+    }
+
+    /// Takes over entries pending on other consumers for longer than `claim_idle`.
+    async fn reclaim(&self, rd: &mut Reader, max: usize) -> Result<(), Failure> {
+        let idle_ms = self.opts.claim_idle.as_millis() as u64;
+        let count = max.max(100);
+        for (idx, key) in self.table().read_keys() {
+            let start = rd.cursors.get(&idx).cloned().unwrap_or_else(|| "-".into());
+            let mut inv = scripts::RECLAIM.prepare_invoke();
+            inv.key(&key)
+                .key(&self.retry_key)
+                .arg(&self.group)
+                .arg(&self.name)
+                .arg(idle_ms)
+                .arg(&start)
+                .arg(count);
+            let reply: Value = self
+                .client
+                .run_script("reclaim script", &inv)
+                .await
+                .map_err(Failure::from_error)?;
+            let Value::Array(mut parts) = reply else {
+                continue;
+            };
+            if parts.len() != 2 {
+                continue;
+            }
+            let claimed = parts.pop().expect("len 2");
+            match parts.pop().and_then(bulk_string) {
+                Some(next) if next != "-" => {
+                    rd.cursors.insert(idx, next);
+                }
+                _ => {
+                    rd.cursors.remove(&idx);
+                }
+            }
+            let Value::Array(claimed) = claimed else {
+                continue;
+            };
+            for item in claimed {
+                let Value::Array(mut f) = item else { continue };
+                if f.len() != 3 {
+                    continue;
+                }
+                let count = value_u32(&f[2]).unwrap_or(2);
+                let fields = std::mem::take(&mut f[1]);
+                let Some(id) = bulk_bytes(std::mem::take(&mut f[0])) else {
+                    continue;
+                };
+                if let Made::Entry(e) = self.make_entry(rd, idx, &id, fields, count) {
+                    tracing::info!(group = %self.group, stream = %key, id = %e.id, delivery_count = count, "took over an entry from a dead consumer");
+                    self.reclaimed.fetch_add(1, Ordering::Relaxed);
+                    rd.buffer.push_back(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes consumers of the group that own no pending entries and have
+    /// been idle for long (their names are unique per process, so they would
+    /// pile up). Atomic per stream: a consumer that owns anything is kept.
+    async fn forget_dead_consumers(&self) {
+        let idle = (self.opts.claim_idle * 10).max(Duration::from_secs(3600));
+        for (_, key) in self.table().read_keys() {
+            let mut inv = FORGET_CONSUMERS.prepare_invoke();
+            inv.key(&key)
+                .arg(&self.group)
+                .arg(idle.as_millis() as u64);
+            if let Err(e) = self
+                .client
+                .run_script::<i64>("forget-consumers script", &inv)
+                .await
+            {
+                tracing::debug!(error = %e, "could not clean up idle consumers");
+            }
+        }
+    }
+
+    async fn claim_retries(&self, rd: &mut Reader, max: usize, now_ms: u64) -> Result<(), Failure> {
+        let mut inv = scripts::CLAIM_RETRIES.prepare_invoke();
+        inv.key(&self.retry_key)
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg(now_ms)
+            .arg(max);
+        let reply: Value = self
+            .client
+            .run_script("retry script", &inv)
+            .await
+            .map_err(Failure::from_error)?;
+        let Value::Array(items) = reply else {
+            return Ok(());
+        };
+        for item in items {
+            let Value::Array(mut f) = item else { continue };
+            if f.len() != 4 {
+                continue;
+            }
+            let count = value_u32(&f[3]).unwrap_or(2);
+            let fields = std::mem::take(&mut f[2]);
+            let (Some(key), Some(id)) = (
+                bulk_string(std::mem::take(&mut f[0])),
+                bulk_bytes(std::mem::take(&mut f[1])),
+            ) else {
+                continue;
+            };
+            let idx = self.slot_for_key(&key);
+            if let Made::Entry(e) = self.make_entry(rd, idx, &id, fields, count) {
+                rd.buffer.push_back(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads entries pending on this consumer that were delivered by a
+    /// read whose reply never arrived (cancelled, connection lost).
+    async fn read_history(&self, rd: &mut Reader) -> Result<(), Failure> {
+        let streams = self.table().read_keys();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(10_000)
+            .arg("STREAMS");
+        for (_, key) in &streams {
+            cmd.arg(key);
+        }
+        for _ in &streams {
+            cmd.arg("0");
+        }
+        let reply: Value = self
+            .client
+            .run("XREADGROUP", &cmd)
+            .await
+            .map_err(Failure::from_error)?;
+        let mut candidates = Vec::new();
+        {
+            let outstanding = self.outstanding.lock().expect("not poisoned");
+            for (key, entries) in stream_replies(reply) {
+                let Some(idx) = self.table().by_key.get(&key).copied() else {
+                    continue;
+                };
+                for (id, fields) in entries {
+                    match EntryId::parse(idx, &id) {
+                        Some(eid) if !outstanding.contains(&eid) => {
+                            candidates.push((idx, key.clone(), id, fields))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // Delivery counts, and whether a retry is scheduled (then it is not lost).
+        let mut pipe = redis::pipe();
+        for (_, key, id, _) in &candidates {
+            pipe.cmd("XPENDING")
+                .arg(key)
+                .arg(&self.group)
+                .arg(&**id)
+                .arg(&**id)
+                .arg(1);
+            let mut member = key.as_bytes().to_vec();
+            member.push(b'\n');
+            member.extend_from_slice(id);
+            pipe.cmd("ZSCORE").arg(&self.retry_key).arg(member);
+        }
+        let replies: Vec<Value> = self
+            .client
+            .run_pipe("XPENDING", &pipe)
+            .await
+            .map_err(Failure::from_error)?;
+        let mut replies = replies.into_iter();
+        for (idx, _, id, fields) in candidates {
+            let pending = replies.next().unwrap_or(Value::Nil);
+            let scheduled = replies.next().unwrap_or(Value::Nil);
+            if !matches!(scheduled, Value::Nil) {
+                continue;
+            }
+            let count = match pending {
+                Value::Array(rows) => rows.first().and_then(|row| match row {
+                    Value::Array(r) if r.len() == 4 => value_u32(&r[3]),
+                    _ => None,
+                }),
+                _ => None,
+            }
+            .unwrap_or(1);
+            if matches!(fields, Value::Nil) {
+                continue;
+            }
+            if let Made::Entry(e) = self.make_entry(rd, idx, &id, fields, count) {
+                rd.buffer.push_back(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn ack(&self, ids: &[EntryId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let pipe = self.per_stream_pipe(ids, |pipe, key, replay, ids| {
+            pipe.cmd("XACK").arg(key).arg(&self.group).arg(ids).ignore();
+            if replay {
+                pipe.cmd("XDEL").arg(key).arg(ids).ignore();
+            }
+        })?;
+        self.client.run_pipe::<()>("XACK", &pipe).await?;
+        let mut outstanding = self.outstanding.lock().expect("not poisoned");
+        for id in ids {
+            outstanding.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Hands entries back to the group without acking them: they become
+    /// claimable by any consumer at its next claim pass (used at shutdown).
+    pub(crate) async fn release(&self, ids: &[EntryId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let idle = (self.opts.claim_idle.as_millis() as u64).saturating_mul(2);
+        let pipe = self.per_stream_pipe(ids, |pipe, key, _, ids| {
+            pipe.cmd("XCLAIM")
+                .arg(key)
+                .arg(&self.group)
+                .arg(&self.name)
+                .arg(0)
+                .arg(ids)
+                .arg("IDLE")
+                .arg(idle)
+                .arg("JUSTID")
+                .ignore();
+        })?;
+        self.client.run_pipe::<()>("XCLAIM", &pipe).await?;
+        let mut outstanding = self.outstanding.lock().expect("not poisoned");
+        for id in ids {
+            outstanding.remove(id);
+        }
+        Ok(())
+    }
+
+    fn per_stream_pipe(
+        &self,
+        ids: &[EntryId],
+        mut add: impl FnMut(&mut redis::Pipeline, &str, bool, &[String]),
+    ) -> Result<redis::Pipeline> {
+        let mut by_stream: HashMap<u32, Vec<String>> = HashMap::new();
+        for id in ids {
+            by_stream.entry(id.stream).or_default().push(id.to_string());
+        }
+        let table = self.table();
+        let mut pipe = redis::pipe();
+        for (idx, ids) in &by_stream {
+            let slot = table.slots.get(*idx as usize).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "entry id {} was not handed out by this consumer",
+                    ids[0]
+                ))
+            })?;
+            add(
+                &mut pipe,
+                &slot.key,
+                matches!(slot.kind, SlotKind::Replay),
+                ids,
+            );
+        }
+        Ok(pipe)
+    }
+
+    pub(crate) async fn retry_later(&self, id: EntryId, delay: Duration) -> Result<()> {
+        let key = self
+            .table()
+            .slots
+            .get(id.stream as usize)
+            .map(|s| s.key.clone())
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "entry id {id} was not handed out by this consumer"
+                ))
+            })?;
+        let due = epoch_ms(SystemTime::now() + delay);
+        let member = format!("{key}\n{id}");
+        self.client
+            .run::<()>(
+                "ZADD",
+                redis::cmd("ZADD").arg(&self.retry_key).arg(due).arg(member),
+            )
+            .await?;
+        self.outstanding
+            .lock()
+            .expect("not poisoned")
+            .remove(&id);
+        self.local_dues
+            .lock()
+            .expect("not poisoned")
+            .push(Reverse(due));
+        Ok(())
+    }
+
+    pub(crate) async fn dead_letter(&self, entry: &Entry, info: DeadLetterInfo) -> Result<DlqId> {
+        let (key, replay) = {
+            let table = self.table();
+            let slot = table.slots.get(entry.id.stream as usize).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "entry id {} was not handed out by this consumer",
+                    entry.id
+                ))
+            })?;
+            (slot.key.clone(), matches!(slot.kind, SlotKind::Replay))
+        };
+        let keys = self.client.keys();
+        let mut inv = scripts::DEAD_LETTER.prepare_invoke();
+        inv.key(keys.dlq())
+            .key(&key)
+            .key(&self.retry_key)
+            .arg(&self.group)
+            .arg(entry.id.to_string())
+            .arg(&*entry.event_type)
+            .arg(&entry.payload[..])
+            .arg(&info.handler)
+            .arg(info.attempts)
+            .arg(&info.error)
+            .arg(codec::format_time(info.time))
+            .arg("1")
+            .arg(if replay { "1" } else { "0" })
+            .arg(&key);
+        let id: String = self.client.run_script("dead-letter script", &inv).await?;
+        self.outstanding
+            .lock()
+            .expect("not poisoned")
+            .remove(&entry.id);
+        tracing::warn!(group = %self.group, handler = %info.handler, event_type = %entry.event_type, attempts = info.attempts, error = %info.error, dlq_id = %id, "event dead-lettered");
+        Ok(DlqId(id))
+    }
+}
+
+enum Made {
+    Entry(Entry),
+    /// Not for this consumer (django layout filter): ack it.
+    Skip(String),
+    Bad,
+}
+
+/// Why one `fill` round failed.
+enum Failure {
+    NoGroup,
+    Transient(&'static str, redis::RedisError),
+    Other(Error),
+}
+
+impl Failure {
+    fn from_redis(op: &'static str, e: redis::RedisError) -> Self {
+        if conn::is_nogroup(&e) {
+            Failure::NoGroup
+        } else if conn::is_transient(&e) {
+            Failure::Transient(op, e)
+        } else {
+            Failure::Other(Error::redis(op, e))
+        }
+    }
+
+    fn from_error(e: Error) -> Self {
+        match e {
+            Error::Redis { op, source } => Failure::from_redis(op, source),
+            other => Failure::Other(other),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::from_error(e)
+    }
+}
+
+static FORGET_CONSUMERS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local ok, cs = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local n = 0
+for _, c in ipairs(cs) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1]
+    elseif c[i] == 'pending' then pending = c[i + 1]
+    elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if name and pending == 0 and idle and idle > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    n = n + 1
+  end
+end
+return n
+"#,
+    )
+});
+
+// ---- reply parsing -------------------------------------------------------
+
+pub(crate) fn bulk_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+pub(crate) fn bulk_string(v: Value) -> Option<String> {
+    bulk_bytes(v).and_then(|b| String::from_utf8(b).ok())
+}
+
+pub(crate) fn value_u32(v: &Value) -> Option<u32> {
+    match v {
+        Value::Int(i) => u32::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Calls `f(name, value)` for each field of a stream entry (RESP2 flat
+/// array or RESP3 map).
+pub(crate) fn for_each_field(fields: Value, mut f: impl FnMut(&[u8], Vec<u8>)) {
+    match fields {
+        Value::Array(items) => {
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let (Some(k), Some(v)) = (bulk_bytes(k), bulk_bytes(v)) {
+                    f(&k, v);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (bulk_bytes(k), bulk_bytes(v)) {
+                    f(&k, v);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `[(id, fields)]` of an `XRANGE`-style reply.
+pub(crate) fn entries_of(v: Value) -> Vec<(Vec<u8>, Value)> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|e| match e {
+            Value::Array(mut pair) if pair.len() == 2 => {
+                let fields = pair.pop().expect("len 2");
+                let id = bulk_bytes(pair.pop().expect("len 2"))?;
+                Some((id, fields))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `[(stream key, entries)]` of an `XREADGROUP` reply (nil on timeout).
+fn stream_replies(v: Value) -> Vec<(String, Vec<(Vec<u8>, Value)>)> {
+    match v {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    let entries = entries_of(pair.pop().expect("len 2"));
+                    let key = bulk_string(pair.pop().expect("len 2"))?;
+                    Some((key, entries))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((bulk_string(k)?, entries_of(v))))
+            .collect(),
+        _ => Vec::new(),
+    }
+}

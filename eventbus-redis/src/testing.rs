@@ -1,0 +1,396 @@
+//! Throwaway `redis-server`s for tests (feature `test-util`): one server on a
+//! free loopback port with its own temporary directory (restartable on the
+//! same port and data), or a 3-node Redis Cluster. Never the system instance
+//! on 6379. Processes are killed when the value is dropped.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! use eventbus_redis::testing::{RedisServer, ServerOptions};
+//! let mut server = RedisServer::start_with(ServerOptions { appendonly: true, ..Default::default() })?;
+//! let url = server.url();          // redis://127.0.0.1:<port>/0
+//! server.restart()?;               // same port, same data directory
+//! # Ok(()) }
+//! ```
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to run a test server.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// `--appendonly yes` (fsync every second; a graceful [`RedisServer::stop`] flushes it).
+    pub appendonly: bool,
+    /// `--requirepass`.
+    pub password: Option<String>,
+    /// Extra `redis-server` arguments.
+    pub extra_args: Vec<String>,
+}
+
+/// A `redis-server` child process on `127.0.0.1:<free port>`.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    opts: ServerOptions,
+    cluster: bool,
+}
+
+fn not_found(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{what} not found; install it with `apt-get install -y redis-server`"),
+    )
+}
+
+/// Finds `redis-server` (`$REDIS_SERVER` wins, then `$PATH`, then the usual places).
+pub fn redis_server_binary() -> io::Result<PathBuf> {
+    find_binary("REDIS_SERVER", "redis-server")
+}
+
+fn redis_cli_binary() -> io::Result<PathBuf> {
+    find_binary("REDIS_CLI", "redis-cli")
+}
+
+fn find_binary(env: &str, name: &str) -> io::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin", "/usr/local/bin", "/usr/sbin", "/opt/homebrew/bin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| not_found(name))
+}
+
+/// A loopback port nobody listens on (and, for cluster nodes, whose bus port
+/// `port + 10000` is free too).
+fn free_port(cluster: bool) -> io::Result<u16> {
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if port == 6379 {
+            continue;
+        }
+        if cluster {
+            if port > 55535 {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
+                continue;
+            }
+        }
+        return Ok(port);
+    }
+    Err(io::Error::other("no free loopback port"))
+}
+
+impl RedisServer {
+    /// Starts a server with default options (no persistence).
+    pub fn start() -> io::Result<Self> {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Starts a server.
+    pub fn start_with(opts: ServerOptions) -> io::Result<Self> {
+        Self::start_inner(opts, false)
+    }
+
+    fn start_inner(opts: ServerOptions, cluster: bool) -> io::Result<Self> {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(cluster)?,
+                dir: tempfile::Builder::new().prefix("eventbus-redis-").tempdir()?,
+                child: None,
+                opts: opts.clone(),
+                cluster,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                // Most likely another test took the port meanwhile: try another.
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("redis-server did not start")))
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let bin = redis_server_binary()?;
+        let dir = self.dir.path().to_str().expect("utf-8 temp dir").to_owned();
+        let mut cmd = Command::new(bin);
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg(if self.opts.appendonly { "yes" } else { "no" })
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg("redis.log")
+            .arg("--daemonize")
+            .arg("no");
+        if let Some(p) = &self.opts.password {
+            cmd.arg("--requirepass").arg(p);
+        }
+        if self.cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]);
+        }
+        cmd.args(&self.opts.extra_args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start redis-server: {e}"))
+        })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().expect("spawned").try_wait()? {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} exited with {status}; log:\n{}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            if let Ok(reply) = self.cmd(&["PING"])
+                && reply == "PONG"
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} did not answer PING; log:\n{}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `redis://[:password@]127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        match &self.opts.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops gracefully (`SHUTDOWN`, which flushes the append-only file) and waits.
+    pub fn stop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        let _ = self.cmd(&["SHUTDOWN"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
+    /// Kills the process (`SIGKILL`) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same data directory.
+    pub fn start_again(&mut self) -> io::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// [`stop`](Self::stop), then [`start_again`](Self::start_again).
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// Sends one command over a fresh connection and renders the reply as
+    /// text (arrays one element per line; errors as `Err`).
+    pub fn cmd(&self, args: &[&str]) -> io::Result<String> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.cmd_bytes(&args)
+    }
+
+    /// Like [`cmd`](Self::cmd) with binary arguments.
+    pub fn cmd_bytes(&self, args: &[&[u8]]) -> io::Result<String> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = stream;
+        if let Some(p) = &self.opts.password {
+            send(&mut writer, &[b"AUTH", p.as_bytes()])?;
+            read_reply(&mut reader)?;
+        }
+        send(&mut writer, args)?;
+        read_reply(&mut reader)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn send(w: &mut impl Write, args: &[&[u8]]) -> io::Result<()> {
+    let mut buf = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b"\r\n");
+    }
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+fn read_reply(r: &mut impl BufRead) -> io::Result<String> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (kind, rest) = line.split_at(line.len().min(1));
+    match kind {
+        "+" | ":" => Ok(rest.to_owned()),
+        "-" => Err(io::Error::other(rest.to_owned())),
+        "$" => {
+            let n: i64 = rest.parse().map_err(io::Error::other)?;
+            if n < 0 {
+                return Ok(String::new());
+            }
+            let mut buf = vec![0; n as usize + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n as usize);
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(io::Error::other)?;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_reply(r)?);
+            }
+            Ok(items.join("\n"))
+        }
+        _ => Err(io::Error::other(format!("unexpected reply `{line}`"))),
+    }
+}
+
+/// A Redis Cluster of `n` primaries (no replicas) on free loopback ports.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3) cluster-enabled servers, joins them with
+    /// `redis-cli --cluster create`, and waits for `cluster_state:ok`.
+    pub fn start(n: usize) -> io::Result<Self> {
+        let n = n.max(3);
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            nodes.push(RedisServer::start_inner(ServerOptions::default(), true)?);
+        }
+        let cli = redis_cli_binary()?;
+        let addrs: Vec<String> = nodes.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+        let out = Command::new(cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = cluster.nodes.iter().all(|s| {
+                s.cmd(&["CLUSTER", "INFO"]).is_ok_and(|info| {
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_ok:16384")
+                        && info.contains(&format!("cluster_known_nodes:{n}"))
+                })
+            });
+            if ready {
+                return Ok(cluster);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("the test cluster did not reach cluster_state:ok"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
