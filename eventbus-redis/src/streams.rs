@@ -417,15 +417,16 @@ impl StreamConsumer {
         if !skipped.is_empty() {
             // Django layout: entries of types this group does not consume.
             let mut pipe = redis::pipe();
-            let table = self.table();
-            for (idx, ids) in &skipped {
-                pipe.cmd("XACK")
-                    .arg(&table.slots[*idx as usize].key)
-                    .arg(&self.group)
-                    .arg(ids)
-                    .ignore();
+            {
+                let table = self.table();
+                for (idx, ids) in &skipped {
+                    pipe.cmd("XACK")
+                        .arg(&table.slots[*idx as usize].key)
+                        .arg(&self.group)
+                        .arg(ids)
+                        .ignore();
+                }
             }
-            drop(table);
             self.client
                 .run_pipe::<()>("XACK", &pipe)
                 .await
@@ -549,7 +550,8 @@ impl StreamConsumer {
     async fn reclaim(&self, rd: &mut Reader, max: usize) -> Result<(), Failure> {
         let idle_ms = self.opts.claim_idle.as_millis() as u64;
         let count = max.max(100);
-        for (idx, key) in self.table().read_keys() {
+        let streams = self.table().read_keys();
+        for (idx, key) in streams {
             let start = rd.cursors.get(&idx).cloned().unwrap_or_else(|| "-".into());
             let mut inv = scripts::RECLAIM.prepare_invoke();
             inv.key(&key)
@@ -607,7 +609,8 @@ impl StreamConsumer {
     /// pile up). Atomic per stream: a consumer that owns anything is kept.
     async fn forget_dead_consumers(&self) {
         let idle = (self.opts.claim_idle * 10).max(Duration::from_secs(3600));
-        for (_, key) in self.table().read_keys() {
+        let streams = self.table().read_keys();
+        for (_, key) in streams {
             let mut inv = FORGET_CONSUMERS.prepare_invoke();
             inv.key(&key)
                 .arg(&self.group)

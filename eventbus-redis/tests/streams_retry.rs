@@ -1,0 +1,156 @@
+//! Streams mode: delayed retries, delivery counts, reclaiming from dead
+//! consumers, poison messages.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use eventbus_redis::{DeadLetterInfo, Types};
+use serde_json::json;
+
+fn only(t: &str) -> Types {
+    Types::Only(vec![t.to_owned()])
+}
+
+#[tokio::test]
+async fn retry_later_bumps_the_delivery_count_without_blocking_others() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let consumer = client.consumer("g", only("t"), fast_opts()).await.unwrap();
+    client.publish_one("t", &event("t", json!("first"))).await.unwrap();
+    let first = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(first.delivery_count, 1);
+    let scheduled = Instant::now();
+    consumer
+        .retry_later(first.id, Duration::from_millis(700))
+        .await
+        .unwrap();
+    // Stays pending meanwhile, and is in the group's retry zset.
+    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "g"]).unwrap().starts_with("1\n"));
+    assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "1");
+
+    // Other entries flow while the retry waits.
+    client.publish_one("t", &event("t", json!("second"))).await.unwrap();
+    let second = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(data(&second), json!("second"));
+    assert!(scheduled.elapsed() < Duration::from_millis(700));
+    consumer.ack(&[second.id]).await.unwrap();
+
+    let again = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
+    assert!(scheduled.elapsed() >= Duration::from_millis(690), "not before its time");
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.payload, first.payload);
+    assert_eq!(again.delivery_count, 2);
+    consumer.retry_later(again.id, Duration::ZERO).await.unwrap();
+    let third = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(third.delivery_count, 3);
+    consumer.ack(&[third.id]).await.unwrap();
+    assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "0");
+    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "g"]).unwrap().starts_with("0\n"));
+}
+
+#[tokio::test]
+async fn a_retry_survives_the_consumer_that_scheduled_it() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let a = client.consumer("g", only("t"), fast_opts()).await.unwrap();
+    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    let e = read_n(&a, 1, Duration::from_secs(5)).await.remove(0);
+    a.retry_later(e.id, Duration::from_millis(200)).await.unwrap();
+    drop(a);
+    let b = client.consumer("g", only("t"), fast_opts()).await.unwrap();
+    let again = read_n(&b, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(again.payload, e.payload);
+    assert_eq!(again.delivery_count, 2);
+}
+
+#[tokio::test]
+async fn entries_of_a_dead_consumer_are_reclaimed() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let mut opts = fast_opts();
+    opts.claim_idle = Duration::from_millis(300);
+    opts.claim_interval = Duration::from_millis(100);
+    let dead = client.consumer("g", only("t"), opts.clone()).await.unwrap();
+    let survivor = client.consumer("g", only("t"), opts).await.unwrap();
+    for i in 0..5 {
+        client.publish_one("t", &event("t", json!(i))).await.unwrap();
+    }
+    let taken = read_n(&dead, 5, Duration::from_secs(5)).await;
+    // A retry scheduled far ahead is not "dead": it must not be reclaimed early.
+    dead.retry_later(taken[4].id, Duration::from_secs(3600)).await.unwrap();
+    drop(dead); // dies without acking
+
+    let got = read_n(&survivor, 4, Duration::from_secs(10)).await;
+    let mut seen: Vec<i64> = got.iter().map(|e| data(e).as_i64().unwrap()).collect();
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2, 3]);
+    assert!(got.iter().all(|e| e.delivery_count == 2), "{got:?}");
+    assert_eq!(survivor.stats().reclaimed_or_released, 4);
+    let ids: Vec<_> = got.iter().map(|e| e.id).collect();
+    survivor.ack(&ids).await.unwrap();
+    let later = read_for(&survivor, Duration::from_millis(800)).await;
+    assert!(later.is_empty(), "the scheduled retry stays put: {later:?}");
+    assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "1");
+}
+
+#[tokio::test]
+async fn released_entries_go_to_another_consumer_at_once() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let mut opts = fast_opts();
+    opts.claim_idle = Duration::from_secs(600);
+    opts.claim_interval = Duration::from_millis(100);
+    let leaving = client.consumer("g", only("t"), opts.clone()).await.unwrap();
+    let staying = client.consumer("g", only("t"), opts).await.unwrap();
+    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    let e = read_n(&leaving, 1, Duration::from_secs(5)).await.remove(0);
+    leaving.release(&[e.id]).await.unwrap();
+    let got = read_n(&staying, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(got.payload, e.payload);
+}
+
+/// A message that "crashes" every consumer that reads it (never acked,
+/// never retried) is still bounded: Redis's delivery count grows with each
+/// takeover, and the consumer dead-letters it once the count exceeds
+/// retries + 1, while other messages keep flowing.
+#[tokio::test]
+async fn poison_message_ends_in_the_dlq() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let retries = 2;
+    let mut opts = fast_opts();
+    opts.claim_idle = Duration::from_millis(100);
+    opts.claim_interval = Duration::from_millis(50);
+    client.consumer("g", only("t"), opts.clone()).await.unwrap(); // create the group
+    client.publish_one("t", &event("t", json!("poison"))).await.unwrap();
+    client.publish_one("t", &event("t", json!("fine"))).await.unwrap();
+
+    let mut handled_fine = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut dead_lettered = None;
+    while dead_lettered.is_none() || !handled_fine {
+        assert!(Instant::now() < deadline, "poison never dead-lettered");
+        // Each round is a fresh process: the previous one "crashed".
+        let c = client.consumer("g", only("t"), opts.clone()).await.unwrap();
+        for e in c.read(10).await.unwrap() {
+            if data(&e) == json!("fine") {
+                c.ack(&[e.id]).await.unwrap();
+                handled_fine = true;
+            } else if e.delivery_count > retries + 1 {
+                let id = c
+                    .dead_letter(&e, DeadLetterInfo::new("tests::handler", e.delivery_count, "boom"))
+                    .await
+                    .unwrap();
+                dead_lettered = Some(id);
+            }
+            // else: crash (drop without ack).
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let dl = client.dead_letters(10).await.unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].attempts, retries + 2);
+    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "g"]).unwrap().starts_with("0\n"));
+}
