@@ -158,10 +158,11 @@ impl Bus {
             Some(s) => codec::normalize_source(s),
             None => std::borrow::Cow::Borrowed(self.inner.source.as_str()),
         };
+        let now = SystemTime::now();
         let stamp = Stamp {
-            id: uuid::Uuid::now_v7(),
+            id: codec::new_event_id(now),
             source: &source,
-            time: SystemTime::now(),
+            time: now,
         };
         let payload = codec::encode(event, stamp).map_err(|source| Error::Encode {
             event_type: E::TYPE.to_owned(),

@@ -111,6 +111,125 @@ impl<'a> Attributes<'a> {
     }
 }
 
+/// Reads a structured CloudEvent in one pass. When `direct(type)` is true
+/// for the message's type (and `type` comes before `data`, as every SDK
+/// writes it), `data` is decoded straight into `T` and the returned
+/// attributes carry no `data`; otherwise `data` is kept raw and `T` is `None`.
+///
+/// Errors are produced by the slow, explaining path.
+pub(crate) fn parse_typed<'a, T, F>(
+    bytes: &'a [u8],
+    direct: F,
+) -> Result<(Attributes<'a>, Option<T>), DecodeError>
+where
+    T: serde::de::DeserializeOwned,
+    F: Fn(&str) -> bool,
+{
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let fast = serde::de::DeserializeSeed::deserialize(
+        TypedSeed::<T, &F> {
+            direct: &direct,
+            _t: std::marker::PhantomData,
+        },
+        &mut de,
+    )
+    .and_then(|v| de.end().map(|()| v));
+    match fast {
+        Ok(Some((attrs, value))) if attrs.specversion == SPEC_VERSION => Ok((attrs, value)),
+        _ => {
+            // Explain: envelope problems first, then the data.
+            let attrs = Attributes::parse(bytes)?;
+            if direct(&attrs.ty) {
+                let value = attrs.data_as::<T>()?;
+                Ok((
+                    Attributes {
+                        data: None,
+                        ..attrs
+                    },
+                    Some(value),
+                ))
+            } else {
+                Ok((attrs, None))
+            }
+        }
+    }
+}
+
+struct TypedSeed<T, F> {
+    direct: F,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'de, T, F> serde::de::DeserializeSeed<'de> for TypedSeed<T, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: Fn(&str) -> bool,
+{
+    /// `None` when a required attribute is missing (the slow path explains).
+    type Value = Option<(Attributes<'de>, Option<T>)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T, F> serde::de::Visitor<'de> for TypedSeed<T, F>
+where
+    T: serde::de::DeserializeOwned,
+    F: Fn(&str) -> bool,
+{
+    type Value = Option<(Attributes<'de>, Option<T>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a structured CloudEvent")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut specversion, mut id, mut ty, mut source) = (None, None, None, None);
+        let (mut subject, mut time, mut datacontenttype) = (None, None, None);
+        let mut data: Option<&'de RawValue> = None;
+        let mut value: Option<T> = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "specversion" => specversion = Some(map.next_value::<Cow<'de, str>>()?),
+                "id" => id = Some(map.next_value::<Cow<'de, str>>()?),
+                "type" => ty = Some(map.next_value::<Cow<'de, str>>()?),
+                "source" => source = Some(map.next_value::<Cow<'de, str>>()?),
+                "subject" => subject = map.next_value::<Option<Cow<'de, str>>>()?,
+                "time" => time = map.next_value::<Option<Cow<'de, str>>>()?,
+                "datacontenttype" => datacontenttype = map.next_value::<Option<Cow<'de, str>>>()?,
+                "data" => match &ty {
+                    Some(t) if (self.direct)(t) => value = Some(map.next_value::<T>()?),
+                    _ => data = Some(map.next_value::<&'de RawValue>()?),
+                },
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let (Some(specversion), Some(id), Some(ty), Some(source)) = (specversion, id, ty, source)
+        else {
+            return Ok(None);
+        };
+        if value.is_none() && (self.direct)(&ty) {
+            // `data` came before `type`, or is absent (decoded as `null`).
+            let raw = data.take().unwrap_or(RawValue::NULL);
+            value = Some(serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?);
+        }
+        let attrs = Attributes {
+            specversion,
+            id,
+            ty,
+            source,
+            subject,
+            time,
+            datacontenttype,
+            data,
+        };
+        Ok(Some((attrs, value)))
+    }
+}
+
 fn null() -> &'static RawValue {
     // `RawValue::NULL` is a constant `null`.
     RawValue::NULL
@@ -180,7 +299,7 @@ struct Envelope<'a, T, S> {
     datacontenttype: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<AsStr<S>>,
-    time: AsStr<Rfc3339>,
+    time: &'a str,
     data: &'a T,
 }
 
@@ -193,31 +312,74 @@ impl<D: fmt::Display> Serialize for AsStr<D> {
     }
 }
 
-/// RFC 3339 UTC time with microseconds, as cloudevents-sdk writes it.
+/// RFC 3339 UTC time with microseconds (`2026-11-27T11:01:30.123456Z`).
 pub(crate) struct Rfc3339(pub SystemTime);
+
+impl Rfc3339 {
+    /// Formats into a fixed buffer without touching the heap.
+    fn write(&self, buf: &mut [u8; 27]) {
+        let since = self
+            .0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = since.as_secs();
+        let micros = since.subsec_micros();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (hh, mm, ss) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        fn put(buf: &mut [u8], mut v: u64, width: usize) {
+            for i in (0..width).rev() {
+                buf[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        *buf = *b"0000-00-00T00:00:00.000000Z";
+        put(&mut buf[0..4], y.clamp(0, 9999) as u64, 4);
+        put(&mut buf[5..7], m as u64, 2);
+        put(&mut buf[8..10], d as u64, 2);
+        put(&mut buf[11..13], hh, 2);
+        put(&mut buf[14..16], mm, 2);
+        put(&mut buf[17..19], ss, 2);
+        put(&mut buf[20..26], u64::from(micros), 6);
+    }
+}
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use chrono::{Datelike, Timelike};
-        let t: chrono::DateTime<chrono::Utc> = self.0.into();
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            t.year(),
-            t.month(),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.nanosecond() / 1000
-        )
+        let mut buf = [0u8; 27];
+        self.write(&mut buf);
+        // The buffer holds only ASCII digits and separators.
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
+}
+
+/// A UUIDv7 (RFC 9562): the Unix time in milliseconds, then 74 random bits
+/// from a fast thread-local generator (no system call per id).
+pub(crate) fn new_event_id(now: SystemTime) -> uuid::Uuid {
+    let ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let random = fastrand::u128(..).to_le_bytes();
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random[..10]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid()
 }
 
 /// Writes `event` as structured-mode CloudEvents JSON.
 pub(crate) fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json::Error> {
     let mut id_buf = uuid::Uuid::encode_buffer();
     let id = stamp.id.hyphenated().encode_lower(&mut id_buf);
+    let mut time_buf = [0u8; 27];
     let envelope = Envelope {
         specversion: SPEC_VERSION,
         id,
@@ -225,7 +387,10 @@ pub(crate) fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, ser
         source: stamp.source,
         datacontenttype: "application/json",
         subject: event.subject().map(AsStr),
-        time: AsStr(Rfc3339(stamp.time)),
+        time: {
+            Rfc3339(stamp.time).write(&mut time_buf);
+            std::str::from_utf8(&time_buf).unwrap_or_default()
+        },
         data: event,
     };
     let mut buf = Vec::with_capacity(192);
@@ -269,5 +434,39 @@ pub(crate) fn normalize_source(source: &str) -> Cow<'_, str> {
         Cow::Borrowed(source)
     } else {
         Cow::Owned(format!("/{source}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_chrono() {
+        for micros in [
+            0u64,
+            951_782_400_000_000,
+            1_709_164_799_999_999,
+            1_764_241_290_123_456,
+            4_102_444_800_000_001,
+        ] {
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(micros);
+            let ours = Rfc3339(t).to_string();
+            let chrono = chrono::DateTime::<chrono::Utc>::from(t)
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            assert_eq!(ours, chrono);
+        }
+    }
+
+    #[test]
+    fn event_ids_are_v7_and_time_ordered() {
+        let t = SystemTime::now();
+        let a = new_event_id(t);
+        let b = new_event_id(t + std::time::Duration::from_millis(1));
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert!(a < b);
+        assert_ne!(new_event_id(t), new_event_id(t));
     }
 }

@@ -55,11 +55,11 @@ impl HandlerMeta {
     }
 }
 
-/// What a handler sees of a message before its argument is decoded.
+/// What a handler is given besides its payload.
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct Incoming<'a> {
-    pub attrs: &'a Attributes<'a>,
+    /// The message, as received.
     pub payload: &'a [u8],
     /// Old types whose `replaced_by` is this handler's type, with their conversion.
     pub upcasts: &'a [(&'static str, Upcast)],
@@ -79,7 +79,12 @@ pub type HandlerFuture = BoxFuture<'static, Result<(), Failure>>;
 /// A type-erased handler.
 #[doc(hidden)]
 pub trait ErasedHandler: Send + Sync + 'static {
-    fn call(&self, incoming: Incoming<'_>, ctx: Context) -> Result<HandlerFuture, DecodeError>;
+    /// Decodes the message (in one pass) and starts the handler.
+    fn call<'a>(
+        &self,
+        incoming: Incoming<'a>,
+        ctx: Context,
+    ) -> Result<(Attributes<'a>, HandlerFuture), DecodeError>;
     /// The CloudEvents type it takes; `None` for a global handler.
     fn event_type(&self) -> Option<&'static str>;
 }
@@ -195,7 +200,7 @@ pub trait HandlerArg: Send + Sized + 'static {
     #[doc(hidden)]
     fn event_type() -> Option<&'static str>;
     #[doc(hidden)]
-    fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError>;
+    fn decode<'a>(incoming: &Incoming<'a>) -> Result<(Attributes<'a>, Self), DecodeError>;
 }
 
 impl<E: Event> HandlerArg for E {
@@ -205,23 +210,25 @@ impl<E: Event> HandlerArg for E {
         Some(E::TYPE)
     }
 
-    fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError> {
-        let ty = &*incoming.attrs.ty;
-        if ty == E::TYPE || E::info().aliases.contains(&ty) {
-            return incoming.attrs.data_as();
+    fn decode<'a>(incoming: &Incoming<'a>) -> Result<(Attributes<'a>, Self), DecodeError> {
+        let aliases = E::info().aliases;
+        let (attrs, value) = crate::codec::parse_typed::<E, _>(incoming.payload, |ty| {
+            ty == E::TYPE || aliases.contains(&ty)
+        })?;
+        if let Some(value) = value {
+            return Ok((attrs, value));
         }
+        let ty = &*attrs.ty;
         if let Some((_, upcast)) = incoming.upcasts.iter().find(|(old, _)| *old == ty) {
-            let raw = incoming
-                .attrs
-                .data
-                .unwrap_or(serde_json::value::RawValue::NULL);
+            let raw = attrs.data.unwrap_or(serde_json::value::RawValue::NULL);
             let boxed = upcast(raw)?;
-            return boxed.downcast::<E>().map(|b| *b).map_err(|_| {
+            let value = boxed.downcast::<E>().map(|b| *b).map_err(|_| {
                 DecodeError::new(
                     Some(ty),
                     format!("`{ty}` is declared `replaced_by` `{}`, but its conversion produced another type", E::TYPE),
                 )
-            });
+            })?;
+            return Ok((attrs, value));
         }
         Err(DecodeError::new(
             Some(ty),
@@ -240,8 +247,11 @@ impl HandlerArg for CloudEvent {
         None
     }
 
-    fn from_incoming(incoming: &Incoming<'_>) -> Result<Self, DecodeError> {
-        crate::codec::decode_cloudevent(incoming.payload)
+    fn decode<'a>(incoming: &Incoming<'a>) -> Result<(Attributes<'a>, Self), DecodeError> {
+        let attrs = Attributes::parse(incoming.payload)?;
+        let event = serde_json::from_slice(incoming.payload)
+            .map_err(|e| DecodeError::new(Some(&attrs.ty), format!("invalid CloudEvent: {e}")))?;
+        Ok((attrs, event))
     }
 }
 
@@ -320,9 +330,13 @@ where
     A: HandlerArg,
     R: HandlerReturn,
 {
-    fn call(&self, incoming: Incoming<'_>, _ctx: Context) -> Result<HandlerFuture, DecodeError> {
-        let arg = A::from_incoming(&incoming)?;
-        Ok(guard((self.f)(arg)))
+    fn call<'a>(
+        &self,
+        incoming: Incoming<'a>,
+        _ctx: Context,
+    ) -> Result<(Attributes<'a>, HandlerFuture), DecodeError> {
+        let (attrs, arg) = A::decode(&incoming)?;
+        Ok((attrs, guard((self.f)(arg))))
     }
 
     fn event_type(&self) -> Option<&'static str> {
@@ -338,9 +352,13 @@ where
     C: ContextArg,
     R: HandlerReturn,
 {
-    fn call(&self, incoming: Incoming<'_>, ctx: Context) -> Result<HandlerFuture, DecodeError> {
-        let arg = A::from_incoming(&incoming)?;
-        Ok(guard((self.f)(arg, C::from_context(ctx))))
+    fn call<'a>(
+        &self,
+        incoming: Incoming<'a>,
+        ctx: Context,
+    ) -> Result<(Attributes<'a>, HandlerFuture), DecodeError> {
+        let (attrs, arg) = A::decode(&incoming)?;
+        Ok((attrs, guard((self.f)(arg, C::from_context(ctx)))))
     }
 
     fn event_type(&self) -> Option<&'static str> {

@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::bus::{Bus, RetryPolicy};
-use crate::codec::Attributes;
 use crate::context::Context;
 use crate::event::Upcast;
 use crate::handler::{Failure, HandlerDef, Incoming};
@@ -103,46 +102,38 @@ fn start(
     impl std::future::Future<Output = (Delivery, Outcome)> + Send + 'static,
     (Delivery, String),
 > {
-    let (fut, span) = {
-        let attrs = match Attributes::parse(&delivery.payload) {
-            Ok(a) => a,
-            Err(e) => {
-                let reason = e.to_string();
-                return Err((delivery, reason));
-            }
-        };
-        if delivery.attempt > spec.max_attempts {
-            let reason = format!(
-                "delivered {} times without being acknowledged (the handler crashed, hung, or its worker was killed each time); at most {} attempts are allowed",
-                delivery.attempt - 1,
-                spec.max_attempts
+    if delivery.attempt > spec.max_attempts {
+        let reason = format!(
+            "delivered {} times without being acknowledged (the handler crashed, hung, or its worker was killed each time); at most {} attempts are allowed",
+            delivery.attempt - 1,
+            spec.max_attempts
+        );
+        return Err((delivery, reason));
+    }
+    let ctx = Context::new(
+        bus.clone(),
+        delivery.payload.clone(),
+        delivery.attempt,
+        spec.group_name.clone(),
+    );
+    let incoming = Incoming {
+        payload: &delivery.payload,
+        upcasts: &spec.upcasts,
+    };
+    let (fut, span) = match spec.handler.handler.call(incoming, ctx) {
+        Ok((attrs, fut)) => {
+            let span = tracing::info_span!(
+                "eventbus.handle",
+                event_id = %attrs.id,
+                event_type = %attrs.ty,
+                handler = %spec.group.handler,
+                attempt = delivery.attempt,
             );
-            return Err((delivery, reason));
+            (fut, span)
         }
-        let span = tracing::info_span!(
-            "eventbus.handle",
-            event_id = %attrs.id,
-            event_type = %attrs.ty,
-            handler = %spec.group.handler,
-            attempt = delivery.attempt,
-        );
-        let ctx = Context::new(
-            bus.clone(),
-            delivery.payload.clone(),
-            delivery.attempt,
-            spec.group_name.clone(),
-        );
-        let incoming = Incoming {
-            attrs: &attrs,
-            payload: &delivery.payload,
-            upcasts: &spec.upcasts,
-        };
-        match span.in_scope(|| spec.handler.handler.call(incoming, ctx)) {
-            Ok(fut) => (fut, span),
-            Err(e) => {
-                let reason = e.to_string();
-                return Err((delivery, reason));
-            }
+        Err(e) => {
+            let reason = e.to_string();
+            return Err((delivery, reason));
         }
     };
     let timeout = spec.timeout;

@@ -1,0 +1,231 @@
+//! The outbox on SQLite: SQL. Times are Unix milliseconds.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::{Claimed, Failure, NewRow, db_error, unix_ms};
+use crate::error::{Error, Result};
+
+pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| Error::Config(format!("invalid SQLite URL `{url}`: {e}")))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|e| Error::Outbox {
+            message: format!("cannot open the SQLite database `{url}`: {e}"),
+            source: Some(Box::new(e)),
+        })
+}
+
+pub(super) async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db_error("cannot migrate"))?;
+    sqlx::raw_sql(super::SQLITE_SCHEMA)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("cannot migrate"))?;
+    tx.commit().await.map_err(db_error("cannot migrate"))
+}
+
+const INSERT: &str = "INSERT INTO eventbus_outbox (id, event_type, payload, key, created_at, available_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+pub(super) async fn insert(conn: &mut SqliteConnection, row: NewRow<'_>) -> Result<()> {
+    let now = unix_ms(SystemTime::now());
+    let mut id = uuid::Uuid::encode_buffer();
+    let id = row.id.hyphenated().encode_lower(&mut id);
+    sqlx::query(INSERT)
+        .bind(&*id)
+        .bind(row.event_type)
+        .bind(row.payload)
+        .bind(row.key)
+        .bind(now)
+        .bind(row.available_at.map(unix_ms).unwrap_or(now))
+        .execute(conn)
+        .await
+        .map_err(db_error("cannot write the event into the outbox"))?;
+    Ok(())
+}
+
+/// Whether a claim could find anything, without taking the write lock.
+const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM eventbus_outbox \
+     WHERE status = 'pending' AND available_at <= ?1)";
+
+pub(super) async fn any_due(pool: &SqlitePool) -> Result<bool> {
+    let (due,): (bool,) = sqlx::query_as(ANY_DUE)
+        .bind(unix_ms(SystemTime::now()))
+        .fetch_one(pool)
+        .await
+        .map_err(db_error("cannot read the outbox"))?;
+    Ok(due)
+}
+
+/// The claim of the PostgreSQL relay, under SQLite's write lock instead of row locks.
+const CLAIM: &str = "
+WITH claimed AS MATERIALIZED (
+    SELECT o.seq, o.id, o.event_type, o.payload, o.key, o.attempts
+    FROM eventbus_outbox o
+    WHERE o.status = 'pending'
+      AND o.available_at <= ?1
+      AND (o.key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM eventbus_outbox r
+            WHERE r.key = o.key AND r.seq < o.seq AND r.status = 'pending'
+              AND r.attempts > 0 AND r.available_at > ?1))
+    ORDER BY o.available_at, o.seq
+    LIMIT ?2
+)
+SELECT c.seq, c.id, c.event_type, c.payload, c.key, c.attempts,
+       (c.key IS NOT NULL AND EXISTS (
+            SELECT 1 FROM eventbus_outbox b
+            WHERE b.key = c.key AND b.seq < c.seq AND b.status = 'pending'
+              AND (b.available_at <= ?1 OR b.attempts > 0)
+              AND b.seq NOT IN (SELECT seq FROM claimed))) AS blocked
+FROM claimed c
+ORDER BY c.seq";
+
+type ClaimRow = (i64, String, String, String, Option<String>, i32, bool);
+
+pub(super) async fn claim(conn: &mut SqliteConnection, limit: usize) -> Result<Vec<Claimed>> {
+    let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
+        .bind(unix_ms(SystemTime::now()))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(conn)
+        .await
+        .map_err(db_error("cannot claim outbox rows"))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(seq, id, event_type, payload, key, attempts, blocked)| Claimed {
+                seq,
+                id,
+                event_type,
+                payload,
+                key,
+                attempts,
+                blocked,
+            },
+        )
+        .collect())
+}
+
+const MARK_PUBLISHED: &str = "UPDATE eventbus_outbox \
+     SET status = 'published', published_at = ?1, attempts = attempts + 1 \
+     WHERE seq IN (SELECT value FROM json_each(?2))";
+
+pub(super) async fn mark_published(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let mut list = String::with_capacity(seqs.len() * 8 + 2);
+    list.push('[');
+    for (i, seq) in seqs.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str(&seq.to_string());
+    }
+    list.push(']');
+    sqlx::query(MARK_PUBLISHED)
+        .bind(unix_ms(SystemTime::now()))
+        .bind(list)
+        .execute(conn)
+        .await
+        .map_err(db_error("cannot mark outbox rows published"))?;
+    Ok(())
+}
+
+const MARK_FAILED: &str = "UPDATE eventbus_outbox \
+     SET attempts = attempts + 1, last_error = ?2, available_at = ?3, status = ?4 \
+     WHERE seq = ?1";
+
+pub(super) async fn mark_failed(conn: &mut SqliteConnection, failures: &[Failure]) -> Result<()> {
+    let now = unix_ms(SystemTime::now());
+    for f in failures {
+        sqlx::query(MARK_FAILED)
+            .bind(f.seq)
+            .bind(&f.error)
+            .bind(now.saturating_add(f.delay_ms))
+            .bind(if f.dead { "failed" } else { "pending" })
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error("cannot record failed outbox attempts"))?;
+    }
+    Ok(())
+}
+
+const NEXT_DUE: &str = "
+SELECT min(o.available_at)
+FROM eventbus_outbox o
+WHERE o.status = 'pending'
+  AND (o.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM eventbus_outbox r
+        WHERE r.key = o.key AND r.seq < o.seq AND r.status = 'pending'
+          AND r.attempts > 0 AND r.available_at > ?1))";
+
+pub(super) async fn next_due(pool: &SqlitePool) -> Result<Option<i64>> {
+    let now = unix_ms(SystemTime::now());
+    let (at,): (Option<i64>,) = sqlx::query_as(NEXT_DUE)
+        .bind(now)
+        .fetch_one(pool)
+        .await
+        .map_err(db_error("cannot read the outbox schedule"))?;
+    Ok(at.map(|at| at.saturating_sub(now)))
+}
+
+pub(super) async fn recover(pool: &SqlitePool) -> Result<u64> {
+    let now = unix_ms(SystemTime::now());
+    let done = sqlx::query(
+        "UPDATE eventbus_outbox SET available_at = ?1 \
+         WHERE status = 'pending' AND attempts > 0 AND available_at > ?1",
+    )
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(db_error("cannot end the outbox backoff"))?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn cleanup(pool: &SqlitePool, retention_ms: i64, limit: i64) -> Result<u64> {
+    let cutoff = unix_ms(SystemTime::now()).saturating_sub(retention_ms);
+    let done = sqlx::query(
+        "DELETE FROM eventbus_outbox WHERE seq IN (\
+             SELECT seq FROM eventbus_outbox \
+             WHERE status = 'published' AND published_at < ?1 \
+             ORDER BY published_at LIMIT ?2)",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(pool)
+    .await
+    .map_err(db_error("cannot delete old published outbox rows"))?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn counts(pool: &SqlitePool) -> Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT status, count(*) FROM eventbus_outbox GROUP BY status")
+        .fetch_all(pool)
+        .await
+        .map_err(db_error("cannot count outbox rows"))
+}
+
+pub(super) async fn retry_failed(pool: &SqlitePool) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE eventbus_outbox SET status = 'pending', attempts = 0, available_at = ?1 \
+         WHERE status = 'failed'",
+    )
+    .bind(unix_ms(SystemTime::now()))
+    .execute(pool)
+    .await
+    .map_err(db_error("cannot retry failed outbox rows"))?;
+    Ok(done.rows_affected())
+}
