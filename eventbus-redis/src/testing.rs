@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 /// How to run a test server.
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
 pub struct ServerOptions {
     /// `--appendonly yes` (fsync every second; a graceful [`RedisServer::stop`] flushes it).
     pub appendonly: bool,
@@ -57,14 +56,22 @@ fn redis_cli_binary() -> io::Result<PathBuf> {
 }
 
 fn find_binary(env: &str, name: &str) -> io::Result<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        return Ok(PathBuf::from(p));
-    }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(["/usr/bin", "/usr/local/bin", "/usr/sbin", "/opt/homebrew/bin"].map(PathBuf::from));
-    dirs.into_iter()
+    find_in(name, std::env::var_os(env).map(PathBuf::from), &dirs)
+}
+
+fn find_in(name: &str, explicit: Option<PathBuf>, dirs: &[PathBuf]) -> io::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(not_found(&format!("{name} (at {})", p.display())))
+        };
+    }
+    dirs.iter()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| not_found(name))
@@ -392,5 +399,21 @@ impl RedisCluster {
     /// The nodes.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_redis_server_says_how_to_install_it() {
+        let e = find_in("redis-server", None, &[PathBuf::from("/nonexistent")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "redis-server not found; install it with `apt-get install -y redis-server`"
+        );
+        let e = find_in("redis-server", Some("/nope/redis-server".into()), &[]).unwrap_err();
+        assert!(e.to_string().contains("apt-get install -y redis-server"), "{e}");
     }
 }
