@@ -73,7 +73,9 @@ impl Client {
     /// Connects with explicit timeouts and reconnect budget.
     pub async fn connect_with(config: RedisConfig, opts: ClientOptions) -> Result<Self> {
         let connector = Connector::new(&config, opts)?;
-        let mut conn = connector.connect(connector.options().response_timeout).await?;
+        let mut conn = connector
+            .connect(connector.options().response_timeout)
+            .await?;
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await

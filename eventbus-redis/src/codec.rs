@@ -71,7 +71,11 @@ pub fn wrap_legacy(event_type: &str, source: &str, data: &[u8]) -> Option<Bytes>
     let time = format_time(SystemTime::now());
     let mut out = Vec::with_capacity(data.get().len() + event_type.len() + source.len() + 160);
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
-    out.extend_from_slice(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+    out.extend_from_slice(
+        id.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .as_bytes(),
+    );
     out.extend_from_slice(b"\",\"source\":");
     serde_json::to_writer(&mut out, source).ok()?;
     out.extend_from_slice(b",\"type\":");
@@ -154,14 +158,21 @@ mod tests {
 
     #[test]
     fn wrapped_legacy_payload_is_a_cloudevent_the_sdk_reads() {
-        let bytes = wrap_legacy("review_created", "/redis/review_created", br#"{"id": "42"}"#)
-            .unwrap();
+        let bytes = wrap_legacy(
+            "review_created",
+            "/redis/review_created",
+            br#"{"id": "42"}"#,
+        )
+        .unwrap();
         let event = decode_event(&bytes).unwrap();
         assert_eq!(event.ty(), "review_created");
         assert_eq!(event.source().as_str(), "/redis/review_created");
         assert_eq!(event.datacontenttype(), Some("application/json"));
         assert!(event.time().is_some());
-        assert_eq!(uuid::Uuid::parse_str(event.id()).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(event.id()).unwrap().get_version_num(),
+            7
+        );
         let data: serde_json::Value = match event.data().unwrap() {
             cloudevents::Data::Json(v) => v.clone(),
             other => panic!("{other:?}"),
@@ -182,7 +193,10 @@ mod tests {
             .id("1")
             .ty("t")
             .source("/s")
-            .data("application/json", serde_json::json!({"specversion": "nested"}))
+            .data(
+                "application/json",
+                serde_json::json!({"specversion": "nested"}),
+            )
             .build()
             .unwrap();
         let bytes = encode_event(&event).unwrap();
@@ -202,9 +216,7 @@ mod tests {
         let now = SystemTime::now();
         let s = format_time(now);
         let back = parse_time(&s).unwrap();
-        let diff = now
-            .duration_since(back)
-            .unwrap_or_else(|e| e.duration());
+        let diff = now.duration_since(back).unwrap_or_else(|e| e.duration());
         assert!(diff.as_micros() < 1, "{s}");
     }
 }

@@ -385,9 +385,11 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
     }
     let path = path.trim_end_matches('/');
     if !path.is_empty() {
-        let db: i64 = path.parse().ok().filter(|d| *d >= 0).ok_or_else(|| {
-            format!("the database `/{path}` must be a number like `/0`")
-        })?;
+        let db: i64 = path
+            .parse()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| format!("the database `/{path}` must be a number like `/0`"))?;
         if cluster && db != 0 {
             return Err("Redis Cluster has only database 0; remove the `/N` path".into());
         }
@@ -538,12 +540,9 @@ pub fn redact_url(url: &str) -> String {
         Some(at) => {
             let userinfo = &authority[..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..start],
-                    &userinfo[..colon],
-                    &rest[at..]
-                ),
+                Some(colon) => {
+                    format!("{}{}:***{}", &url[..start], &userinfo[..colon], &rest[at..])
+                }
                 None => url.to_owned(),
             }
         }

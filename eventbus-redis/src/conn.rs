@@ -200,8 +200,7 @@ impl Connector {
         for (h, p) in self.config.nodes() {
             let info = connection_info(&self.config, h, *p)?;
             let client = redis::Client::open(info).map_err(|e| connect_error(&self.config, e))?;
-            match tokio::time::timeout(self.opts.connect_timeout, client.get_async_pubsub()).await
-            {
+            match tokio::time::timeout(self.opts.connect_timeout, client.get_async_pubsub()).await {
                 Ok(Ok(ps)) => return Ok(ps),
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => {

@@ -19,7 +19,9 @@ pub enum Error {
         reason: String,
     },
     /// The server could not be reached (or refused the credentials) at connect time.
-    #[error("cannot connect to Redis at {addr}: {reason}; is redis-server running and is the URL right?")]
+    #[error(
+        "cannot connect to Redis at {addr}: {reason}; is redis-server running and is the URL right?"
+    )]
     Connect {
         /// `host:port` (or the list of cluster nodes).
         addr: String,

@@ -205,7 +205,10 @@ mod tests {
         ] {
             assert_eq!(hash_slot(&key), slot, "{key}");
         }
-        assert_eq!(k.stream("review_created"), "{eventbus}:stream:review_created");
+        assert_eq!(
+            k.stream("review_created"),
+            "{eventbus}:stream:review_created"
+        );
         assert_eq!(k.type_of_stream("{eventbus}:stream:a:b"), Some("a:b"));
 
         let d = RedisConfig::from_url("redis://h?layout=django&stream=events").unwrap();

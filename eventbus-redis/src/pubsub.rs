@@ -93,7 +93,9 @@ impl PubSubConsumer {
     ) -> Result<Self> {
         let keys = client.keys();
         let sub = match &types {
-            Types::Only(list) => Subscription::Channels(list.iter().map(|t| keys.channel(t)).collect()),
+            Types::Only(list) => {
+                Subscription::Channels(list.iter().map(|t| keys.channel(t)).collect())
+            }
             Types::All => Subscription::Pattern(keys.channel_pattern()),
         };
         // Subscribe before returning: whatever is published from now on arrives.
@@ -314,7 +316,9 @@ async fn run_subscriber(
         if tx.is_closed() {
             return;
         }
-        tracing::warn!("pub/sub connection lost; reconnecting (messages published meanwhile are lost: at-most-once)");
+        tracing::warn!(
+            "pub/sub connection lost; reconnecting (messages published meanwhile are lost: at-most-once)"
+        );
         tokio::time::sleep(delay).await;
     }
 }

@@ -116,7 +116,12 @@ impl Client {
     }
 
     /// Publishes `payload` as `event_type` after `delay`, durably.
-    pub async fn publish_after(&self, event_type: &str, payload: &[u8], delay: Duration) -> Result<()> {
+    pub async fn publish_after(
+        &self,
+        event_type: &str,
+        payload: &[u8],
+        delay: Duration,
+    ) -> Result<()> {
         self.publish_at(event_type, payload, SystemTime::now() + delay)
             .await
     }
@@ -252,6 +257,8 @@ impl Client {
     /// task stops when the handle is dropped.
     pub fn spawn_scheduler(&self, opts: SchedulerOptions) -> SchedulerHandle {
         let client = self.clone();
-        SchedulerHandle(tokio::spawn(async move { client.run_scheduler(opts).await }))
+        SchedulerHandle(tokio::spawn(
+            async move { client.run_scheduler(opts).await },
+        ))
     }
 }

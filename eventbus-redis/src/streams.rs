@@ -113,7 +113,8 @@ pub(crate) struct StreamConsumer {
 }
 
 pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn start_id(start: StartFrom) -> &'static str {
@@ -271,8 +272,12 @@ impl StreamConsumer {
                 Ok(()) => return Ok(self.hand_out(&mut rd, max)),
                 Err(Failure::NoGroup) => {
                     tracing::warn!(group = %self.group, "consumer group or stream missing (Redis lost data?); recreating it at 0");
-                    let keys: Vec<String> =
-                        self.table().read_keys().into_iter().map(|(_, k)| k).collect();
+                    let keys: Vec<String> = self
+                        .table()
+                        .read_keys()
+                        .into_iter()
+                        .map(|(_, k)| k)
+                        .collect();
                     self.ensure_groups(&keys, "0").await?;
                 }
                 Err(Failure::Transient(op, e))
@@ -481,9 +486,8 @@ impl StreamConsumer {
         };
         let payload = match (cloud_event, data) {
             (Some(ce), _) => Bytes::from(ce),
-            (None, Some(d)) => {
-                codec::wrap_legacy(&event_type, &source_of(&event_type), &d).unwrap_or_else(|| Bytes::from(d))
-            }
+            (None, Some(d)) => codec::wrap_legacy(&event_type, &source_of(&event_type), &d)
+                .unwrap_or_else(|| Bytes::from(d)),
             (None, None) => {
                 tracing::warn!(id = %entry_id, %event_type, "stream entry has neither `cloud_event` nor `data`");
                 Bytes::new()
@@ -612,9 +616,7 @@ impl StreamConsumer {
         let streams = self.table().read_keys();
         for (_, key) in streams {
             let mut inv = FORGET_CONSUMERS.prepare_invoke();
-            inv.key(&key)
-                .arg(&self.group)
-                .arg(idle.as_millis() as u64);
+            inv.key(&key).arg(&self.group).arg(idle.as_millis() as u64);
             if let Err(e) = self
                 .client
                 .run_script::<i64>("forget-consumers script", &inv)
@@ -827,9 +829,7 @@ impl StreamConsumer {
             .get(id.stream as usize)
             .map(|s| s.key.clone())
             .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "entry id {id} was not handed out by this consumer"
-                ))
+                Error::Unsupported(format!("entry id {id} was not handed out by this consumer"))
             })?;
         let due = epoch_ms(SystemTime::now() + delay);
         let member = format!("{key}\n{id}");
@@ -839,10 +839,7 @@ impl StreamConsumer {
                 redis::cmd("ZADD").arg(&self.retry_key).arg(due).arg(member),
             )
             .await?;
-        self.outstanding
-            .lock()
-            .expect("not poisoned")
-            .remove(&id);
+        self.outstanding.lock().expect("not poisoned").remove(&id);
         self.local_dues
             .lock()
             .expect("not poisoned")
@@ -997,8 +994,11 @@ pub(crate) fn for_each_field(fields: Value, mut f: impl FnMut(&[u8], Vec<u8>)) {
     }
 }
 
+/// A stream entry as Redis returns it: id and fields.
+pub(crate) type RawEntry = (Vec<u8>, Value);
+
 /// `[(id, fields)]` of an `XRANGE`-style reply.
-pub(crate) fn entries_of(v: Value) -> Vec<(Vec<u8>, Value)> {
+pub(crate) fn entries_of(v: Value) -> Vec<RawEntry> {
     let Value::Array(items) = v else {
         return Vec::new();
     };
@@ -1016,7 +1016,7 @@ pub(crate) fn entries_of(v: Value) -> Vec<(Vec<u8>, Value)> {
 }
 
 /// `[(stream key, entries)]` of an `XREADGROUP` reply (nil on timeout).
-fn stream_replies(v: Value) -> Vec<(String, Vec<(Vec<u8>, Value)>)> {
+fn stream_replies(v: Value) -> Vec<(String, Vec<RawEntry>)> {
     match v {
         Value::Array(streams) => streams
             .into_iter()

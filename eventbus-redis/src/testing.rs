@@ -59,7 +59,15 @@ fn find_binary(env: &str, name: &str) -> io::Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    dirs.extend(["/usr/bin", "/usr/local/bin", "/usr/sbin", "/opt/homebrew/bin"].map(PathBuf::from));
+    dirs.extend(
+        [
+            "/usr/bin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/opt/homebrew/bin",
+        ]
+        .map(PathBuf::from),
+    );
     find_in(name, std::env::var_os(env).map(PathBuf::from), &dirs)
 }
 
@@ -115,7 +123,9 @@ impl RedisServer {
         for _ in 0..5 {
             let mut server = RedisServer {
                 port: free_port(cluster)?,
-                dir: tempfile::Builder::new().prefix("eventbus-redis-").tempdir()?,
+                dir: tempfile::Builder::new()
+                    .prefix("eventbus-redis-")
+                    .tempdir()?,
                 child: None,
                 opts: opts.clone(),
                 cluster,
@@ -161,10 +171,12 @@ impl RedisServer {
             ]);
         }
         cmd.args(&self.opts.extra_args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = cmd.spawn().map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot start redis-server: {e}"))
-        })?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start redis-server: {e}")))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -351,7 +363,10 @@ impl RedisCluster {
             nodes.push(RedisServer::start_inner(ServerOptions::default(), true)?);
         }
         let cli = redis_cli_binary()?;
-        let addrs: Vec<String> = nodes.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
         let out = Command::new(cli)
             .arg("--cluster")
             .arg("create")
@@ -380,7 +395,9 @@ impl RedisCluster {
                 return Ok(cluster);
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other("the test cluster did not reach cluster_state:ok"));
+                return Err(io::Error::other(
+                    "the test cluster did not reach cluster_state:ok",
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -414,6 +431,9 @@ mod tests {
             "redis-server not found; install it with `apt-get install -y redis-server`"
         );
         let e = find_in("redis-server", Some("/nope/redis-server".into()), &[]).unwrap_err();
-        assert!(e.to_string().contains("apt-get install -y redis-server"), "{e}");
+        assert!(
+            e.to_string().contains("apt-get install -y redis-server"),
+            "{e}"
+        );
     }
 }

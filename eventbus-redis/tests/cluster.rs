@@ -21,7 +21,10 @@ async fn streams_schedule_and_dlq_on_a_cluster() {
         .consumer("g", Types::Only(vec!["a".into(), "b".into()]), fast_opts())
         .await
         .unwrap();
-    let all = client.consumer("audit", Types::All, fast_opts()).await.unwrap();
+    let all = client
+        .consumer("audit", Types::All, fast_opts())
+        .await
+        .unwrap();
     let pa = event("a", json!(1));
     let pb = event("b", json!(2));
     client.publish(&[("a", &pa), ("b", &pb)]).await.unwrap();
@@ -30,19 +33,26 @@ async fn streams_schedule_and_dlq_on_a_cluster() {
     types.sort();
     assert_eq!(types, ["a", "b"]);
     let seen = read_n(&all, 2, Duration::from_secs(10)).await;
-    all.ack(&seen.iter().map(|e| e.id).collect::<Vec<_>>()).await.unwrap();
+    all.ack(&seen.iter().map(|e| e.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
 
     // Retry with a bumped delivery count (Lua across the group's keys).
     let first = got.iter().find(|e| &*e.event_type == "a").unwrap().clone();
     let other = got.iter().find(|e| &*e.event_type == "b").unwrap().clone();
     a.ack(&[other.id]).await.unwrap();
-    a.retry_later(first.id, Duration::from_millis(100)).await.unwrap();
+    a.retry_later(first.id, Duration::from_millis(100))
+        .await
+        .unwrap();
     let again = read_n(&a, 1, Duration::from_secs(10)).await.remove(0);
     assert_eq!(again.delivery_count, 2);
 
     // Dead-letter atomically, list, replay to the group.
     let id = a
-        .dead_letter(&again, DeadLetterInfo::new("h", 2, "fails on a cluster too"))
+        .dead_letter(
+            &again,
+            DeadLetterInfo::new("h", 2, "fails on a cluster too"),
+        )
         .await
         .unwrap();
     let dl = client.dead_letters(10).await.unwrap();
@@ -70,12 +80,19 @@ async fn streams_schedule_and_dlq_on_a_cluster() {
 
     // Trim (XINFO/XPENDING/XTRIM in one script).
     for i in 0..10 {
-        client.publish_one("b", &event("b", json!(i))).await.unwrap();
+        client
+            .publish_one("b", &event("b", json!(i)))
+            .await
+            .unwrap();
     }
     let bs = read_n(&a, 10, Duration::from_secs(10)).await;
-    a.ack(&bs.iter().map(|e| e.id).collect::<Vec<_>>()).await.unwrap();
+    a.ack(&bs.iter().map(|e| e.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
     let audit = read_for(&all, Duration::from_millis(500)).await;
-    all.ack(&audit.iter().map(|e| e.id).collect::<Vec<_>>()).await.unwrap();
+    all.ack(&audit.iter().map(|e| e.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
     let reports = client.trim().await.unwrap();
     let b = reports
         .iter()
@@ -93,7 +110,10 @@ async fn pubsub_on_a_cluster() {
         .consumer("g", Types::Only(vec!["t".into()]), fast_opts())
         .await
         .unwrap();
-    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!(1)))
+        .await
+        .unwrap();
     // A legacy service publishing on another node reaches us too.
     cluster.nodes()[2]
         .cmd(&["PUBLISH", "t", r#"{"id": 2}"#])

@@ -22,7 +22,10 @@ async fn unreachable_server_is_one_actionable_sentence() {
         msg.starts_with(&format!("cannot connect to Redis at 127.0.0.1:{port}: ")),
         "{msg}"
     );
-    assert!(msg.ends_with("; is redis-server running and is the URL right?"), "{msg}");
+    assert!(
+        msg.ends_with("; is redis-server running and is the URL right?"),
+        "{msg}"
+    );
     assert!(err.is_connection_error());
     eprintln!("{msg}");
     let all = format!("{msg} {err:?}");
@@ -45,7 +48,10 @@ async fn passwords_work_and_wrong_ones_are_reported_without_leaking() {
     let wrong = format!("redis://:wrong-pw@127.0.0.1:{}/0", server.port());
     let err = Client::connect_url(&wrong).await.unwrap_err();
     let msg = format!("{err} {err:?}");
-    assert!(msg.contains("cannot connect to Redis at 127.0.0.1:"), "{msg}");
+    assert!(
+        msg.contains("cannot connect to Redis at 127.0.0.1:"),
+        "{msg}"
+    );
     assert!(!msg.contains("wrong-pw"), "{msg}");
 }
 

@@ -51,7 +51,10 @@ async fn django_layout_round_trip() {
         .consumer("rust.on_created", only(&["review_created"]), fast_opts())
         .await
         .unwrap();
-    let everything = client.consumer("rust.audit", Types::All, fast_opts()).await.unwrap();
+    let everything = client
+        .consumer("rust.audit", Types::All, fast_opts())
+        .await
+        .unwrap();
 
     // Python writes two events of different types.
     for (id, ty) in [
@@ -70,9 +73,19 @@ async fn django_layout_round_trip() {
     assert_eq!(ce.source().as_str(), "reviews");
     assert_eq!(data(&got[0]), json!({"id": "42"}));
     created.ack(&[got[0].id]).await.unwrap();
-    assert!(read_for(&created, Duration::from_millis(300)).await.is_empty(), "filtered by event_type");
+    assert!(
+        read_for(&created, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "filtered by event_type"
+    );
     // The filtered entry was acked for this group, not left pending.
-    assert!(server.cmd(&["XPENDING", "events", "rust.on_created"]).unwrap().starts_with("0\n"));
+    assert!(
+        server
+            .cmd(&["XPENDING", "events", "rust.on_created"])
+            .unwrap()
+            .starts_with("0\n")
+    );
 
     let all = read_n(&everything, 2, Duration::from_secs(5)).await;
     let types: Vec<&str> = all.iter().map(|e| &*e.event_type).collect();
@@ -84,11 +97,16 @@ async fn django_layout_round_trip() {
     let got = read_n(&created, 1, Duration::from_secs(5)).await;
     assert_eq!(&got[0].payload[..], &ours[..]);
     let sent: serde_json::Value = serde_json::from_slice(&ours).unwrap();
-    let raw = server.cmd(&["XREVRANGE", "events", "+", "-", "COUNT", "1"]).unwrap();
+    let raw = server
+        .cmd(&["XREVRANGE", "events", "+", "-", "COUNT", "1"])
+        .unwrap();
     let f: Vec<&str> = raw.lines().skip(1).collect();
     assert_eq!(f[0], "event_id");
     assert_eq!(f[1], sent["id"]);
-    assert_eq!(&f[2..6], ["event_type", "review_created", "source", "/tests"]);
+    assert_eq!(
+        &f[2..6],
+        ["event_type", "review_created", "source", "/tests"]
+    );
     assert_eq!(f[6], "timestamp");
     assert_eq!(f[7], sent["time"]);
     assert_eq!(f[8], "cloud_event");
@@ -125,7 +143,9 @@ fn python_with_cloudevents() -> Option<()> {
     if has() {
         return Some(());
     }
-    eprintln!("SKIPPED: python3 with the `cloudevents` package is not available and `pip install cloudevents` failed");
+    eprintln!(
+        "SKIPPED: python3 with the `cloudevents` package is not available and `pip install cloudevents` failed"
+    );
     None
 }
 
@@ -172,7 +192,10 @@ async fn python_cloudevents_sdk_reads_what_we_write() {
     let server = server();
     // A CloudEvent as cloudevents-sdk (Rust) writes it, through a stream.
     let client = client(&server.url()).await;
-    let consumer = client.consumer("g", only(&["review_created"]), fast_opts()).await.unwrap();
+    let consumer = client
+        .consumer("g", only(&["review_created"]), fast_opts())
+        .await
+        .unwrap();
     let ours = event("review_created", json!({"id": "abc"}));
     client.publish_one("review_created", &ours).await.unwrap();
     let raw = server
@@ -187,8 +210,13 @@ async fn python_cloudevents_sdk_reads_what_we_write() {
 
     // A legacy payload wrapped by us.
     let pubsub = common::client(&with(&server.url(), "mode=pubsub")).await;
-    let sub = pubsub.consumer("g", only(&["review_approved"]), fast_opts()).await.unwrap();
-    server.cmd(&["PUBLISH", "review_approved", r#"{"id": "5"}"#]).unwrap();
+    let sub = pubsub
+        .consumer("g", only(&["review_approved"]), fast_opts())
+        .await
+        .unwrap();
+    server
+        .cmd(&["PUBLISH", "review_approved", r#"{"id": "5"}"#])
+        .unwrap();
     let got = read_n(&sub, 1, Duration::from_secs(5)).await;
     let py = python_read(&got[0].payload);
     assert_eq!(py["type"], "review_approved");

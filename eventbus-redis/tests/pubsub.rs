@@ -19,7 +19,11 @@ async fn cloudevents_on_the_type_channel() {
     let server = server();
     let client = client(&with(&server.url(), "mode=pubsub")).await;
     let consumer = client
-        .consumer("g", only(&["review_created", "review_approved"]), fast_opts())
+        .consumer(
+            "g",
+            only(&["review_created", "review_approved"]),
+            fast_opts(),
+        )
         .await
         .unwrap();
     let p = event("review_created", json!({"id": "1"}));
@@ -62,18 +66,28 @@ async fn legacy_codec_publishes_bare_data() {
     let legacy = client(&with(&server.url(), "mode=pubsub&codec=legacy")).await;
     // A plain subscriber sees exactly the bare JSON.
     let plain = client(&with(&server.url(), "mode=pubsub")).await;
-    let consumer = plain.consumer("g", only(&["review_created"]), fast_opts()).await.unwrap();
+    let consumer = plain
+        .consumer("g", only(&["review_created"]), fast_opts())
+        .await
+        .unwrap();
     let raw = redis::Client::open(server.url()).unwrap();
     let mut raw = raw.get_async_pubsub().await.unwrap();
     raw.subscribe("review_created").await.unwrap();
     legacy
-        .publish_one("review_created", &event("review_created", json!({"id": "x"})))
+        .publish_one(
+            "review_created",
+            &event("review_created", json!({"id": "x"})),
+        )
         .await
         .unwrap();
     {
         use futures::StreamExt;
         let msg = raw.on_message().next().await.unwrap();
-        assert_eq!(msg.get_payload_bytes(), br#"{"id":"x"}"#, "bare data on the wire");
+        assert_eq!(
+            msg.get_payload_bytes(),
+            br#"{"id":"x"}"#,
+            "bare data on the wire"
+        );
     }
     let got = read_n(&consumer, 1, Duration::from_secs(5)).await;
     // Wrapped on arrival, so data is the bare payload that was on the wire.
@@ -86,15 +100,27 @@ async fn legacy_codec_publishes_bare_data() {
 async fn pattern_subscription_for_all_types_with_prefix() {
     let server = server();
     let client = client(&with(&server.url(), "mode=pubsub&prefix=svc")).await;
-    let all = client.consumer("audit", Types::All, fast_opts()).await.unwrap();
-    client.publish_one("a", &event("a", json!(1))).await.unwrap();
-    client.publish_one("b", &event("b", json!(2))).await.unwrap();
+    let all = client
+        .consumer("audit", Types::All, fast_opts())
+        .await
+        .unwrap();
+    client
+        .publish_one("a", &event("a", json!(1)))
+        .await
+        .unwrap();
+    client
+        .publish_one("b", &event("b", json!(2)))
+        .await
+        .unwrap();
     server.cmd(&["PUBLISH", "other:c", "{}"]).unwrap();
     let got = read_n(&all, 2, Duration::from_secs(5)).await;
     let types: Vec<&str> = got.iter().map(|e| &*e.event_type).collect();
     assert_eq!(types, ["a", "b"]);
     assert_eq!(server.cmd(&["PUBSUB", "NUMPAT"]).unwrap(), "1");
-    assert!(read_for(&all, Duration::from_millis(300)).await.is_empty(), "other prefixes are not ours");
+    assert!(
+        read_for(&all, Duration::from_millis(300)).await.is_empty(),
+        "other prefixes are not ours"
+    );
 }
 
 #[tokio::test]
@@ -113,17 +139,30 @@ async fn drops_are_counted_never_silent() {
     let stats = consumer.stats();
     assert_eq!(got.len(), 10);
     assert_eq!(stats.dropped, 90, "{stats:?}");
-    assert_eq!(got.len() as u64 + stats.dropped, 100, "every message accounted for");
+    assert_eq!(
+        got.len() as u64 + stats.dropped,
+        100,
+        "every message accounted for"
+    );
 }
 
 #[tokio::test]
 async fn retry_later_and_dead_letter_in_pubsub_mode() {
     let server = server();
     let client = client(&with(&server.url(), "mode=pubsub")).await;
-    let consumer = client.consumer("g", only(&["t"]), fast_opts()).await.unwrap();
-    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    let consumer = client
+        .consumer("g", only(&["t"]), fast_opts())
+        .await
+        .unwrap();
+    client
+        .publish_one("t", &event("t", json!(1)))
+        .await
+        .unwrap();
     let e = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
-    consumer.retry_later(e.id, Duration::from_millis(100)).await.unwrap();
+    consumer
+        .retry_later(e.id, Duration::from_millis(100))
+        .await
+        .unwrap();
     let again = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(again.delivery_count, 2);
     assert_eq!(again.payload, e.payload);
@@ -146,14 +185,20 @@ async fn retry_later_and_dead_letter_in_pubsub_mode() {
 async fn subscriber_reconnects_after_a_redis_restart() {
     let mut server = server();
     let client = client(&with(&server.url(), "mode=pubsub")).await;
-    let consumer = client.consumer("g", only(&["t"]), fast_opts()).await.unwrap();
+    let consumer = client
+        .consumer("g", only(&["t"]), fast_opts())
+        .await
+        .unwrap();
     server.restart().unwrap();
     // Publish until the resubscribed consumer gets one (at-most-once: some
     // published before it resubscribed are lost, and that is by design).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         assert!(std::time::Instant::now() < deadline, "never resubscribed");
-        client.publish_one("t", &event("t", json!("after"))).await.unwrap();
+        client
+            .publish_one("t", &event("t", json!("after")))
+            .await
+            .unwrap();
         if !consumer.read(10).await.unwrap().is_empty() {
             break;
         }

@@ -17,11 +17,18 @@ fn only(t: &str) -> Types {
 async fn due_entries_move_and_future_ones_wait() {
     let server = server();
     let client = client(&server.url()).await;
-    let consumer = client.consumer("g", only("reminder"), fast_opts()).await.unwrap();
+    let consumer = client
+        .consumer("g", only("reminder"), fast_opts())
+        .await
+        .unwrap();
     let past = event("reminder", json!("past"));
     let future = event("reminder", json!("future"));
     client
-        .publish_at("reminder", &past, SystemTime::now() - Duration::from_secs(1))
+        .publish_at(
+            "reminder",
+            &past,
+            SystemTime::now() - Duration::from_secs(1),
+        )
         .await
         .unwrap();
     client
@@ -29,7 +36,12 @@ async fn due_entries_move_and_future_ones_wait() {
         .await
         .unwrap();
     assert_eq!(client.scheduled_count().await.unwrap(), 2);
-    assert!(read_for(&consumer, Duration::from_millis(300)).await.is_empty(), "nothing moves by itself");
+    assert!(
+        read_for(&consumer, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "nothing moves by itself"
+    );
 
     let (moved, next) = client.move_due(100).await.unwrap();
     assert_eq!(moved, 1);
@@ -45,12 +57,19 @@ async fn due_entries_move_and_future_ones_wait() {
 async fn many_movers_move_each_entry_once() {
     let server = server();
     let client = client(&server.url()).await;
-    let consumer = client.consumer("g", only("job"), fast_opts()).await.unwrap();
+    let consumer = client
+        .consumer("g", only("job"), fast_opts())
+        .await
+        .unwrap();
     let n = 300;
     let now = SystemTime::now();
     for i in 0..n {
         client
-            .publish_at("job", &event("job", json!(i)), now + Duration::from_millis(i % 300))
+            .publish_at(
+                "job",
+                &event("job", json!(i)),
+                now + Duration::from_millis(i % 300),
+            )
             .await
             .unwrap();
     }
@@ -63,7 +82,12 @@ async fn many_movers_move_each_entry_once() {
     let got = read_n(&consumer, n as usize, Duration::from_secs(10)).await;
     let distinct: HashSet<i64> = got.iter().map(|e| data(e).as_i64().unwrap()).collect();
     assert_eq!(distinct.len(), n as usize);
-    assert!(read_for(&consumer, Duration::from_millis(500)).await.is_empty(), "no duplicates");
+    assert!(
+        read_for(&consumer, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "no duplicates"
+    );
     assert_eq!(client.scheduled_count().await.unwrap(), 0);
     drop(movers);
 }
@@ -80,7 +104,11 @@ async fn scheduler_wakes_at_the_due_time_and_survives_publisher_restart() {
         // The publisher schedules and goes away.
         let publisher = client(&server.url()).await;
         publisher
-            .publish_after("later", &event("later", json!(1)), Duration::from_millis(400))
+            .publish_after(
+                "later",
+                &event("later", json!(1)),
+                Duration::from_millis(400),
+            )
             .await
             .unwrap();
     }
@@ -123,14 +151,20 @@ async fn claim_tick_fires_once_per_tick_across_instances() {
     assert!(!a.claim_tick("nightly", 2_000).await.unwrap());
     // Schedules are independent.
     assert!(b.claim_tick("hourly", 2_000).await.unwrap());
-    assert_eq!(server.cmd(&["GET", "{eventbus}:tick:nightly"]).unwrap(), "3000");
+    assert_eq!(
+        server.cmd(&["GET", "{eventbus}:tick:nightly"]).unwrap(),
+        "3000"
+    );
 }
 
 #[tokio::test]
 async fn pubsub_mode_schedules_publish_on_the_channel() {
     let server = server();
     let client = client(&with(&server.url(), "mode=pubsub")).await;
-    let consumer = client.consumer("g", only("ping"), fast_opts()).await.unwrap();
+    let consumer = client
+        .consumer("g", only("ping"), fast_opts())
+        .await
+        .unwrap();
     client
         .publish_at("ping", &event("ping", json!(1)), SystemTime::now())
         .await

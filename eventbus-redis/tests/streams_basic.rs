@@ -31,7 +31,10 @@ async fn publish_consume_ack() {
     client.publish(&batch).await.unwrap();
 
     let entries = read_n(&consumer, 10, Duration::from_secs(5)).await;
-    let ids: Vec<i64> = entries.iter().map(|e| data(e)["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = entries
+        .iter()
+        .map(|e| data(e)["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, (0..10).collect::<Vec<_>>(), "in publish order");
     for e in &entries {
         assert_eq!(&*e.event_type, "review_created");
@@ -43,18 +46,33 @@ async fn publish_consume_ack() {
         assert_eq!(ce.ty(), "review_created");
     }
     let pending = server
-        .cmd(&["XPENDING", "{eventbus}:stream:review_created", "reviews.on_created"])
+        .cmd(&[
+            "XPENDING",
+            "{eventbus}:stream:review_created",
+            "reviews.on_created",
+        ])
         .unwrap();
     assert!(pending.starts_with("10\n"), "{pending}");
     let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
     consumer.ack(&ids).await.unwrap();
     let pending = server
-        .cmd(&["XPENDING", "{eventbus}:stream:review_created", "reviews.on_created"])
+        .cmd(&[
+            "XPENDING",
+            "{eventbus}:stream:review_created",
+            "reviews.on_created",
+        ])
         .unwrap();
     assert!(pending.starts_with("0\n"), "{pending}");
     // The wire: one field, the structured CloudEvent.
     let raw = server
-        .cmd(&["XRANGE", "{eventbus}:stream:review_created", "-", "+", "COUNT", "1"])
+        .cmd(&[
+            "XRANGE",
+            "{eventbus}:stream:review_created",
+            "-",
+            "+",
+            "COUNT",
+            "1",
+        ])
         .unwrap();
     let lines: Vec<&str> = raw.lines().collect();
     assert_eq!(lines[1], "cloud_event");
@@ -69,9 +87,18 @@ async fn publish_consume_ack() {
 async fn competing_consumers_share_a_group_and_groups_each_get_all() {
     let server = server();
     let client = client(&server.url()).await;
-    let a1 = client.consumer("g-a", only(&["t"]), fast_opts()).await.unwrap();
-    let a2 = client.consumer("g-a", only(&["t"]), fast_opts()).await.unwrap();
-    let b = client.consumer("g-b", only(&["t"]), fast_opts()).await.unwrap();
+    let a1 = client
+        .consumer("g-a", only(&["t"]), fast_opts())
+        .await
+        .unwrap();
+    let a2 = client
+        .consumer("g-a", only(&["t"]), fast_opts())
+        .await
+        .unwrap();
+    let b = client
+        .consumer("g-b", only(&["t"]), fast_opts())
+        .await
+        .unwrap();
     assert_ne!(a1.name(), a2.name());
 
     let n = 200;
@@ -104,9 +131,18 @@ async fn competing_consumers_share_a_group_and_groups_each_get_all() {
     };
     let (x, y, z) = tokio::join!(read_some(a1), read_some(a2), read_some(b));
     let group_a: HashSet<i64> = x.iter().chain(&y).copied().collect();
-    assert_eq!(x.len() + y.len(), n as usize, "each entry once within a group");
+    assert_eq!(
+        x.len() + y.len(),
+        n as usize,
+        "each entry once within a group"
+    );
     assert_eq!(group_a.len(), n as usize);
-    assert!(!x.is_empty() && !y.is_empty(), "both competing consumers got work: {} / {}", x.len(), y.len());
+    assert!(
+        !x.is_empty() && !y.is_empty(),
+        "both competing consumers got work: {} / {}",
+        x.len(),
+        y.len()
+    );
     assert_eq!(z.len(), n as usize, "the other group gets every entry");
 }
 
@@ -129,7 +165,10 @@ async fn idle_consumer_wakes_when_an_entry_arrives() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!(1)))
+        .await
+        .unwrap();
     // Far less than the 30 s block: the blocked XREADGROUP returned on arrival.
     let got = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
@@ -146,7 +185,10 @@ async fn blocking_reads_do_not_stall_the_shared_connection() {
     opts.block = Duration::from_secs(30);
     opts.retry_poll = Duration::from_secs(60);
     opts.claim_interval = Duration::from_secs(60);
-    let idle = client.consumer("idle", only(&["nothing"]), opts).await.unwrap();
+    let idle = client
+        .consumer("idle", only(&["nothing"]), opts)
+        .await
+        .unwrap();
     let blocked = tokio::spawn(async move { idle.read(1).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..20 {
@@ -165,7 +207,10 @@ async fn blocking_reads_do_not_stall_the_shared_connection() {
 async fn global_consumer_sees_types_first_published_later() {
     let server = server();
     let client = client(&server.url()).await;
-    client.publish_one("early", &event("early", json!(0))).await.unwrap();
+    client
+        .publish_one("early", &event("early", json!(0)))
+        .await
+        .unwrap();
     let mut opts = fast_opts();
     opts.start = StartFrom::Earliest;
     let all = client.consumer("audit", Types::All, opts).await.unwrap();
@@ -196,17 +241,36 @@ async fn legacy_codec_writes_bare_data_and_reads_it_wrapped() {
         .await
         .unwrap();
     legacy
-        .publish_one("review_created", &event("review_created", json!({"id": "abc"})))
+        .publish_one(
+            "review_created",
+            &event("review_created", json!({"id": "abc"})),
+        )
         .await
         .unwrap();
     // Bare JSON from another producer, straight into the stream.
     server
-        .cmd(&["XADD", "{eventbus}:stream:review_created", "*", "data", r#"{"id": "raw"}"#])
+        .cmd(&[
+            "XADD",
+            "{eventbus}:stream:review_created",
+            "*",
+            "data",
+            r#"{"id": "raw"}"#,
+        ])
         .unwrap();
     let raw = server
-        .cmd(&["XRANGE", "{eventbus}:stream:review_created", "-", "+", "COUNT", "1"])
+        .cmd(&[
+            "XRANGE",
+            "{eventbus}:stream:review_created",
+            "-",
+            "+",
+            "COUNT",
+            "1",
+        ])
         .unwrap();
-    assert_eq!(raw.lines().collect::<Vec<_>>()[1..], ["data", r#"{"id":"abc"}"#]);
+    assert_eq!(
+        raw.lines().collect::<Vec<_>>()[1..],
+        ["data", r#"{"id":"abc"}"#]
+    );
 
     let got = read_n(&consumer, 2, Duration::from_secs(5)).await;
     assert_eq!(data(&got[0]), json!({"id": "abc"}));
@@ -221,9 +285,18 @@ async fn legacy_codec_writes_bare_data_and_reads_it_wrapped() {
 async fn malformed_entries_are_handed_out_not_dropped() {
     let server = server();
     let client = client(&server.url()).await;
-    let consumer = client.consumer("g", only(&["t"]), fast_opts()).await.unwrap();
+    let consumer = client
+        .consumer("g", only(&["t"]), fast_opts())
+        .await
+        .unwrap();
     server
-        .cmd(&["XADD", "{eventbus}:stream:t", "*", "cloud_event", "not json"])
+        .cmd(&[
+            "XADD",
+            "{eventbus}:stream:t",
+            "*",
+            "cloud_event",
+            "not json",
+        ])
         .unwrap();
     server
         .cmd(&["XADD", "{eventbus}:stream:t", "*", "something", "else"])
@@ -239,7 +312,10 @@ async fn names_are_validated() {
     let server = server();
     let client = client(&server.url()).await;
     let err = client.publish_one("bad type", b"{}").await.unwrap_err();
-    assert!(err.to_string().contains("invalid event type `bad type`"), "{err}");
+    assert!(
+        err.to_string().contains("invalid event type `bad type`"),
+        "{err}"
+    );
     let err = client
         .consumer("", only(&["t"]), fast_opts())
         .await

@@ -17,8 +17,14 @@ fn only(t: &str) -> Types {
 async fn dead_letter_list_replay_to_one_group_purge() {
     let server = server();
     let client = client(&server.url()).await;
-    let failing = client.consumer("svc.failing", only("t"), fast_opts()).await.unwrap();
-    let other = client.consumer("svc.other", only("t"), fast_opts()).await.unwrap();
+    let failing = client
+        .consumer("svc.failing", only("t"), fast_opts())
+        .await
+        .unwrap();
+    let other = client
+        .consumer("svc.other", only("t"), fast_opts())
+        .await
+        .unwrap();
     let payload = event("t", json!({"id": 7}));
     client.publish_one("t", &payload).await.unwrap();
 
@@ -40,7 +46,12 @@ async fn dead_letter_list_replay_to_one_group_purge() {
         .await
         .unwrap();
     // Acked in the same step.
-    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "svc.failing"]).unwrap().starts_with("0\n"));
+    assert!(
+        server
+            .cmd(&["XPENDING", "{eventbus}:stream:t", "svc.failing"])
+            .unwrap()
+            .starts_with("0\n")
+    );
 
     let listed = client.dead_letters(10).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -61,35 +72,71 @@ async fn dead_letter_list_replay_to_one_group_purge() {
     assert_eq!(dlq_id.to_string().parse::<DlqId>().unwrap(), dlq_id);
 
     // Replay reaches the group that gave up, and only it.
-    assert_eq!(client.replay(&dlq_id).await.unwrap().as_deref(), Some("svc.failing"));
+    assert_eq!(
+        client.replay(&dlq_id).await.unwrap().as_deref(),
+        Some("svc.failing")
+    );
     assert_eq!(client.dead_letter_count().await.unwrap(), 0);
-    assert_eq!(client.replay(&dlq_id).await.unwrap(), None, "gone from the DLQ");
+    assert_eq!(
+        client.replay(&dlq_id).await.unwrap(),
+        None,
+        "gone from the DLQ"
+    );
     let replayed = read_n(&failing, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(&replayed.payload[..], &payload[..]);
     assert_eq!(&*replayed.event_type, "t");
     assert_eq!(replayed.delivery_count, 1);
-    assert!(read_for(&other, Duration::from_millis(600)).await.is_empty());
+    assert!(
+        read_for(&other, Duration::from_millis(600))
+            .await
+            .is_empty()
+    );
     failing.ack(&[replayed.id]).await.unwrap();
     // Acked replay entries are deleted, not kept forever.
-    assert_eq!(server.cmd(&["XLEN", "{eventbus}:replay:svc.failing"]).unwrap(), "0");
+    assert_eq!(
+        server
+            .cmd(&["XLEN", "{eventbus}:replay:svc.failing"])
+            .unwrap(),
+        "0"
+    );
 
     // A replayed entry can fail again and be dead-lettered again.
-    client.publish_one("t", &event("t", json!(8))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!(8)))
+        .await
+        .unwrap();
     let again = read_n(&failing, 1, Duration::from_secs(5)).await.remove(0);
-    let id2 = failing.dead_letter(&again, DeadLetterInfo::new("h", 1, "e")).await.unwrap();
+    let id2 = failing
+        .dead_letter(&again, DeadLetterInfo::new("h", 1, "e"))
+        .await
+        .unwrap();
     client.replay(&id2).await.unwrap();
     let r = read_n(&failing, 1, Duration::from_secs(5)).await.remove(0);
-    let id3 = failing.dead_letter(&r, DeadLetterInfo::new("h", 2, "again")).await.unwrap();
-    assert_eq!(server.cmd(&["XLEN", "{eventbus}:replay:svc.failing"]).unwrap(), "0");
+    let id3 = failing
+        .dead_letter(&r, DeadLetterInfo::new("h", 2, "again"))
+        .await
+        .unwrap();
+    assert_eq!(
+        server
+            .cmd(&["XLEN", "{eventbus}:replay:svc.failing"])
+            .unwrap(),
+        "0"
+    );
     assert_eq!(client.dead_letters(10).await.unwrap()[0].error, "again");
 
     assert!(client.delete_dead_letter(&id3).await.unwrap());
     assert!(!client.delete_dead_letter(&id3).await.unwrap());
     for i in 0..3 {
-        client.publish_one("t", &event("t", json!(i))).await.unwrap();
+        client
+            .publish_one("t", &event("t", json!(i)))
+            .await
+            .unwrap();
     }
     for e in read_n(&failing, 3, Duration::from_secs(5)).await {
-        failing.dead_letter(&e, DeadLetterInfo::new("h", 1, "x")).await.unwrap();
+        failing
+            .dead_letter(&e, DeadLetterInfo::new("h", 1, "x"))
+            .await
+            .unwrap();
     }
     assert_eq!(client.purge_dead_letters().await.unwrap(), 3);
     assert_eq!(client.dead_letter_count().await.unwrap(), 0);
@@ -100,9 +147,15 @@ async fn replay_reaches_a_group_that_restarted() {
     let server = server();
     let client = client(&server.url()).await;
     let c = client.consumer("g", only("t"), fast_opts()).await.unwrap();
-    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!(1)))
+        .await
+        .unwrap();
     let e = read_n(&c, 1, Duration::from_secs(5)).await.remove(0);
-    let id = c.dead_letter(&e, DeadLetterInfo::new("h", 1, "x")).await.unwrap();
+    let id = c
+        .dead_letter(&e, DeadLetterInfo::new("h", 1, "x"))
+        .await
+        .unwrap();
     drop(c);
     client.replay(&id).await.unwrap();
     let fresh = client.consumer("g", only("t"), fast_opts()).await.unwrap();
@@ -114,10 +167,19 @@ async fn replay_reaches_a_group_that_restarted() {
 async fn trimming_keeps_what_a_group_has_not_acked() {
     let server = server();
     let client = client(&with(&server.url(), "maxlen=10")).await;
-    let fast = client.consumer("fast", only("t"), fast_opts()).await.unwrap();
-    let slow = client.consumer("slow", only("t"), fast_opts()).await.unwrap();
+    let fast = client
+        .consumer("fast", only("t"), fast_opts())
+        .await
+        .unwrap();
+    let slow = client
+        .consumer("slow", only("t"), fast_opts())
+        .await
+        .unwrap();
     for i in 0..30 {
-        client.publish_one("t", &event("t", json!(i))).await.unwrap();
+        client
+            .publish_one("t", &event("t", json!(i)))
+            .await
+            .unwrap();
     }
     let got = read_n(&fast, 30, Duration::from_secs(5)).await;
     let ids: Vec<_> = got.iter().map(|e| e.id).collect();

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use eventbus_redis::testing::{RedisServer, ServerOptions};
 use eventbus_redis::Types;
+use eventbus_redis::testing::{RedisServer, ServerOptions};
 use serde_json::json;
 
 #[tokio::test]
@@ -24,7 +24,10 @@ async fn restart_keeps_published_and_pending_entries() {
         .await
         .unwrap();
     for i in 0..50 {
-        client.publish_one("t", &event("t", json!(i))).await.unwrap();
+        client
+            .publish_one("t", &event("t", json!(i)))
+            .await
+            .unwrap();
     }
     let first = read_n(&consumer, 20, Duration::from_secs(5)).await;
     let (acked, in_flight) = first.split_at(10);
@@ -38,7 +41,10 @@ async fn restart_keeps_published_and_pending_entries() {
     // Reading goes on: the 30 never read, then new ones.
     let mut handled: HashSet<i64> = acked.iter().map(|e| data(e).as_i64().unwrap()).collect();
     for i in 50..60 {
-        client.publish_one("t", &event("t", json!(i))).await.unwrap();
+        client
+            .publish_one("t", &event("t", json!(i)))
+            .await
+            .unwrap();
     }
     let rest = read_n(&consumer, 40, Duration::from_secs(20)).await;
     assert!(consumer.stats().reconnects >= 1, "{:?}", consumer.stats());
@@ -46,9 +52,19 @@ async fn restart_keeps_published_and_pending_entries() {
     let mut ids: Vec<_> = in_flight.iter().map(|e| e.id).collect();
     ids.extend(rest.iter().map(|e| e.id));
     consumer.ack(&ids).await.unwrap();
-    handled.extend(in_flight.iter().chain(&rest).map(|e| data(e).as_i64().unwrap()));
+    handled.extend(
+        in_flight
+            .iter()
+            .chain(&rest)
+            .map(|e| data(e).as_i64().unwrap()),
+    );
     assert_eq!(handled.len(), 60, "every event handled once");
-    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "g"]).unwrap().starts_with("0\n"));
+    assert!(
+        server
+            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
+            .unwrap()
+            .starts_with("0\n")
+    );
 }
 
 #[tokio::test]
@@ -70,9 +86,15 @@ async fn publish_waits_for_redis_to_come_back() {
         tokio::spawn(async move { client.publish_one("t", &event("t", json!("during"))).await })
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(!publisher.is_finished(), "still retrying while Redis is down");
+    assert!(
+        !publisher.is_finished(),
+        "still retrying while Redis is down"
+    );
     server.start_again().unwrap();
-    publisher.await.unwrap().expect("published once Redis was back");
+    publisher
+        .await
+        .unwrap()
+        .expect("published once Redis was back");
     assert!(started.elapsed() >= Duration::from_millis(800));
     let got = read_n(&consumer, 1, Duration::from_secs(20)).await;
     assert_eq!(data(&got[0]), json!("during"));
@@ -87,7 +109,10 @@ async fn consumer_recreates_its_group_when_redis_lost_everything() {
         .await
         .unwrap();
     server.cmd(&["FLUSHALL"]).unwrap();
-    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!(1)))
+        .await
+        .unwrap();
     let got = read_n(&consumer, 1, Duration::from_secs(5)).await;
     assert_eq!(data(&got[0]), json!(1));
 }

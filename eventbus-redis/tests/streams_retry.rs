@@ -18,7 +18,10 @@ async fn retry_later_bumps_the_delivery_count_without_blocking_others() {
     let server = server();
     let client = client(&server.url()).await;
     let consumer = client.consumer("g", only("t"), fast_opts()).await.unwrap();
-    client.publish_one("t", &event("t", json!("first"))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!("first")))
+        .await
+        .unwrap();
     let first = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(first.delivery_count, 1);
     let scheduled = Instant::now();
@@ -27,27 +30,46 @@ async fn retry_later_bumps_the_delivery_count_without_blocking_others() {
         .await
         .unwrap();
     // Stays pending meanwhile, and is in the group's retry zset.
-    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "g"]).unwrap().starts_with("1\n"));
+    assert!(
+        server
+            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
+            .unwrap()
+            .starts_with("1\n")
+    );
     assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "1");
 
     // Other entries flow while the retry waits.
-    client.publish_one("t", &event("t", json!("second"))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!("second")))
+        .await
+        .unwrap();
     let second = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(data(&second), json!("second"));
     assert!(scheduled.elapsed() < Duration::from_millis(700));
     consumer.ack(&[second.id]).await.unwrap();
 
     let again = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
-    assert!(scheduled.elapsed() >= Duration::from_millis(690), "not before its time");
+    assert!(
+        scheduled.elapsed() >= Duration::from_millis(690),
+        "not before its time"
+    );
     assert_eq!(again.id, first.id);
     assert_eq!(again.payload, first.payload);
     assert_eq!(again.delivery_count, 2);
-    consumer.retry_later(again.id, Duration::ZERO).await.unwrap();
+    consumer
+        .retry_later(again.id, Duration::ZERO)
+        .await
+        .unwrap();
     let third = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(third.delivery_count, 3);
     consumer.ack(&[third.id]).await.unwrap();
     assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "0");
-    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "g"]).unwrap().starts_with("0\n"));
+    assert!(
+        server
+            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
+            .unwrap()
+            .starts_with("0\n")
+    );
 }
 
 #[tokio::test]
@@ -55,9 +77,14 @@ async fn a_retry_survives_the_consumer_that_scheduled_it() {
     let server = server();
     let client = client(&server.url()).await;
     let a = client.consumer("g", only("t"), fast_opts()).await.unwrap();
-    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!(1)))
+        .await
+        .unwrap();
     let e = read_n(&a, 1, Duration::from_secs(5)).await.remove(0);
-    a.retry_later(e.id, Duration::from_millis(200)).await.unwrap();
+    a.retry_later(e.id, Duration::from_millis(200))
+        .await
+        .unwrap();
     drop(a);
     let b = client.consumer("g", only("t"), fast_opts()).await.unwrap();
     let again = read_n(&b, 1, Duration::from_secs(5)).await.remove(0);
@@ -75,11 +102,16 @@ async fn entries_of_a_dead_consumer_are_reclaimed() {
     let dead = client.consumer("g", only("t"), opts.clone()).await.unwrap();
     let survivor = client.consumer("g", only("t"), opts).await.unwrap();
     for i in 0..5 {
-        client.publish_one("t", &event("t", json!(i))).await.unwrap();
+        client
+            .publish_one("t", &event("t", json!(i)))
+            .await
+            .unwrap();
     }
     let taken = read_n(&dead, 5, Duration::from_secs(5)).await;
     // A retry scheduled far ahead is not "dead": it must not be reclaimed early.
-    dead.retry_later(taken[4].id, Duration::from_secs(3600)).await.unwrap();
+    dead.retry_later(taken[4].id, Duration::from_secs(3600))
+        .await
+        .unwrap();
     drop(dead); // dies without acking
 
     let got = read_n(&survivor, 4, Duration::from_secs(10)).await;
@@ -104,7 +136,10 @@ async fn released_entries_go_to_another_consumer_at_once() {
     opts.claim_interval = Duration::from_millis(100);
     let leaving = client.consumer("g", only("t"), opts.clone()).await.unwrap();
     let staying = client.consumer("g", only("t"), opts).await.unwrap();
-    client.publish_one("t", &event("t", json!(1))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!(1)))
+        .await
+        .unwrap();
     let e = read_n(&leaving, 1, Duration::from_secs(5)).await.remove(0);
     leaving.release(&[e.id]).await.unwrap();
     let got = read_n(&staying, 1, Duration::from_secs(5)).await.remove(0);
@@ -124,8 +159,14 @@ async fn poison_message_ends_in_the_dlq() {
     opts.claim_idle = Duration::from_millis(100);
     opts.claim_interval = Duration::from_millis(50);
     client.consumer("g", only("t"), opts.clone()).await.unwrap(); // create the group
-    client.publish_one("t", &event("t", json!("poison"))).await.unwrap();
-    client.publish_one("t", &event("t", json!("fine"))).await.unwrap();
+    client
+        .publish_one("t", &event("t", json!("poison")))
+        .await
+        .unwrap();
+    client
+        .publish_one("t", &event("t", json!("fine")))
+        .await
+        .unwrap();
 
     let mut handled_fine = false;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -140,7 +181,10 @@ async fn poison_message_ends_in_the_dlq() {
                 handled_fine = true;
             } else if e.delivery_count > retries + 1 {
                 let id = c
-                    .dead_letter(&e, DeadLetterInfo::new("tests::handler", e.delivery_count, "boom"))
+                    .dead_letter(
+                        &e,
+                        DeadLetterInfo::new("tests::handler", e.delivery_count, "boom"),
+                    )
                     .await
                     .unwrap();
                 dead_lettered = Some(id);
@@ -152,5 +196,10 @@ async fn poison_message_ends_in_the_dlq() {
     let dl = client.dead_letters(10).await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].attempts, retries + 2);
-    assert!(server.cmd(&["XPENDING", "{eventbus}:stream:t", "g"]).unwrap().starts_with("0\n"));
+    assert!(
+        server
+            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
+            .unwrap()
+            .starts_with("0\n")
+    );
 }

@@ -65,7 +65,9 @@ pub async fn read_n(c: &Consumer, n: usize, within: Duration) -> Vec<Entry> {
             Instant::now() < deadline,
             "got {} of {n} entries: {:?}",
             out.len(),
-            out.iter().map(|e: &Entry| e.event_type.clone()).collect::<Vec<_>>()
+            out.iter()
+                .map(|e: &Entry| e.event_type.clone())
+                .collect::<Vec<_>>()
         );
         out.extend(c.read(n - out.len()).await.expect("read"));
     }
