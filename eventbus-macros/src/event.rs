@@ -142,10 +142,16 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let aliases = args.str_list("aliases").unwrap_or_default();
     let subject_field = option(subject.as_ref().map(|s| s.name.to_token_stream()));
     let subject_fn = subject.map(|Subject { member, field, .. }| {
+        // An `Option<T>` field gives no subject when it is `None`.
+        let value = if is_option(&field.ty) {
+            quote!(::core::option::Option::as_ref(&self.#member))
+        } else {
+            quote!(::core::option::Option::Some(&self.#member))
+        };
         // Spanned at the field so that "doesn't implement `Display`" lands there.
         quote_spanned! {field.ty.span()=>
             fn subject(&self) -> ::core::option::Option<impl ::core::fmt::Display + '_> {
-                ::core::option::Option::Some(&self.#member)
+                #value
             }
         }
     });
@@ -253,4 +259,23 @@ fn find_subject<'a>(input: &'a DeriveInput, errors: &mut Errors) -> Option<Subje
         ),
     }
     subject
+}
+
+/// `Option<T>` (or `std::option::Option<T>`, `core::option::Option<T>`).
+fn is_option(ty: &syn::Type) -> bool {
+    let syn::Type::Path(syn::TypePath { qself: None, path }) = ty else {
+        return false;
+    };
+    let Some(last) = path.segments.last() else {
+        return false;
+    };
+    let prefix: Vec<String> = path
+        .segments
+        .iter()
+        .take(path.segments.len() - 1)
+        .map(|s| s.ident.to_string())
+        .collect();
+    last.ident == "Option"
+        && matches!(&last.arguments, syn::PathArguments::AngleBracketed(args) if args.args.len() == 1)
+        && (prefix.is_empty() || prefix == ["std", "option"] || prefix == ["core", "option"])
 }

@@ -50,8 +50,9 @@ mod schedule;
 /// - `aliases = ["old_name"]`: old type names decoded as this type;
 /// - `crate = path`: where the `eventbus` crate is, if it is renamed.
 ///
-/// `#[event(subject)]` on one field (named or tuple, whose type implements
-/// `Display`) fills the CloudEvents `subject`. The doc comment becomes the
+/// `#[event(subject)]` on one field (named or tuple) whose type implements
+/// `Display` fills the CloudEvents `subject`; on an `Option<T>` field, `None`
+/// means no subject. The doc comment becomes the
 /// description in the catalogue. Generic types and unions are rejected.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {

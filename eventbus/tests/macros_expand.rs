@@ -61,6 +61,13 @@ pub enum UserChanged {
 #[event("tick")]
 pub struct Tick;
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Event)]
+#[event("maybe_about")]
+pub struct MaybeAbout {
+    #[event(subject)]
+    pub about: Option<u64>,
+}
+
 #[test]
 fn type_and_info() {
     assert_eq!(ModerateAction::TYPE, "moderate_action");
@@ -115,6 +122,9 @@ fn subject_displays_the_marked_field() {
         Some("42")
     );
     assert!(ReviewApproved { id }.subject().is_none());
+    let about = MaybeAbout { about: Some(5) };
+    assert_eq!(about.subject().map(|s| s.to_string()).as_deref(), Some("5"));
+    assert!(MaybeAbout { about: None }.subject().is_none());
     assert!(UserChanged::Delete { id }.subject().is_none());
 }
 
