@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod codec;
 pub mod context;
+pub mod docs;
 pub mod error;
 pub mod event;
 pub mod handler;

@@ -73,7 +73,10 @@ pub(crate) fn document(c: &Catalog) -> Value {
             op.insert("messages".into(), msgs);
             op.insert("title".into(), json!(h.name));
             let summary = if ty == own {
-                format!("`{}` handles `{ty}` in the consumer group `{}`.", h.name, h.group)
+                format!(
+                    "`{}` handles `{ty}` in the consumer group `{}`.",
+                    h.name, h.group
+                )
             } else {
                 format!(
                     "`{}` handles the deprecated `{ty}`, converted to `{own}`, in the consumer group `{}`.",
@@ -129,7 +132,10 @@ pub(crate) fn document(c: &Catalog) -> Value {
 
     let mut doc = Map::new();
     doc.insert("asyncapi".into(), json!(VERSION));
-    doc.insert("id".into(), json!(format!("urn:eventbus:{}", ident(&c.service))));
+    doc.insert(
+        "id".into(),
+        json!(format!("urn:eventbus:{}", ident(&c.service))),
+    );
     doc.insert(
         "info".into(),
         json!({
@@ -280,7 +286,10 @@ fn headers(c: &Catalog, e: &EventDoc) -> Value {
 fn example_headers(e: &EventDoc) -> Value {
     let mut h = Map::new();
     h.insert("specversion".into(), json!("1.0"));
-    h.insert("id".into(), json!(example_uuid(&format!("event:{}", e.type_name))));
+    h.insert(
+        "id".into(),
+        json!(example_uuid(&format!("event:{}", e.type_name))),
+    );
     h.insert("type".into(), json!(e.type_name));
     h.insert("source".into(), json!(e.source));
     h.insert("time".into(), json!("2024-05-01T12:00:00Z"));
@@ -330,8 +339,7 @@ impl Schemas {
             let candidate = rewrite(&defs[name], &identity, &payload_name);
             let mut chosen = base.clone();
             let mut n = 2;
-            while self.map.get(&chosen).is_some_and(|v| *v != candidate)
-                || (chosen == payload_name)
+            while self.map.get(&chosen).is_some_and(|v| *v != candidate) || (chosen == payload_name)
             {
                 chosen = format!("{base}_{n}");
                 n += 1;
@@ -362,22 +370,19 @@ fn rewrite(schema: &Value, names: &BTreeMap<String, String>, root_name: &str) ->
         Value::Object(obj) => {
             let mut out = Map::new();
             for (k, v) in obj {
-                if k == "$ref" {
-                    if let Some(r) = v.as_str() {
-                        out.insert(k.clone(), json!(rewrite_ref(r, names, root_name)));
-                        continue;
-                    }
+                if k == "$ref"
+                    && let Some(r) = v.as_str()
+                {
+                    out.insert(k.clone(), json!(rewrite_ref(r, names, root_name)));
+                    continue;
                 }
                 out.insert(k.clone(), rewrite(v, names, root_name));
             }
             Value::Object(out)
         }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| rewrite(v, names, root_name))
-                .collect(),
-        ),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| rewrite(v, names, root_name)).collect())
+        }
         other => other.clone(),
     }
 }

@@ -159,7 +159,6 @@ impl Catalog {
                 let (every, cron, when) = match s.when {
                     When::Every(e) => (Some(e.to_owned()), None, format!("every {e}")),
                     When::Cron(c) => (None, Some(c.to_owned()), format!("cron {c} (UTC)")),
-                    other => (None, None, other.to_string()),
                 };
                 ScheduleDoc {
                     name: s.name.to_owned(),
@@ -299,7 +298,10 @@ impl Catalog {
     }
 
     /// The typed handlers that receive `type_name` (directly, by an alias, or converted).
-    pub fn consumers_of<'a>(&'a self, type_name: &'a str) -> impl Iterator<Item = &'a HandlerDoc> + 'a {
+    pub fn consumers_of<'a>(
+        &'a self,
+        type_name: &'a str,
+    ) -> impl Iterator<Item = &'a HandlerDoc> + 'a {
         self.handlers
             .iter()
             .filter(move |h| h.receives.iter().any(|t| t == type_name))
@@ -311,7 +313,10 @@ impl Catalog {
     }
 
     /// The schedules that publish `type_name`.
-    pub fn schedules_of<'a>(&'a self, type_name: &'a str) -> impl Iterator<Item = &'a ScheduleDoc> + 'a {
+    pub fn schedules_of<'a>(
+        &'a self,
+        type_name: &'a str,
+    ) -> impl Iterator<Item = &'a ScheduleDoc> + 'a {
         self.schedules
             .iter()
             .filter(move |s| s.event_type == type_name)
@@ -368,14 +373,23 @@ impl EventDoc {
         if !self.deprecated {
             return None;
         }
-        let note = self.deprecation_note.as_deref().map(str::trim).filter(|n| !n.is_empty());
+        let note = self
+            .deprecation_note
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
         Some(match (&self.replaced_by, note) {
             (Some(new), None) => format!("Deprecated, use `{new}` instead."),
-            (Some(new), Some(note)) if note.replace('`', "").trim_end_matches('.') == format!("use {new}") => {
+            (Some(new), Some(note))
+                if note.replace('`', "").trim_end_matches('.') == format!("use {new}") =>
+            {
                 format!("Deprecated, use `{new}` instead.")
             }
             (Some(new), Some(note)) => {
-                format!("Deprecated, use `{new}` instead. {}", schema::sentence(&capitalize(note)))
+                format!(
+                    "Deprecated, use `{new}` instead. {}",
+                    schema::sentence(&capitalize(note))
+                )
             }
             (None, Some(note)) => format!("Deprecated: {}", schema::sentence(note)),
             (None, None) => "Deprecated.".to_owned(),

@@ -166,7 +166,11 @@ pub fn compare(committed: &Catalog, current: &Catalog) -> Compatibility {
         .iter()
         .flat_map(|e| e.aliases.iter().map(move |a| (a.as_str(), e)))
         .collect();
-    let old_types: BTreeSet<&str> = committed.events.iter().map(|e| e.type_name.as_str()).collect();
+    let old_types: BTreeSet<&str> = committed
+        .events
+        .iter()
+        .map(|e| e.type_name.as_str())
+        .collect();
     let old_aliases: BTreeSet<&str> = committed
         .events
         .iter()
@@ -219,17 +223,21 @@ pub fn compare(committed: &Catalog, current: &Catalog) -> Compatibility {
             }
         };
         for alias in &old.aliases {
-            if !new_by_type.contains_key(alias.as_str()) && !new_aliases.contains_key(alias.as_str()) {
+            if !new_by_type.contains_key(alias.as_str())
+                && !new_aliases.contains_key(alias.as_str())
+            {
                 push(
                     &mut out,
                     ChangeKind::AliasRemoved,
-                    format!("the old name `{alias}` no longer decodes: it is neither an alias nor an event type"),
+                    format!(
+                        "the old name `{alias}` no longer decodes: it is neither an alias nor an event type"
+                    ),
                 );
             }
         }
         let mut cmp = SchemaCompare {
-            old: Doc::new(&old.schema),
-            new: Doc::new(&new.schema),
+            old: &old.schema,
+            new: &new.schema,
             event_type: ty,
             out: &mut out,
             seen: BTreeSet::new(),
@@ -302,28 +310,29 @@ pub fn assert_compatible(committed: impl AsRef<Path>, current: &Catalog) {
 }
 
 /// A schema reduced to what compatibility depends on.
-struct Shape<'a> {
+#[derive(Default)]
+struct Shape {
     nullable: bool,
     /// Non-null JSON types; empty when unconstrained.
-    types: BTreeSet<&'a str>,
-    format: Option<&'a str>,
+    types: BTreeSet<String>,
+    format: Option<String>,
     /// Named variants or values (`enum`, `const`, tagged `oneOf`), with their schemas.
-    variants: Option<BTreeMap<String, Option<&'a Value>>>,
-    /// The object / array keywords, merged from `allOf`.
+    variants: Option<BTreeMap<String, Option<Value>>>,
+    /// The object and array keywords, merged from `allOf`.
     object: Map<String, Value>,
-    /// The `$ref` names followed, to stop on recursive types.
-    refs: Vec<&'a str>,
+    /// The `$ref`s followed, to stop on recursive types.
+    refs: Vec<String>,
 }
 
-struct SchemaCompare<'a, 'o> {
-    old: Doc<'a>,
-    new: Doc<'a>,
-    event_type: &'a str,
+struct SchemaCompare<'r, 'o> {
+    old: &'r Value,
+    new: &'r Value,
+    event_type: &'r str,
     out: &'o mut Vec<Change>,
-    seen: BTreeSet<(Vec<&'a str>, Vec<&'a str>)>,
+    seen: BTreeSet<(Vec<String>, Vec<String>)>,
 }
 
-impl<'a> SchemaCompare<'a, '_> {
+impl SchemaCompare<'_, '_> {
     fn change(&mut self, kind: ChangeKind, field: &str, message: String) {
         self.out.push(Change {
             kind,
@@ -333,7 +342,7 @@ impl<'a> SchemaCompare<'a, '_> {
         });
     }
 
-    fn compare(&mut self, old: &'a Value, new: &'a Value, path: &str) {
+    fn compare(&mut self, old: &Value, new: &Value, path: &str) {
         let o = shape(self.old, old);
         let n = shape(self.new, new);
         if (!o.refs.is_empty() || !n.refs.is_empty())
@@ -341,11 +350,7 @@ impl<'a> SchemaCompare<'a, '_> {
         {
             return;
         }
-        let what = if path.is_empty() {
-            "the data".to_owned()
-        } else {
-            format!("`{path}`")
-        };
+        let what = subject(path);
         if o.nullable && !n.nullable {
             self.change(
                 ChangeKind::NullRemoved,
@@ -363,7 +368,11 @@ impl<'a> SchemaCompare<'a, '_> {
             self.change(
                 ChangeKind::FieldRetyped,
                 path,
-                format!("{what} changed type from {} to {}", describe(&o), describe(&n)),
+                format!(
+                    "{what} changed type from {} to {}",
+                    describe(&o),
+                    describe(&n)
+                ),
             );
             return;
         }
@@ -378,7 +387,8 @@ impl<'a> SchemaCompare<'a, '_> {
                         ),
                         Some(new_schema) => {
                             if let (Some(os), Some(ns)) = (old_schema, new_schema) {
-                                self.compare_variant(os, ns, &format!("{path}({key})"));
+                                let (os, ns) = (shape(self.old, os), shape(self.new, ns));
+                                self.compare_shapes(&os, &ns, &format!("{path}({key})"));
                             }
                         }
                     }
@@ -401,19 +411,11 @@ impl<'a> SchemaCompare<'a, '_> {
             }
             (Some(_), None) | (None, None) => {}
         }
-        self.compare_object(&o, &n, path);
-        self.compare_items(&o, &n, path);
+        self.compare_shapes(&o, &n, path);
     }
 
-    /// The inner schema of a variant, without the keys that name it.
-    fn compare_variant(&mut self, old: &'a Value, new: &'a Value, path: &str) {
-        let o = shape(self.old, old);
-        let n = shape(self.new, new);
-        self.compare_object(&o, &n, path);
-        self.compare_items(&o, &n, path);
-    }
-
-    fn compare_object(&mut self, o: &Shape<'a>, n: &Shape<'a>, path: &str) {
+    /// Fields, map values and array items.
+    fn compare_shapes(&mut self, o: &Shape, n: &Shape, path: &str) {
         let old_fields = fields(&o.object);
         let new_fields = fields(&n.object);
         for (name, (old_prop, old_req)) in &old_fields {
@@ -429,7 +431,9 @@ impl<'a> SchemaCompare<'a, '_> {
                         self.change(
                             ChangeKind::FieldMadeRequired,
                             &sub,
-                            format!("field `{sub}` became required; old producers may leave it out"),
+                            format!(
+                                "field `{sub}` became required; old producers may leave it out"
+                            ),
                         );
                     } else if *old_req && !new_req {
                         self.change(
@@ -438,13 +442,7 @@ impl<'a> SchemaCompare<'a, '_> {
                             format!("field `{sub}` became optional; old consumers require it"),
                         );
                     }
-                    let (old_prop, new_prop) = (
-                        lifetime_value(&o.object, old_prop),
-                        lifetime_value(&n.object, new_prop),
-                    );
-                    if let (Some(op), Some(np)) = (old_prop, new_prop) {
-                        self.compare(op, np, &sub);
-                    }
+                    self.compare(old_prop, new_prop, &sub);
                 }
             }
         }
@@ -457,10 +455,17 @@ impl<'a> SchemaCompare<'a, '_> {
                 self.change(
                     ChangeKind::RequiredFieldAdded,
                     &sub,
-                    format!("new required field `{sub}`; old producers do not send it (make it an `Option` or give it a `#[serde(default)]`)"),
+                    format!(
+                        "new required field `{sub}`; old producers do not send it \
+                         (make it an `Option` or give it a `#[serde(default)]`)"
+                    ),
                 );
             } else {
-                self.change(ChangeKind::FieldAdded, &sub, format!("new optional field `{sub}`"));
+                self.change(
+                    ChangeKind::FieldAdded,
+                    &sub,
+                    format!("new optional field `{sub}`"),
+                );
             }
         }
         match (
@@ -468,67 +473,48 @@ impl<'a> SchemaCompare<'a, '_> {
             n.object.get("additionalProperties"),
         ) {
             (Some(os @ Value::Object(_)), Some(ns @ Value::Object(_))) => {
-                if let (Some(os), Some(ns)) = (
-                    lifetime_value(&o.object, os),
-                    lifetime_value(&n.object, ns),
-                ) {
-                    self.compare(os, ns, &format!("{}.*", if path.is_empty() { "" } else { path }));
-                }
+                self.compare(os, ns, &format!("{path}.*"));
             }
             (old_extra, Some(Value::Bool(false))) if old_extra != Some(&Value::Bool(false)) => {
-                let what = if path.is_empty() { "the data".to_owned() } else { format!("`{path}`") };
                 self.change(
                     ChangeKind::FieldRetyped,
                     path,
-                    format!("{what} now rejects unknown fields"),
+                    format!("{} now rejects unknown fields", subject(path)),
                 );
             }
             _ => {}
         }
-    }
-
-    fn compare_items(&mut self, o: &Shape<'a>, n: &Shape<'a>, path: &str) {
         if let (Some(oi), Some(ni)) = (o.object.get("items"), n.object.get("items")) {
-            if let (Some(oi), Some(ni)) = (lifetime_value(&o.object, oi), lifetime_value(&n.object, ni)) {
-                self.compare(oi, ni, &format!("{path}[]"));
-            }
+            self.compare(oi, ni, &format!("{path}[]"));
         }
         if let (Some(Value::Array(op)), Some(Value::Array(np))) =
             (o.object.get("prefixItems"), n.object.get("prefixItems"))
         {
-            let pairs: Vec<(usize, Value, Value)> = op
-                .iter()
-                .zip(np)
-                .enumerate()
-                .map(|(i, (a, b))| (i, a.clone(), b.clone()))
-                .collect();
             if op.len() != np.len() {
-                let what = if path.is_empty() { "the data".to_owned() } else { format!("`{path}`") };
                 self.change(
                     ChangeKind::FieldRetyped,
                     path,
-                    format!("{what} changed from {} to {} elements", op.len(), np.len()),
+                    format!(
+                        "{} changed from {} to {} elements",
+                        subject(path),
+                        op.len(),
+                        np.len()
+                    ),
                 );
             }
-            for (i, a, b) in pairs {
-                let (a, b) = (self.leak(a), self.leak(b));
+            for (i, (a, b)) in op.iter().zip(np).enumerate() {
                 self.compare(a, b, &format!("{path}[{i}]"));
             }
         }
     }
-
-    /// Tuple schemas are rare; keeping them alive for the comparison is simplest.
-    fn leak(&mut self, v: Value) -> &'a Value {
-        Box::leak(Box::new(v))
-    }
 }
 
-/// The `&'a Value` inside `obj` equal to `v` (the object was cloned out of
-/// the schema while merging `allOf`; this finds the original).
-fn lifetime_value<'a>(_obj: &Map<String, Value>, v: &Value) -> Option<&'a Value> {
-    // The merged object holds clones; leak a copy to compare with a long
-    // enough lifetime. Schemas are small and the check runs once per process.
-    Some(Box::leak(Box::new(v.clone())))
+fn subject(path: &str) -> String {
+    if path.is_empty() {
+        "the data".to_owned()
+    } else {
+        format!("`{path}`")
+    }
 }
 
 fn fields(obj: &Map<String, Value>) -> BTreeMap<String, (Value, bool)> {
@@ -544,31 +530,25 @@ fn fields(obj: &Map<String, Value>) -> BTreeMap<String, (Value, bool)> {
         .unwrap_or_default()
 }
 
-fn shape<'a>(doc: Doc<'a>, schema: &'a Value) -> Shape<'a> {
-    let mut s = Shape {
-        nullable: false,
-        types: BTreeSet::new(),
-        format: None,
-        variants: None,
-        object: Map::new(),
-        refs: Vec::new(),
-    };
-    fill(doc, schema, &mut s, 0);
+fn shape(root: &Value, schema: &Value) -> Shape {
+    let mut s = Shape::default();
+    fill(Doc::new(root), schema, &mut s, 0);
     s
 }
 
-fn fill<'a>(doc: Doc<'a>, schema: &'a Value, s: &mut Shape<'a>, depth: usize) {
+fn fill(doc: Doc<'_>, schema: &Value, s: &mut Shape, depth: usize) {
     if depth > 16 {
         return;
     }
-    let mut schema = schema;
-    while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        let (target, _) = doc.resolve(schema);
-        if std::ptr::eq(target, schema) || s.refs.contains(&r) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        if s.refs.iter().any(|seen| seen == r) {
             return;
         }
-        s.refs.push(r);
-        schema = target;
+        if let Some(target) = doc.target(r) {
+            s.refs.push(r.to_owned());
+            fill(doc, target, s, depth + 1);
+        }
+        return;
     }
     let Some(obj) = schema.as_object() else {
         return;
@@ -577,7 +557,7 @@ fn fill<'a>(doc: Doc<'a>, schema: &'a Value, s: &mut Shape<'a>, depth: usize) {
         let Some(alts) = obj.get(key).and_then(Value::as_array) else {
             continue;
         };
-        let mut rest: Vec<&'a Value> = Vec::new();
+        let mut rest: Vec<&Value> = Vec::new();
         for alt in alts {
             if schema::is_null_schema(alt) {
                 s.nullable = true;
@@ -585,7 +565,7 @@ fn fill<'a>(doc: Doc<'a>, schema: &'a Value, s: &mut Shape<'a>, depth: usize) {
                 rest.push(alt);
             }
         }
-        let keyed: Option<Vec<(String, &'a Value)>> = rest
+        let keyed: Option<Vec<(String, &Value)>> = rest
             .iter()
             .map(|alt| {
                 let (resolved, _) = doc.resolve(alt);
@@ -597,21 +577,25 @@ fn fill<'a>(doc: Doc<'a>, schema: &'a Value, s: &mut Shape<'a>, depth: usize) {
                 fill(doc, only, s, depth + 1);
             }
             (Some(keyed), _) => {
+                for (_, resolved) in &keyed {
+                    if let Some(t) = resolved.as_object() {
+                        s.types.extend(
+                            schema::types_of(t)
+                                .into_iter()
+                                .filter(|t| *t != "null")
+                                .map(str::to_owned),
+                        );
+                    }
+                }
                 let variants = s.variants.get_or_insert_with(BTreeMap::new);
                 for (k, v) in keyed {
-                    variants.insert(k, Some(v));
-                }
-                for alt in &rest {
-                    let (resolved, _) = doc.resolve(alt);
-                    if let Some(t) = resolved.as_object() {
-                        s.types.extend(schema::types_of(t).into_iter().filter(|t| *t != "null"));
-                    }
+                    variants.insert(k, Some(v.clone()));
                 }
             }
             (None, _) => {
                 let variants = s.variants.get_or_insert_with(BTreeMap::new);
                 for (i, alt) in rest.iter().enumerate() {
-                    variants.insert(format!("#{}", i + 1), Some(*alt));
+                    variants.insert(format!("#{}", i + 1), Some((*alt).clone()));
                 }
             }
         }
@@ -625,11 +609,11 @@ fn fill<'a>(doc: Doc<'a>, schema: &'a Value, s: &mut Shape<'a>, depth: usize) {
         if t == "null" {
             s.nullable = true;
         } else {
-            s.types.insert(t);
+            s.types.insert(t.to_owned());
         }
     }
     if s.format.is_none() {
-        s.format = obj.get("format").and_then(Value::as_str);
+        s.format = obj.get("format").and_then(Value::as_str).map(str::to_owned);
     }
     let mut values: Vec<&Value> = Vec::new();
     if let Some(c) = obj.get("const") {
@@ -648,7 +632,13 @@ fn fill<'a>(doc: Doc<'a>, schema: &'a Value, s: &mut Shape<'a>, depth: usize) {
             }
         }
     }
-    for key in ["properties", "required", "additionalProperties", "items", "prefixItems"] {
+    for key in [
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+    ] {
         let Some(v) = obj.get(key) else {
             continue;
         };
@@ -665,7 +655,7 @@ fn fill<'a>(doc: Doc<'a>, schema: &'a Value, s: &mut Shape<'a>, depth: usize) {
         }
     }
     if s.types.is_empty() && s.object.contains_key("properties") {
-        s.types.insert("object");
+        s.types.insert("object".to_owned());
     }
 }
 
@@ -676,13 +666,17 @@ fn value_key(v: &Value) -> String {
     }
 }
 
-fn describe(s: &Shape<'_>) -> String {
+fn describe(s: &Shape) -> String {
     let mut t = if s.types.is_empty() {
         "any".to_owned()
     } else {
-        s.types.iter().copied().collect::<Vec<_>>().join(" | ")
+        s.types
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" | ")
     };
-    if let Some(f) = s.format {
+    if let Some(f) = &s.format {
         t = format!("{t} ({f})");
     }
     format!("`{t}`")

@@ -36,7 +36,10 @@ pub(crate) fn render(c: &Catalog) -> String {
             note = join_sentences(&note, &format!("**{dep}**"));
         }
         if !e.aliases.is_empty() {
-            note = join_sentences(&note, &format!("Also accepted as {}.", code_list(&e.aliases)));
+            note = join_sentences(
+                &note,
+                &format!("Also accepted as {}.", code_list(&e.aliases)),
+            );
         }
         let _ = writeln!(
             w,
@@ -120,7 +123,11 @@ fn event_section(w: &mut String, c: &Catalog, e: &EventDoc) {
         let _ = writeln!(w);
     }
     if e.description.is_empty() {
-        let _ = writeln!(w, "_No description: add a doc comment to `{}`._", e.rust_type);
+        let _ = writeln!(
+            w,
+            "_No description: add a doc comment to `{}`._",
+            e.rust_type
+        );
     } else {
         let _ = writeln!(w, "{}", e.description);
     }
@@ -137,7 +144,11 @@ fn event_section(w: &mut String, c: &Catalog, e: &EventDoc) {
             e.type_name
         );
     }
-    let _ = writeln!(w, "| `source` | `{}` when published by `{}` |", e.source, c.service);
+    let _ = writeln!(
+        w,
+        "| `source` | `{}` when published by `{}` |",
+        e.source, c.service
+    );
     if let Some(subject) = &e.subject {
         let _ = writeln!(w, "| `subject` | the `{subject}` field of the data |");
     }
@@ -167,7 +178,7 @@ fn event_section(w: &mut String, c: &Catalog, e: &EventDoc) {
     let _ = writeln!(w, "Example:");
     let _ = writeln!(w);
     let _ = writeln!(w, "```json");
-    let _ = write!(w, "{}", schema::pretty(&e.example));
+    let _ = write!(w, "{}", doc.pretty_ordered(&e.example, &e.schema));
     let _ = writeln!(w, "```");
     let _ = writeln!(w);
 
@@ -186,7 +197,12 @@ fn event_section(w: &mut String, c: &Catalog, e: &EventDoc) {
         let _ = writeln!(w, "- `{}`{how}: {}", h.name, handler_terms(h));
     }
     for h in globals {
-        let _ = writeln!(w, "- `{}` (global, every event): {}", h.name, handler_terms(h));
+        let _ = writeln!(
+            w,
+            "- `{}` (global, every event): {}",
+            h.name,
+            handler_terms(h)
+        );
     }
     let _ = writeln!(w);
 
@@ -205,7 +221,10 @@ fn event_section(w: &mut String, c: &Catalog, e: &EventDoc) {
         let _ = writeln!(w);
     }
 
-    let _ = writeln!(w, "<details><summary>JSON Schema of <code>data</code></summary>");
+    let _ = writeln!(
+        w,
+        "<details><summary>JSON Schema of <code>data</code></summary>"
+    );
     let _ = writeln!(w);
     let _ = writeln!(w, "```json");
     let _ = write!(w, "{}", schema::pretty(&e.schema));

@@ -18,7 +18,10 @@ impl<'a> Doc<'a> {
     }
 
     /// Follows `$ref`s; returns the target and the name of the last `$ref`.
-    pub(crate) fn resolve(&self, mut schema: &'a Value) -> (&'a Value, Option<&'a str>) {
+    pub(crate) fn resolve<'s>(&self, mut schema: &'s Value) -> (&'s Value, Option<&'s str>)
+    where
+        'a: 's,
+    {
         let mut name = None;
         for _ in 0..32 {
             let Some(r) = schema.get("$ref").and_then(Value::as_str) else {
@@ -35,7 +38,7 @@ impl<'a> Doc<'a> {
         (schema, name)
     }
 
-    fn target(&self, reference: &str) -> Option<&'a Value> {
+    pub(crate) fn target(&self, reference: &str) -> Option<&'a Value> {
         let pointer = reference.strip_prefix('#')?;
         if pointer.is_empty() {
             Some(self.root)
@@ -123,7 +126,10 @@ impl<'a> Doc<'a> {
             return Some(Value::Array(items));
         }
         let min = obj.get("minItems").and_then(Value::as_u64).unwrap_or(0);
-        let max = obj.get("maxItems").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let max = obj
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
         let count = min.max(1).min(max).min(16);
         let item_schema = obj.get("items");
         let mut items = Vec::new();
@@ -156,14 +162,76 @@ impl<'a> Doc<'a> {
                 None => {}
             }
         }
-        if out.is_empty() && obj.get("properties").is_none() {
-            if let Some(extra @ Value::Object(_)) = obj.get("additionalProperties") {
-                if let Some(v) = self.example_at(extra, &join(path, "key"), refs) {
-                    out.insert("key".to_owned(), v);
-                }
-            }
+        if out.is_empty()
+            && obj.get("properties").is_none()
+            && let Some(extra @ Value::Object(_)) = obj.get("additionalProperties")
+            && let Some(v) = self.example_at(extra, &join(path, "key"), refs)
+        {
+            out.insert("key".to_owned(), v);
         }
         Some(Value::Object(out))
+    }
+
+    /// `value` as pretty JSON with object keys in the schema's field order
+    /// (keys the schema does not list follow, sorted), as people read it.
+    pub(crate) fn pretty_ordered(&self, value: &Value, schema: &'a Value) -> String {
+        let mut out = String::new();
+        self.write_ordered(&mut out, value, Some(schema), 0);
+        out.push('\n');
+        out
+    }
+
+    fn write_ordered(
+        &self,
+        out: &mut String,
+        value: &Value,
+        schema: Option<&'a Value>,
+        indent: usize,
+    ) {
+        match value {
+            Value::Object(m) if !m.is_empty() => {
+                let listed: Vec<(&str, &'a Value)> = schema
+                    .and_then(|s| self.object_of(s))
+                    .map(|(obj, _)| fields_of(obj).into_iter().map(|(n, p, _)| (n, p)).collect())
+                    .unwrap_or_default();
+                let mut keys: Vec<(&String, Option<&'a Value>)> = listed
+                    .iter()
+                    .filter_map(|(name, prop)| {
+                        m.get_key_value(*name).map(|(k, _)| (k, Some(*prop)))
+                    })
+                    .collect();
+                let mut rest: Vec<&String> = m
+                    .keys()
+                    .filter(|k| !listed.iter().any(|(n, _)| n == k))
+                    .collect();
+                rest.sort();
+                keys.extend(rest.into_iter().map(|k| (k, None)));
+                out.push('{');
+                for (i, (key, prop)) in keys.into_iter().enumerate() {
+                    out.push_str(if i == 0 { "\n" } else { ",\n" });
+                    pad(out, indent + 2);
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push_str(": ");
+                    self.write_ordered(out, &m[key], prop, indent + 2);
+                }
+                out.push('\n');
+                pad(out, indent);
+                out.push('}');
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let item_schema = schema.and_then(|s| self.items_of(s));
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(if i == 0 { "\n" } else { ",\n" });
+                    pad(out, indent + 2);
+                    self.write_ordered(out, item, item_schema, indent + 2);
+                }
+                out.push('\n');
+                pad(out, indent);
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
     }
 
     /// A one-line sketch of the shape, as the hand-written catalogues have it:
@@ -294,7 +362,13 @@ impl<'a> Doc<'a> {
         out
     }
 
-    fn fields_at(&self, schema: &'a Value, path: &str, refs: &mut Vec<&'a str>, out: &mut Vec<Field>) {
+    fn fields_at(
+        &self,
+        schema: &'a Value,
+        path: &str,
+        refs: &mut Vec<&'a str>,
+        out: &mut Vec<Field>,
+    ) {
         if refs.len() > MAX_DEPTH {
             return;
         }
@@ -559,6 +633,9 @@ fn given_example(obj: &Map<String, Value>) -> Option<Value> {
 
 fn example_string(obj: &Map<String, Value>, path: &str) -> String {
     let mut s = match obj.get("format").and_then(Value::as_str) {
+        None if !obj.contains_key("pattern") && doc_example(obj).is_some() => {
+            doc_example(obj).unwrap_or_default()
+        }
         Some("uuid") => example_uuid(path),
         Some("date-time") => "2024-05-01T12:00:00Z".into(),
         Some("date") => "2024-05-01".into(),
@@ -580,6 +657,23 @@ fn example_string(obj: &Map<String, Value>, path: &str) -> String {
         s = s.chars().take(max as usize).collect();
     }
     s
+}
+
+/// The value a doc comment gives as an example: "e.g. `Review`" or "for example `Review`".
+fn doc_example(obj: &Map<String, Value>) -> Option<String> {
+    let desc = obj.get("description").and_then(Value::as_str)?;
+    ["e.g. `", "for example `", "e.g., `", "for example, `"]
+        .iter()
+        .find_map(|marker| {
+            let start = desc.find(marker)? + marker.len();
+            let len = desc[start..].find('`')?;
+            Some(desc[start..start + len].to_owned())
+        })
+        .filter(|v| !v.is_empty())
+}
+
+fn pad(out: &mut String, indent: usize) {
+    out.extend(std::iter::repeat_n(' ', indent));
 }
 
 /// A UUIDv7-shaped id that differs per field path but never between runs.
@@ -740,7 +834,10 @@ mod tests {
         });
         let doc = Doc::new(&schema);
         assert_eq!(doc.example(&schema), json!({"children": [], "next": null}));
-        assert_eq!(doc.sketch(&schema, 3), r#"{"children": [Node], "next"?: Node | null}"#);
+        assert_eq!(
+            doc.sketch(&schema, 3),
+            r#"{"children": [Node], "next"?: Node | null}"#
+        );
         assert_eq!(doc.fields(&schema).len(), 2);
     }
 }

@@ -1,0 +1,79 @@
+#![allow(dead_code)]
+//! Shared by the docs tests (and `examples/tests/docs_reviews.rs`): runs the
+//! official AsyncAPI parser on generated documents.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `scripts/asyncapi` at the root of the workspace.
+pub fn asyncapi_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate lives in the workspace")
+        .join("scripts/asyncapi")
+}
+
+/// Validates AsyncAPI files with `node scripts/asyncapi/validate.mjs`
+/// (the official `@asyncapi/parser`, plus each message example against its
+/// schemas); panics with the parser's report when one is invalid.
+pub fn validate_asyncapi(files: &[&Path]) {
+    let dir = asyncapi_dir();
+    if !dir.join("node_modules/@asyncapi/parser").is_dir() {
+        panic!(
+            "the AsyncAPI validator is not installed: run `npm ci --prefix {}` (Node.js 18 or newer) and test again",
+            dir.display()
+        );
+    }
+    let output = Command::new("node")
+        .arg(dir.join("validate.mjs"))
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `node` ({e}): install Node.js 18 or newer, then `npm ci --prefix {}`",
+                dir.display()
+            )
+        });
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "the AsyncAPI document is invalid ({}):\n{report}",
+        output.status
+    );
+    for file in files {
+        assert!(
+            report.contains(&format!("{}: valid AsyncAPI 3.0.0", file.display())),
+            "{report}"
+        );
+    }
+}
+
+/// A fresh directory under the system temp dir, removed by `Drop`.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "eventbus-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
