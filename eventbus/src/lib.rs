@@ -8,6 +8,9 @@ pub mod docs;
 pub mod error;
 pub mod event;
 pub mod handler;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+pub mod outbox;
 pub mod registry;
 pub mod schedule;
 pub mod testing;

@@ -43,19 +43,10 @@ fn err(message: impl Into<String>) -> Error {
 }
 
 /// How to start a [`PostgresServer`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PostgresOptions {
     durable: bool,
     settings: Vec<(String, String)>,
-}
-
-impl Default for PostgresOptions {
-    fn default() -> Self {
-        Self {
-            durable: false,
-            settings: Vec::new(),
-        }
-    }
 }
 
 impl PostgresOptions {

@@ -416,7 +416,12 @@ impl Outbox {
             .await
     }
 
-    async fn insert<E, C>(&self, tx: &mut C, event: &E, at: Option<SystemTime>) -> Result<uuid::Uuid>
+    async fn insert<E, C>(
+        &self,
+        tx: &mut C,
+        event: &E,
+        at: Option<SystemTime>,
+    ) -> Result<uuid::Uuid>
     where
         E: Event,
         C: OutboxConnection + ?Sized,
@@ -486,7 +491,7 @@ impl sealed::Sealed for sqlx::Transaction<'_, sqlx::Postgres> {}
 #[cfg(feature = "postgres")]
 impl OutboxConnection for sqlx::Transaction<'_, sqlx::Postgres> {
     fn insert_outbox_row<'a>(&'a mut self, row: NewRow<'a>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(postgres::insert(&mut **self, row))
+        Box::pin(postgres::insert(self, row))
     }
 }
 
@@ -503,7 +508,7 @@ impl sealed::Sealed for sqlx::Transaction<'_, sqlx::Sqlite> {}
 #[cfg(feature = "sqlite")]
 impl OutboxConnection for sqlx::Transaction<'_, sqlx::Sqlite> {
     fn insert_outbox_row<'a>(&'a mut self, row: NewRow<'a>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(sqlite::insert(&mut **self, row))
+        Box::pin(sqlite::insert(self, row))
     }
 }
 

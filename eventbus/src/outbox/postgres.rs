@@ -237,9 +237,8 @@ pub(super) fn spawn_listener(
             tokio::select! {
                 _ = token.cancelled() => return,
                 result = listening => {
-                    if let Err(e) = result {
-                        tracing::warn!("outbox LISTEN failed, polling until it works again: {e}");
-                    }
+                    let Err(e) = result;
+                    tracing::warn!("outbox LISTEN failed, polling until it works again: {e}");
                 }
             }
             tokio::select! {

@@ -1,0 +1,2 @@
+//! Outbox benchmarks (work in progress).
+fn main() {}
