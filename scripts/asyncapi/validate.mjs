@@ -14,6 +14,7 @@ import { readFile } from 'node:fs/promises';
 import { Parser } from '@asyncapi/parser';
 import Ajv from 'ajv';
 import addFormats from 'ajv-formats';
+import yaml from 'js-yaml';
 
 const SEVERITY = ['error', 'warning', 'info', 'hint'];
 
@@ -24,9 +25,11 @@ const RUST_FORMATS = ['int8', 'int16', 'int32', 'int64', 'int128', 'uint', 'uint
 
 async function validate(file) {
   const text = await readFile(file, 'utf8');
+  const problems = [];
+
+  // 1. The official parser: the AsyncAPI JSON Schema plus the core ruleset.
   const parser = new Parser();
   const { document, diagnostics } = await parser.parse(text, { source: file });
-  const problems = [];
   for (const d of diagnostics) {
     const severity = SEVERITY[d.severity] ?? String(d.severity);
     const where = d.path && d.path.length ? d.path.join('.') : '(document)';
@@ -34,25 +37,39 @@ async function validate(file) {
     if (d.severity === 0) problems.push(line);
     else console.error(`${file}: ${line}`);
   }
-  if (!document) {
-    if (problems.length === 0) problems.push('the parser returned no document');
-    return problems;
-  }
+  if (!document && problems.length === 0) problems.push('the parser returned no document');
 
+  // 2. Every message example against its payload and headers schemas, on the
+  // raw document so that `$ref`s (recursive ones too) resolve as written.
+  let raw;
+  try {
+    raw = yaml.load(text, { schema: yaml.JSON_SCHEMA });
+  } catch (e) {
+    problems.push(`cannot read the document: ${e.message}`);
+    return { problems };
+  }
   const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false });
   addFormats(ajv);
   for (const f of RUST_FORMATS) ajv.addFormat(f, true);
-  const json = document.json();
-  const messages = json.components?.messages ?? {};
+  // Only the components: the rest of the document is no schema.
+  ajv.addSchema({ components: raw?.components ?? {} }, 'asyncapi');
+  const messages = raw?.components?.messages ?? {};
   let checked = 0;
   for (const [name, message] of Object.entries(messages)) {
     for (const [i, example] of (message.examples ?? []).entries()) {
       for (const part of ['payload', 'headers']) {
         if (example[part] === undefined || message[part] === undefined) continue;
-        const validateFn = ajv.compile(message[part]);
+        const pointer = `/components/messages/${escape(name)}/${part}`;
+        let check;
+        try {
+          check = ajv.compile({ $ref: `asyncapi#${pointer}` });
+        } catch (e) {
+          problems.push(`error example-${part}: components.messages.${name}.${part}: ${e.message}`);
+          continue;
+        }
         checked += 1;
-        if (!validateFn(example[part])) {
-          for (const e of validateFn.errors) {
+        if (!check(example[part])) {
+          for (const e of check.errors) {
             problems.push(
               `error example-${part}: components.messages.${name}.examples[${i}].${part}${e.instancePath}: ${e.message}`,
             );
@@ -61,10 +78,12 @@ async function validate(file) {
       }
     }
   }
-  if (problems.length === 0) {
-    console.log(`${file}: valid AsyncAPI ${json.asyncapi} (${Object.keys(messages).length} messages, ${checked} example parts checked)`);
-  }
-  return problems;
+  return { problems, version: raw?.asyncapi, messages: Object.keys(messages).length, checked };
+}
+
+// A JSON pointer segment.
+function escape(segment) {
+  return encodeURIComponent(segment.replaceAll('~', '~0').replaceAll('/', '~1'));
 }
 
 const files = process.argv.slice(2);
@@ -74,13 +93,19 @@ if (files.length === 0) {
 }
 let failed = false;
 for (const file of files) {
-  let problems;
+  let result;
   try {
-    problems = await validate(file);
+    result = await validate(file);
   } catch (e) {
-    problems = [`cannot validate: ${e.message}`];
+    result = { problems: [`cannot validate: ${e.message}`] };
   }
-  for (const p of problems) console.error(`${file}: ${p}`);
-  if (problems.length) failed = true;
+  for (const p of result.problems) console.error(`${file}: ${p}`);
+  if (result.problems.length) {
+    failed = true;
+  } else {
+    console.log(
+      `${file}: valid AsyncAPI ${result.version} (${result.messages} messages, ${result.checked} example parts checked)`,
+    );
+  }
 }
 process.exit(failed ? 1 : 0);

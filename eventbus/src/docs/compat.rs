@@ -240,7 +240,7 @@ pub fn compare(committed: &Catalog, current: &Catalog) -> Compatibility {
             new: &new.schema,
             event_type: ty,
             out: &mut out,
-            seen: BTreeSet::new(),
+            stack: Vec::new(),
         };
         cmp.compare(&old.schema, &new.schema, "");
     }
@@ -329,7 +329,7 @@ struct SchemaCompare<'r, 'o> {
     new: &'r Value,
     event_type: &'r str,
     out: &'o mut Vec<Change>,
-    seen: BTreeSet<(Vec<String>, Vec<String>)>,
+    stack: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl SchemaCompare<'_, '_> {
@@ -345,11 +345,22 @@ impl SchemaCompare<'_, '_> {
     fn compare(&mut self, old: &Value, new: &Value, path: &str) {
         let o = shape(self.old, old);
         let n = shape(self.new, new);
-        if (!o.refs.is_empty() || !n.refs.is_empty())
-            && !self.seen.insert((o.refs.clone(), n.refs.clone()))
-        {
+        // A recursive type compares each level once.
+        let key = (o.refs.clone(), n.refs.clone());
+        let recursive = !key.0.is_empty() || !key.1.is_empty();
+        if recursive && self.stack.contains(&key) {
             return;
         }
+        if recursive {
+            self.stack.push(key);
+        }
+        self.compare_inner(&o, &n, path);
+        if recursive {
+            self.stack.pop();
+        }
+    }
+
+    fn compare_inner(&mut self, o: &Shape, n: &Shape, path: &str) {
         let what = subject(path);
         if o.nullable && !n.nullable {
             self.change(
@@ -370,8 +381,8 @@ impl SchemaCompare<'_, '_> {
                 path,
                 format!(
                     "{what} changed type from {} to {}",
-                    describe(&o),
-                    describe(&n)
+                    describe(o),
+                    describe(n)
                 ),
             );
             return;
@@ -411,7 +422,7 @@ impl SchemaCompare<'_, '_> {
             }
             (Some(_), None) | (None, None) => {}
         }
-        self.compare_shapes(&o, &n, path);
+        self.compare_shapes(o, n, path);
     }
 
     /// Fields, map values and array items.
@@ -565,19 +576,20 @@ fn fill(doc: Doc<'_>, schema: &Value, s: &mut Shape, depth: usize) {
                 rest.push(alt);
             }
         }
-        let keyed: Option<Vec<(String, &Value)>> = rest
+        // Each alternative names its variants: a constant, a list of values
+        // (schemars groups undocumented unit variants), or a tag.
+        let keyed: Option<Vec<(String, Option<&Value>)>> = rest
             .iter()
-            .map(|alt| {
-                let (resolved, _) = doc.resolve(alt);
-                schema::variant_key(resolved).map(|k| (k, resolved))
-            })
-            .collect();
+            .map(|alt| alt_keys(doc, alt))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.into_iter().flatten().collect());
         match (keyed, rest.as_slice()) {
-            (_, [only]) if schema::variant_key(doc.resolve(only).0).is_none() => {
+            (_, [only]) if alt_keys(doc, only).is_none() => {
                 fill(doc, only, s, depth + 1);
             }
             (Some(keyed), _) => {
-                for (_, resolved) in &keyed {
+                for alt in &rest {
+                    let (resolved, _) = doc.resolve(alt);
                     if let Some(t) = resolved.as_object() {
                         s.types.extend(
                             schema::types_of(t)
@@ -589,7 +601,7 @@ fn fill(doc: Doc<'_>, schema: &Value, s: &mut Shape, depth: usize) {
                 }
                 let variants = s.variants.get_or_insert_with(BTreeMap::new);
                 for (k, v) in keyed {
-                    variants.insert(k, Some(v.clone()));
+                    variants.insert(k, v.cloned());
                 }
             }
             (None, _) => {
@@ -657,6 +669,28 @@ fn fill(doc: Doc<'_>, schema: &Value, s: &mut Shape, depth: usize) {
     if s.types.is_empty() && s.object.contains_key("properties") {
         s.types.insert("object".to_owned());
     }
+}
+
+/// The variant names a `oneOf` alternative stands for, with the schema of
+/// its content for tagged variants; `None` when it names none.
+fn alt_keys<'v>(doc: Doc<'v>, alt: &'v Value) -> Option<Vec<(String, Option<&'v Value>)>> {
+    let (resolved, _) = doc.resolve(alt);
+    let obj = resolved.as_object()?;
+    if obj.get("const").is_none()
+        && let Some(values) = obj.get("enum").and_then(Value::as_array)
+    {
+        return Some(
+            values
+                .iter()
+                .filter(|v| !v.is_null())
+                .map(|v| (value_key(v), None))
+                .collect(),
+        );
+    }
+    if let Some(c) = obj.get("const") {
+        return Some(vec![(value_key(c), None)]);
+    }
+    schema::variant_key(resolved).map(|k| vec![(k, Some(resolved))])
 }
 
 fn value_key(v: &Value) -> String {
