@@ -2,7 +2,7 @@
 //! every operation that is not a consumer's.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -33,8 +33,8 @@ pub(crate) struct Inner {
     pub(crate) keys: Keys,
     pub(crate) connector: Connector,
     pub(crate) conn: Conn,
-    /// Types this client has already added to the types set.
-    known_types: RwLock<HashSet<String>>,
+    /// Types this client has already added to the types set, with their stream key.
+    stream_keys: RwLock<HashMap<String, Arc<str>>>,
     pub(crate) scheduler_wake: tokio::sync::Notify,
 }
 
@@ -87,7 +87,7 @@ impl Client {
                 config,
                 connector,
                 conn,
-                known_types: RwLock::new(HashSet::new()),
+                stream_keys: RwLock::new(HashMap::new()),
                 scheduler_wake: tokio::sync::Notify::new(),
             }),
         })
@@ -170,13 +170,33 @@ impl Client {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        let mut new_types = Vec::new();
-        for (ty, payload) in events {
-            check_name("event type", ty)?;
-            if self.needs_type_registration(ty) && !new_types.contains(ty) {
-                new_types.push(*ty);
+        let mut new_types: Vec<&str> = Vec::new();
+        let fast = self.inner.config.mode() == Mode::Streams
+            && self.inner.config.layout() == &Layout::PerType
+            && self.inner.config.codec() == Codec::CloudEvents;
+        {
+            // Hot path (per-type streams, CloudEvents): one map lookup gives
+            // the stream key and whether the type is registered.
+            let keys = self.inner.stream_keys.read().expect("not poisoned");
+            for (ty, payload) in events {
+                match keys.get(*ty) {
+                    Some(key) if fast && looks_structured(payload) => {
+                        pipe.cmd("XADD")
+                            .arg(&**key)
+                            .arg("*")
+                            .arg("cloud_event")
+                            .arg(*payload)
+                            .ignore();
+                    }
+                    known => {
+                        check_name("event type", ty)?;
+                        if known.is_none() && self.registers_types() && !new_types.contains(ty) {
+                            new_types.push(ty);
+                        }
+                        add_write(&mut pipe, self.write(ty, payload));
+                    }
+                }
             }
-            add_write(&mut pipe, self.write(ty, payload));
         }
         if !new_types.is_empty() {
             pipe.cmd("SADD")
@@ -186,8 +206,10 @@ impl Client {
         }
         self.run_pipe::<()>("publish", &pipe).await?;
         if !new_types.is_empty() {
-            let mut known = self.inner.known_types.write().expect("not poisoned");
-            known.extend(new_types.iter().map(|t| (*t).to_owned()));
+            let mut known = self.inner.stream_keys.write().expect("not poisoned");
+            for t in new_types {
+                known.insert(t.to_owned(), Arc::from(self.inner.keys.stream(t)));
+            }
         }
         Ok(())
     }
@@ -204,15 +226,9 @@ impl Client {
         self.publish_one(event.ty(), &payload).await
     }
 
-    fn needs_type_registration(&self, ty: &str) -> bool {
-        self.inner.config.mode() == Mode::Streams
-            && self.inner.config.layout() == &Layout::PerType
-            && !self
-                .inner
-                .known_types
-                .read()
-                .expect("not poisoned")
-                .contains(ty)
+    /// Per-type streams: the first publish of a type adds it to `{P}:types`.
+    fn registers_types(&self) -> bool {
+        self.inner.config.mode() == Mode::Streams && self.inner.config.layout() == &Layout::PerType
     }
 
     /// What publishing `payload` as `ty` writes.
@@ -331,7 +347,14 @@ pub(crate) fn source_of(channel_or_type: &str) -> String {
 }
 
 /// Cheap check used on the publish path: a structured CloudEvent always has
-/// a `"specversion"` member.
+/// a `"specversion"` member (usually first).
 pub(crate) fn looks_structured(payload: &[u8]) -> bool {
-    payload.windows(13).any(|w| w == b"\"specversion\"")
+    const NEEDLE: &[u8] = b"\"specversion\"";
+    if payload.get(1..1 + NEEDLE.len()) == Some(NEEDLE) {
+        return true;
+    }
+    payload
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'"' && payload[i..].starts_with(NEEDLE))
 }

@@ -92,6 +92,11 @@ impl PubSubConsumer {
         opts: ConsumerOptions,
     ) -> Result<Self> {
         let keys = client.keys();
+        if matches!(&types, Types::Only(list) if list.is_empty()) {
+            return Err(Error::Unsupported(
+                "a pub/sub consumer needs at least one event type, or Types::All".into(),
+            ));
+        }
         let sub = match &types {
             Types::Only(list) => {
                 Subscription::Channels(list.iter().map(|t| keys.channel(t)).collect())
