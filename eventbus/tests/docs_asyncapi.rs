@@ -308,6 +308,7 @@ fn the_document_validates_against_the_official_parser() {
     std::fs::write(&json, c.to_asyncapi_json()).unwrap();
     std::fs::write(&yaml, c.to_asyncapi_yaml()).unwrap();
     docs_support::validate_asyncapi(&[&json, &yaml]);
+    docs_support::assert_yaml_equals_json(&yaml, &json);
 }
 
 #[test]

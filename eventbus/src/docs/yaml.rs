@@ -138,7 +138,7 @@ mod tests {
 asyncapi: \"3.0.0\"
 b:
   - 1
-  - x: y
+  - x: \"y\"
     z: []
   - - true
     - null

@@ -52,6 +52,36 @@ pub fn validate_asyncapi(files: &[&Path]) {
     }
 }
 
+/// Panics unless the YAML file holds the same data as the JSON file, as
+/// `js-yaml` (the YAML reader of the AsyncAPI tools) reads it.
+pub fn assert_yaml_equals_json(yaml: &Path, json: &Path) {
+    let dir = asyncapi_dir();
+    let script = "import yaml from 'js-yaml'; import { readFileSync } from 'node:fs'; \
+        import { isDeepStrictEqual } from 'node:util'; \
+        const [y, j] = process.argv.slice(1); \
+        const a = yaml.load(readFileSync(y, 'utf8'), { schema: yaml.CORE_SCHEMA }); \
+        const b = JSON.parse(readFileSync(j, 'utf8')); \
+        if (!isDeepStrictEqual(a, b)) { console.error('the YAML and the JSON differ'); process.exit(1); }";
+    let output = Command::new("node")
+        .current_dir(&dir)
+        .args(["--input-type=module", "-e", script])
+        .arg(yaml)
+        .arg(json)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `node` ({e}): install Node.js 18 or newer, then `npm ci --prefix {}`",
+                dir.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A fresh directory under the system temp dir, removed by `Drop`.
 pub struct TempDir(pub PathBuf);
 
