@@ -396,7 +396,7 @@ fn output_does_not_depend_on_registration_order() {
     reversed.reverse();
     let a = Catalog::from_registry(&Registry::build(events(), vec![], vec![]).unwrap(), "svc");
     let b = Catalog::from_registry(&Registry::build(reversed, vec![], vec![]).unwrap(), "svc");
-    for format in Format::ALL {
+    for format in Format::FILES {
         assert_eq!(a.render(format), b.render(format), "{format}");
     }
     assert_eq!(catalog().to_markdown(), catalog().to_markdown());
@@ -435,6 +435,7 @@ fn the_docs_command_prints_each_format() {
         ("asyncapi", Format::AsyncApiJson),
         ("asyncapi-yaml", Format::AsyncApiYaml),
         ("json", Format::Json),
+        ("json-schema", Format::JsonSchema),
     ] {
         let (code, out, err) = run(&["--format", name]);
         assert_eq!((code, err.as_str()), (0, ""));
@@ -444,6 +445,21 @@ fn the_docs_command_prints_each_format() {
     assert_eq!(code, 0);
     assert!(out.contains("\"version\": \"2.0.1\""), "{out}");
 
+    let (code, out, _) = run(&["--format", "json-schema", "--event", "moderate_action"]);
+    assert_eq!(code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(schema, c.event("moderate_action").unwrap().schema);
+    assert_eq!(
+        schema["properties"]["id"]["description"],
+        "The moderated object."
+    );
+    let (code, _, err) = run(&["--format", "json-schema", "--event", "nope"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no event type `nope` in `reviews`; it has: id_user_changed,"),
+        "{err}"
+    );
+
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("--check <FILE>"), "{out}");
@@ -451,7 +467,7 @@ fn the_docs_command_prints_each_format() {
     assert_eq!(code, 2);
     assert!(
         err.contains(
-            "unknown format `pdf`; expected one of: markdown, asyncapi, asyncapi-yaml, json"
+            "unknown format `pdf`; expected one of: markdown, asyncapi, asyncapi-yaml, json, json-schema"
         ),
         "{err}"
     );
@@ -463,7 +479,7 @@ fn the_docs_command_prints_each_format() {
     let out_dir = dir.path().join("docs");
     let (code, _, err) = run(&["--out-dir", out_dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for format in Format::ALL {
+    for format in Format::FILES {
         let written = std::fs::read_to_string(out_dir.join(format.file_name())).unwrap();
         assert_eq!(written, c.render(format));
     }

@@ -56,10 +56,12 @@ pub struct Catalog {
     /// The service name: the default `source` (`/service`) and group prefix.
     pub service: String,
     /// The version written into the AsyncAPI `info` (default `0.0.0`).
+    #[serde(default)]
     pub version: String,
     /// Every event type, by type name.
     pub events: Vec<EventDoc>,
     /// Every handler, by group.
+    #[serde(default)]
     pub handlers: Vec<HandlerDoc>,
     /// Every recurring schedule, by name.
     #[serde(default)]
@@ -75,10 +77,13 @@ pub struct EventDoc {
     pub type_name: String,
     /// The name of the Rust type (without its module path, which is no
     /// concern of other services and changes with every refactoring).
+    #[serde(default)]
     pub rust_type: String,
     /// The doc comment of the Rust type.
+    #[serde(default)]
     pub description: String,
     /// The CloudEvents `source` this service writes: `#[event(source = ...)]`, or `/service`.
+    #[serde(default)]
     pub source: String,
     /// The data field that fills the CloudEvents `subject` (`#[event(subject)]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,9 +109,11 @@ pub struct EventDoc {
     #[serde(default)]
     pub published: bool,
     /// JSON Schema (2020-12, by schemars) of the `data`.
+    #[serde(default)]
     pub schema: Value,
     /// An example `data`, valid against the schema: the schema's own
     /// (`#[schemars(example = ...)]`) if it has one, else built from it.
+    #[serde(default)]
     pub example: Value,
 }
 

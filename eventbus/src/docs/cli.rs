@@ -22,11 +22,13 @@ pub enum Format {
     AsyncApiYaml,
     /// The machine-readable catalogue that the compatibility check reads (`catalog.json`).
     Json,
+    /// The JSON Schema of each event's data, by type (`--event TYPE` for one).
+    JsonSchema,
 }
 
 impl Format {
-    /// Every format, in the order files are written.
-    pub const ALL: [Format; 4] = [
+    /// The formats that `--out-dir` writes and [`assert_up_to_date`] checks, in that order.
+    pub const FILES: [Format; 4] = [
         Format::Markdown,
         Format::Json,
         Format::AsyncApiJson,
@@ -40,6 +42,7 @@ impl Format {
             Format::AsyncApiJson => "asyncapi.json",
             Format::AsyncApiYaml => "asyncapi.yaml",
             Format::Json => "catalog.json",
+            Format::JsonSchema => "schemas.json",
         }
     }
 
@@ -50,6 +53,7 @@ impl Format {
             Format::AsyncApiJson => "asyncapi",
             Format::AsyncApiYaml => "asyncapi-yaml",
             Format::Json => "json",
+            Format::JsonSchema => "json-schema",
         }
     }
 }
@@ -69,8 +73,9 @@ impl FromStr for Format {
             "asyncapi" | "asyncapi-json" => Ok(Format::AsyncApiJson),
             "asyncapi-yaml" | "asyncapi-yml" | "yaml" => Ok(Format::AsyncApiYaml),
             "json" | "catalog" => Ok(Format::Json),
+            "json-schema" | "schema" => Ok(Format::JsonSchema),
             other => Err(format!(
-                "unknown format `{other}`; expected one of: markdown, asyncapi, asyncapi-yaml, json"
+                "unknown format `{other}`; expected one of: markdown, asyncapi, asyncapi-yaml, json, json-schema"
             )),
         }
     }
@@ -83,7 +88,9 @@ Usage: <service> docs [OPTIONS]
 
 Options:
       --format <FORMAT>     markdown (default), asyncapi (AsyncAPI 3.0 JSON), asyncapi-yaml,
-                            json (the machine-readable catalogue that --check reads)
+                            json (the machine-readable catalogue that --check reads),
+                            json-schema (the JSON Schema of each event's data, by type)
+      --event <TYPE>        with --format json-schema: only the schema of TYPE
   -o, --output <FILE>       write to FILE instead of standard output
       --out-dir <DIR>       write every format: events.md, catalog.json, asyncapi.json, asyncapi.yaml
       --check <FILE>        compare with a committed catalogue (JSON); exit 1 on a breaking change
@@ -172,6 +179,7 @@ struct Options {
     out_dir: Option<PathBuf>,
     check: Option<PathBuf>,
     version: Option<String>,
+    event: Option<String>,
 }
 
 fn run(
@@ -203,9 +211,10 @@ fn run(
             "--out-dir" => opts.out_dir = Some(value("--out-dir")?.into()),
             "--check" => opts.check = Some(value("--check")?.into()),
             "--api-version" => opts.version = Some(value("--api-version")?),
+            "--event" => opts.event = Some(value("--event")?),
             other => {
                 return Err(format!(
-                    "unexpected argument `{other}`; expected one of: --format, --output, --out-dir, --check, --api-version, --help"
+                    "unexpected argument `{other}`; expected one of: --format, --event, --output, --out-dir, --check, --api-version, --help"
                 ));
             }
         }
@@ -236,12 +245,31 @@ fn run(
         let _ = writeln!(
             err,
             "wrote {} in {}",
-            Format::ALL.map(Format::file_name).join(", "),
+            Format::FILES.map(Format::file_name).join(", "),
             dir.display()
         );
         return Ok(0);
     }
-    let text = catalog.render(opts.format.unwrap_or(Format::Markdown));
+    let format = opts.format.unwrap_or(Format::Markdown);
+    let text = match (&opts.event, format) {
+        (None, format) => catalog.render(format),
+        (Some(ty), Format::JsonSchema) => {
+            let event = catalog.event(ty).ok_or_else(|| {
+                let known: Vec<&str> = catalog
+                    .events
+                    .iter()
+                    .map(|e| e.type_name.as_str())
+                    .collect();
+                format!(
+                    "no event type `{ty}` in `{}`; it has: {}",
+                    catalog.service,
+                    known.join(", ")
+                )
+            })?;
+            super::schema::pretty(&event.schema)
+        }
+        (Some(_), _) => return Err("`--event` goes with `--format json-schema`".into()),
+    };
     match &opts.output {
         Some(path) => std::fs::write(path, text)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
@@ -252,7 +280,7 @@ fn run(
 
 fn write_files(catalog: &Catalog, dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for format in Format::ALL {
+    for format in Format::FILES {
         std::fs::write(dir.join(format.file_name()), catalog.render(format))?;
     }
     Ok(())
@@ -306,7 +334,7 @@ pub fn assert_up_to_date(catalog: &Catalog, dir: impl AsRef<Path>) {
     }
 
     let mut stale = Vec::new();
-    for format in Format::ALL {
+    for format in Format::FILES {
         let name = format.file_name();
         let want = catalog.render(format);
         match std::fs::read_to_string(dir.join(name)) {

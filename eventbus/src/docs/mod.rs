@@ -14,7 +14,9 @@
 //! - **AsyncAPI 3.0**, JSON or YAML ([`Catalog::to_asyncapi_json`],
 //!   [`Catalog::to_asyncapi_yaml`]), for AsyncAPI tooling;
 //! - **JSON** ([`Catalog::to_json`]), read back by the compatibility check
-//!   ([`compare`], [`assert_compatible`], `docs --check`).
+//!   ([`compare`], [`assert_compatible`], `docs --check`);
+//! - **JSON Schema** of each event's data ([`Catalog::to_json_schemas`]),
+//!   for services in other languages that validate what they receive.
 //!
 //! A service prints its catalogue without extra code through
 //! [`main_if_requested`]: `my-service docs --format asyncapi`. A test keeps
@@ -74,6 +76,17 @@ impl Catalog {
         yaml::to_yaml(&self.to_asyncapi())
     }
 
+    /// The JSON Schema of each event's `data`, by type: one standalone
+    /// JSON Schema (2020-12) per event, for consumers that validate payloads.
+    pub fn to_json_schemas(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .events
+            .iter()
+            .map(|e| (e.type_name.clone(), e.schema.clone()))
+            .collect();
+        schema::pretty(&serde_json::Value::Object(map))
+    }
+
     /// The catalogue in `format`.
     pub fn render(&self, format: Format) -> String {
         match format {
@@ -81,6 +94,7 @@ impl Catalog {
             Format::AsyncApiJson => self.to_asyncapi_json(),
             Format::AsyncApiYaml => self.to_asyncapi_yaml(),
             Format::Json => self.to_json(),
+            Format::JsonSchema => self.to_json_schemas(),
         }
     }
 }
