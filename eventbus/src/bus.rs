@@ -154,14 +154,11 @@ impl Bus {
         if info.is_deprecated() {
             self.warn_deprecated(info);
         }
-        let source = match info.source {
-            Some(s) => codec::normalize_source(s),
-            None => std::borrow::Cow::Borrowed(self.inner.source.as_str()),
-        };
+        let source = info.source.unwrap_or(&self.inner.source);
         let now = SystemTime::now();
         let stamp = Stamp {
             id: codec::new_event_id(now),
-            source: &source,
+            source,
             time: now,
         };
         let payload = codec::encode(event, stamp).map_err(|source| Error::Encode {

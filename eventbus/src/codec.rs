@@ -125,7 +125,14 @@ where
     T: serde::de::DeserializeOwned,
     F: Fn(&str) -> bool,
 {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // Validating UTF-8 once for the whole message is far cheaper than per string.
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(DecodeError::new(
+            None,
+            "message is not JSON: it is not valid UTF-8",
+        ));
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let fast = serde::de::DeserializeSeed::deserialize(
         TypedSeed::<T, &F> {
             direct: &direct,
@@ -152,6 +159,31 @@ where
                 Ok((attrs, None))
             }
         }
+    }
+}
+
+/// A string borrowed from the input when it has no escapes.
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -189,15 +221,17 @@ where
         let (mut subject, mut time, mut datacontenttype) = (None, None, None);
         let mut data: Option<&'de RawValue> = None;
         let mut value: Option<T> = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             match &*key {
-                "specversion" => specversion = Some(map.next_value::<Cow<'de, str>>()?),
-                "id" => id = Some(map.next_value::<Cow<'de, str>>()?),
-                "type" => ty = Some(map.next_value::<Cow<'de, str>>()?),
-                "source" => source = Some(map.next_value::<Cow<'de, str>>()?),
-                "subject" => subject = map.next_value::<Option<Cow<'de, str>>>()?,
-                "time" => time = map.next_value::<Option<Cow<'de, str>>>()?,
-                "datacontenttype" => datacontenttype = map.next_value::<Option<Cow<'de, str>>>()?,
+                "specversion" => specversion = Some(map.next_value::<Str<'de>>()?.0),
+                "id" => id = Some(map.next_value::<Str<'de>>()?.0),
+                "type" => ty = Some(map.next_value::<Str<'de>>()?.0),
+                "source" => source = Some(map.next_value::<Str<'de>>()?.0),
+                "subject" => subject = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
+                "time" => time = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
+                "datacontenttype" => {
+                    datacontenttype = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0)
+                }
                 "data" => match &ty {
                     Some(t) if (self.direct)(t) => value = Some(map.next_value::<T>()?),
                     _ => data = Some(map.next_value::<&'de RawValue>()?),
@@ -280,27 +314,13 @@ fn short_type_name<T>() -> &'static str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
-/// The attributes a publish sets besides the event's own.
+/// The attributes a publish sets besides the event's own (`source` is
+/// written as `/source` unless it starts with `/` or is an absolute URI).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stamp<'a> {
     pub id: uuid::Uuid,
     pub source: &'a str,
     pub time: SystemTime,
-}
-
-#[derive(Serialize)]
-#[serde(bound(serialize = "T: Serialize, S: fmt::Display"))]
-struct Envelope<'a, T, S> {
-    specversion: &'static str,
-    id: &'a str,
-    #[serde(rename = "type")]
-    ty: &'a str,
-    source: &'a str,
-    datacontenttype: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    subject: Option<AsStr<S>>,
-    time: &'a str,
-    data: &'a T,
 }
 
 /// Serializes a `Display` value as a JSON string without an intermediate `String`.
@@ -375,26 +395,54 @@ pub(crate) fn new_event_id(now: SystemTime) -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid()
 }
 
-/// Writes `event` as structured-mode CloudEvents JSON.
+/// Whether `s` can be written between JSON quotes as it is.
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+}
+
+/// Writes `s` as a JSON string, escaping only when it has to.
+fn put_str(buf: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    if plain(s) {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(&mut *buf, s)
+    }
+}
+
+/// Writes `event` as structured-mode CloudEvents JSON: the same members in
+/// the same order as cloudevents-sdk, attributes copied without an escaping
+/// pass when they need none, `data` from the payload's own `Serialize`.
 pub(crate) fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json::Error> {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
     let mut id_buf = uuid::Uuid::encode_buffer();
-    let id = stamp.id.hyphenated().encode_lower(&mut id_buf);
+    buf.extend_from_slice(stamp.id.hyphenated().encode_lower(&mut id_buf).as_bytes());
+    buf.extend_from_slice(b"\",\"type\":");
+    put_str(&mut buf, E::TYPE)?;
+    buf.extend_from_slice(b",\"source\":");
+    if needs_slash(stamp.source) && plain(stamp.source) {
+        buf.extend_from_slice(b"\"/");
+        buf.extend_from_slice(stamp.source.as_bytes());
+        buf.push(b'"');
+    } else {
+        put_str(&mut buf, &normalize_source(stamp.source))?;
+    }
+    buf.extend_from_slice(b",\"datacontenttype\":\"application/json\"");
+    if let Some(subject) = event.subject() {
+        buf.extend_from_slice(b",\"subject\":");
+        serde_json::to_writer(&mut buf, &AsStr(subject))?;
+    }
+    buf.extend_from_slice(b",\"time\":\"");
     let mut time_buf = [0u8; 27];
-    let envelope = Envelope {
-        specversion: SPEC_VERSION,
-        id,
-        ty: E::TYPE,
-        source: stamp.source,
-        datacontenttype: "application/json",
-        subject: event.subject().map(AsStr),
-        time: {
-            Rfc3339(stamp.time).write(&mut time_buf);
-            std::str::from_utf8(&time_buf).unwrap_or_default()
-        },
-        data: event,
-    };
-    let mut buf = Vec::with_capacity(192);
-    serde_json::to_writer(&mut buf, &envelope)?;
+    Rfc3339(stamp.time).write(&mut time_buf);
+    buf.extend_from_slice(&time_buf);
+    buf.extend_from_slice(b"\",\"data\":");
+    serde_json::to_writer(&mut buf, event)?;
+    buf.push(b'}');
     Ok(Bytes::from(buf))
 }
 
@@ -413,28 +461,31 @@ pub fn decode_cloudevent(bytes: &[u8]) -> Result<cloudevents::Event, DecodeError
 
 /// Decodes a typed event from a structured CloudEvent (`type` must match `E` or one of its aliases).
 pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, DecodeError> {
-    let attrs = Attributes::parse(bytes)?;
-    let info = E::info();
-    if attrs.ty != E::TYPE && !info.aliases.contains(&&*attrs.ty) {
-        return Err(DecodeError::new(
+    let aliases = E::info().aliases;
+    match parse_typed::<E, _>(bytes, |ty| ty == E::TYPE || aliases.contains(&ty))? {
+        (_, Some(event)) => Ok(event),
+        (attrs, None) => Err(DecodeError::new(
             Some(&attrs.ty),
             format!(
                 "expected an event of type `{}`, got `{}`",
                 E::TYPE,
                 attrs.ty
             ),
-        ));
+        )),
     }
-    attrs.data_as()
 }
 
 /// `source` as written on the wire: `/service` for a bare name.
 pub(crate) fn normalize_source(source: &str) -> Cow<'_, str> {
-    if source.starts_with('/') || source.contains(':') {
-        Cow::Borrowed(source)
-    } else {
+    if needs_slash(source) {
         Cow::Owned(format!("/{source}"))
+    } else {
+        Cow::Borrowed(source)
     }
+}
+
+fn needs_slash(source: &str) -> bool {
+    !(source.starts_with('/') || source.contains(':'))
 }
 
 #[cfg(test)]
