@@ -297,8 +297,11 @@ impl PostgresServer {
             pid = std::process::id(),
             dir = dir.display(),
         );
+        use std::os::unix::process::CommandExt;
         Command::new("sh")
             .args(["-c", &script])
+            // Its own process group: it must outlive a kill of the test's group.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
