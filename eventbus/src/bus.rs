@@ -715,10 +715,10 @@ impl BusBuilder {
 }
 
 fn default_service() -> String {
-    if let Ok(s) = std::env::var("EVENTBUS_SERVICE") {
-        if !s.trim().is_empty() {
-            return s.trim().to_owned();
-        }
+    if let Ok(s) = std::env::var("EVENTBUS_SERVICE")
+        && !s.trim().is_empty()
+    {
+        return s.trim().to_owned();
     }
     std::env::current_exe()
         .ok()

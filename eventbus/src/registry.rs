@@ -122,32 +122,32 @@ impl Registry {
         handlers.sort_by_key(|h| (h.meta.module_path, h.meta.name, h.meta.group));
         let mut groups: BTreeMap<String, String> = BTreeMap::new();
         for h in &handlers {
-            if let Some(ty) = h.event_type() {
-                if !by_type.contains_key(ty) {
-                    problems.push(format!(
-                        "handler `{}` takes the event type `{ty}`, which is not registered; is its crate linked (`use the_crate as _;`)?",
-                        handler_path(h)
-                    ));
-                }
+            if let Some(ty) = h.event_type()
+                && !by_type.contains_key(ty)
+            {
+                problems.push(format!(
+                    "handler `{}` takes the event type `{ty}`, which is not registered; is its crate linked (`use the_crate as _;`)?",
+                    handler_path(h)
+                ));
             }
-            if let Some(group) = h.meta.group {
-                if let Some(prev) = groups.insert(group.to_owned(), handler_path(h)) {
-                    problems.push(format!(
-                        "handlers `{prev}` and `{}` both use the group `{group}`; a group is one handler's queue, give each its own",
-                        handler_path(h)
-                    ));
-                }
+            if let Some(group) = h.meta.group
+                && let Some(prev) = groups.insert(group.to_owned(), handler_path(h))
+            {
+                problems.push(format!(
+                    "handlers `{prev}` and `{}` both use the group `{group}`; a group is one handler's queue, give each its own",
+                    handler_path(h)
+                ));
             }
         }
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for h in &handlers {
-            if h.meta.group.is_none() {
-                if let Some(prev) = names.insert(h.meta.name, h.meta.module_path) {
-                    problems.push(format!(
-                        "two handlers are named `{}` (in `{prev}` and `{}`), so both would get the group `<service>.{}`; set `group = \"...\"` on one",
-                        h.meta.name, h.meta.module_path, h.meta.name
-                    ));
-                }
+            if h.meta.group.is_none()
+                && let Some(prev) = names.insert(h.meta.name, h.meta.module_path)
+            {
+                problems.push(format!(
+                    "two handlers are named `{}` (in `{prev}` and `{}`), so both would get the group `<service>.{}`; set `group = \"...\"` on one",
+                    h.meta.name, h.meta.module_path, h.meta.name
+                ));
             }
         }
 
@@ -215,11 +215,11 @@ impl Registry {
             types.extend(info.aliases.iter().copied());
         }
         for info in self.events.values() {
-            if info.replaced_by == Some(event_type) {
-                if let Some(up) = info.upcast {
-                    types.push(info.type_name);
-                    upcasts.push((info.type_name, up));
-                }
+            if info.replaced_by == Some(event_type)
+                && let Some(up) = info.upcast
+            {
+                types.push(info.type_name);
+                upcasts.push((info.type_name, up));
             }
         }
         Routes { types, upcasts }
