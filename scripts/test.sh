@@ -20,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
 fi
 
+echo "==> the AsyncAPI validator (official @asyncapi/parser)"
+npm ci --prefix scripts/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
