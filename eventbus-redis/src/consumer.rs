@@ -31,6 +31,9 @@ pub enum StartFrom {
     Latest,
     /// Every event still in the stream (`0`).
     Earliest,
+    /// Events published at or after this time (a group declared before the
+    /// consumer started misses nothing published in between).
+    Since(std::time::SystemTime),
 }
 
 /// Tuning of a consumer. The defaults suit handlers that finish well within a minute.
@@ -106,6 +109,24 @@ impl EntryId {
             ms: ms.parse().ok()?,
             seq: seq.parse().ok()?,
         })
+    }
+
+    /// Packs the id into 128 bits (for callers that carry ids as numbers);
+    /// [`EntryId::from_bits`] unpacks it. The layout is not a stable format.
+    pub fn to_bits(&self) -> u128 {
+        // ms < 2^48 until the year 10889; at most 2^16 streams per consumer.
+        (u128::from(self.ms & 0xFFFF_FFFF_FFFF) << 80)
+            | (u128::from(self.stream & 0xFFFF) << 64)
+            | u128::from(self.seq)
+    }
+
+    /// The id packed by [`EntryId::to_bits`].
+    pub fn from_bits(bits: u128) -> Self {
+        EntryId {
+            ms: (bits >> 80) as u64,
+            stream: ((bits >> 64) & 0xFFFF) as u32,
+            seq: bits as u64,
+        }
     }
 
     /// The Redis stream entry id's milliseconds part (0 for pub/sub).

@@ -117,10 +117,19 @@ pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn start_id(start: StartFrom) -> &'static str {
+fn start_id(start: StartFrom) -> String {
     match start {
-        StartFrom::Latest => "$",
-        StartFrom::Earliest => "0",
+        StartFrom::Latest => "$".to_owned(),
+        StartFrom::Earliest => "0".to_owned(),
+        // Entry ids start with their Unix time in ms: `<ms>-0` is the first
+        // id at or after that time.
+        StartFrom::Since(t) => {
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            format!("{}-{}", ms.saturating_sub(1), u64::MAX)
+        }
     }
 }
 
@@ -202,7 +211,7 @@ impl StreamConsumer {
             .filter(|k| *k != replay)
             .collect();
         consumer
-            .ensure_groups(&streams, start_id(consumer.opts.start))
+            .ensure_groups(&streams, &start_id(consumer.opts.start))
             .await?;
         consumer.ensure_groups(&[replay], "0").await?;
         tracing::debug!(group, consumer = %consumer.name, streams = streams.len(), "stream consumer ready");
