@@ -597,3 +597,40 @@ async fn context_carries_metadata_and_state() {
     );
     test.stop().await.unwrap();
 }
+
+/// Regression: `next` and `ack` once took two locks in opposite orders and
+/// deadlocked under load on a multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_and_ack_on_two_threads_do_not_deadlock() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let handler = HandlerDef::new("busy", move |_p: Ping| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .concurrency(16);
+    let bus = Bus::builder()
+        .without_registered()
+        .handler(handler)
+        .build()
+        .await
+        .unwrap();
+    let running = bus.spawn();
+    for round in 0..10 {
+        bus.publish_batch((0..2_000).map(|n| Ping { n }))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while count.load(Ordering::Relaxed) < (round + 1) * 2_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stuck at {}",
+                count.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    running.shutdown().await.unwrap();
+}

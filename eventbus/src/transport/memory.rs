@@ -112,8 +112,8 @@ struct Group {
 #[derive(Default)]
 struct GroupQueue {
     ready: VecDeque<(Bytes, u32)>,
-    /// Handed out, not yet acked: id -> (payload, attempt).
-    in_flight: HashMap<u64, (Bytes, u32)>,
+    /// Handed out, not yet acked: id -> (payload, attempt, subscriber).
+    in_flight: HashMap<u64, (Bytes, u32, u64)>,
     next_id: u64,
     /// Retries waiting for their delay.
     delayed: usize,
@@ -323,10 +323,11 @@ impl Transport for MemoryTransport {
 
     fn subscribe<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>> {
         let group = self.group(group);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let sub: Box<dyn Subscriber> = Box::new(MemorySubscriber {
             transport: self.clone(),
             group,
-            mine: Mutex::new(HashSet::new()),
+            me: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         Box::pin(std::future::ready(Ok(sub)))
     }
@@ -368,17 +369,21 @@ impl Transport for MemoryTransport {
 struct MemorySubscriber {
     transport: MemoryTransport,
     group: Arc<Group>,
-    /// Ids handed to this subscriber and not yet settled.
-    mine: Mutex<HashSet<u64>>,
+    /// This subscriber's id, recorded with each delivery it is handed.
+    me: u64,
 }
 
 impl MemorySubscriber {
+    /// Removes a delivery this subscriber holds.
     fn take(&self, id: DeliveryId) -> Option<(Bytes, u32)> {
         let id = id.0 as u64;
-        if !self.mine.lock().remove(&id) {
-            return None;
+        let mut q = self.group.queue.lock();
+        match q.in_flight.get(&id) {
+            Some((_, _, owner)) if *owner == self.me => {
+                q.in_flight.remove(&id).map(|(p, a, _)| (p, a))
+            }
+            _ => None,
         }
-        self.group.queue.lock().in_flight.remove(&id)
     }
 }
 
@@ -395,15 +400,13 @@ impl Subscriber for MemorySubscriber {
                     if !q.ready.is_empty() {
                         let n = q.ready.len().min(max);
                         let mut out = Vec::with_capacity(n);
-                        let mut mine = self.mine.lock();
                         for _ in 0..n {
                             let Some((payload, attempt)) = q.ready.pop_front() else {
                                 break;
                             };
                             let id = q.next_id;
                             q.next_id += 1;
-                            q.in_flight.insert(id, (payload.clone(), attempt));
-                            mine.insert(id);
+                            q.in_flight.insert(id, (payload.clone(), attempt, self.me));
                             out.push(Delivery {
                                 id: DeliveryId(u128::from(id)),
                                 payload,
@@ -423,11 +426,13 @@ impl Subscriber for MemorySubscriber {
     }
 
     fn ack<'a>(&'a self, ids: &'a [DeliveryId]) -> BoxFuture<'a, Result<()>> {
-        let mut mine = self.mine.lock();
         let mut q = self.group.queue.lock();
         for id in ids {
             let id = id.0 as u64;
-            if mine.remove(&id) {
+            if q.in_flight
+                .get(&id)
+                .is_some_and(|(_, _, owner)| *owner == self.me)
+            {
                 q.in_flight.remove(&id);
             }
         }
@@ -485,14 +490,19 @@ impl Subscriber for MemorySubscriber {
 impl Drop for MemorySubscriber {
     fn drop(&mut self) {
         // At-least-once: whatever this subscriber did not settle goes back.
-        let mine = std::mem::take(&mut *self.mine.lock());
+        let mut q = self.group.queue.lock();
+        let mine: Vec<u64> = q
+            .in_flight
+            .iter()
+            .filter(|(_, (_, _, owner))| *owner == self.me)
+            .map(|(id, _)| *id)
+            .collect();
         if mine.is_empty() {
             return;
         }
-        let mut q = self.group.queue.lock();
         let mut back: Vec<(u64, Bytes, u32)> = mine
             .into_iter()
-            .filter_map(|id| q.in_flight.remove(&id).map(|(p, a)| (id, p, a)))
+            .filter_map(|id| q.in_flight.remove(&id).map(|(p, a, _)| (id, p, a)))
             .collect();
         back.sort_by_key(|(id, _, _)| Reverse(*id));
         for (_, payload, attempt) in back {
