@@ -1,0 +1,1018 @@
+//! End-to-end load test of eventbus on Redis, against raw `redis`-crate loops
+//! doing the same Redis work on the same payload bytes, in the same run.
+//!
+//! ```text
+//! cargo run --release --example loadgen --features redis -- \
+//!     [--url redis://127.0.0.1:PORT] [--events N] [--rate R] [--rounds K] \
+//!     [--latency-secs S] [--concurrency C] [--only SCENARIO,...]
+//! ```
+//!
+//! Without `--url` it starts a private `redis-server` on a free loopback port
+//! (never 6379) and stops it at the end. Every key it writes carries a
+//! `loadgen` prefix unique to the run and is deleted afterwards.
+//!
+//! Scenarios (raw loop and eventbus alternate inside every round, the order
+//! flipping from round to round, because the machine may be shared; each
+//! figure is the median over the rounds):
+//! - `e2e`: publish N typed events with `bus.publish_batch` (100 per call)
+//!   while one typed handler consumes them, until all are handled and acked;
+//!   raw: pipelined `XADD` (100 per pipeline) while a consumer task loops
+//!   `XREADGROUP COUNT 256 BLOCK` + `XACK` of what it read.
+//! - `publish-batch`, `publish-concurrent`: `bus.publish_batch` of 100, and 64
+//!   tasks calling `bus.publish` one event at a time; raw: pipelined `XADD`.
+//! - `pubsub-publish`, `pubsub-concurrent`: the same in `?mode=pubsub`; raw:
+//!   pipelined `PUBLISH`.
+//! - `pubsub-deliver`: pub/sub publish (100 per call) to a typed handler;
+//!   every event that does not reach the handler is counted as lost; raw: a
+//!   redis-rs subscriber counting messages.
+//! - `latency`: `bus.publish` paced at R events/s to a typed handler; the
+//!   publish→handle latency is the handler's clock minus a timestamp the
+//!   publisher put in the payload (same process, same clock); raw: `XADD`
+//!   paced the same, consumer blocked in `XREADGROUP`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use eventbus::{Bus, Context, Event, HandlerDef};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// The event of every scenario: a realistic small payload plus the time it
+/// was handed to the publisher.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Event)]
+#[event("loadgen_tick")]
+struct Tick {
+    id: uuid::Uuid,
+    seq: u64,
+    /// Unix time in ns when the publisher created the event.
+    sent_ns: u64,
+}
+
+const BATCH: usize = 100;
+const CONCURRENT: usize = 64;
+const SERVICE: &str = "loadgen";
+const GROUP: &str = "loadgen.on_tick";
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn tick(seq: u64) -> Tick {
+    Tick {
+        id: uuid::Uuid::from_u128(0x0191_d3c4_0000_7000_8000_0000_0000_0000 | u128::from(seq)),
+        seq,
+        sent_ns: now_ns(),
+    }
+}
+
+// ---- measurement ----------------------------------------------------------
+
+/// What a handler (or a raw consumer) saw: how many events, and their latencies.
+struct Probe {
+    seen: AtomicUsize,
+    target: usize,
+    done: Notify,
+    /// Unix ns of the last event seen.
+    last_ns: AtomicU64,
+    lat_ns: Mutex<Vec<u64>>,
+}
+
+impl Probe {
+    fn new(target: usize) -> Arc<Self> {
+        Arc::new(Probe {
+            seen: AtomicUsize::new(0),
+            target,
+            done: Notify::new(),
+            last_ns: AtomicU64::new(0),
+            lat_ns: Mutex::new(Vec::with_capacity(target)),
+        })
+    }
+
+    fn hit(&self, sent_ns: u64) {
+        let now = now_ns();
+        self.lat_ns
+            .lock()
+            .expect("not poisoned")
+            .push(now.saturating_sub(sent_ns));
+        self.last_ns.store(now, Ordering::Relaxed);
+        if self.seen.fetch_add(1, Ordering::AcqRel) + 1 == self.target {
+            self.done.notify_one();
+        }
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    fn latency(&self) -> Option<Lat> {
+        let mut v = std::mem::take(&mut *self.lat_ns.lock().expect("not poisoned"));
+        Lat::of(&mut v)
+    }
+}
+
+/// The one typed handler of every consuming scenario.
+async fn on_tick(event: Tick, ctx: Context) {
+    ctx.state::<Arc<Probe>>().hit(event.sent_ns);
+}
+
+/// Latency percentiles, in ns.
+#[derive(Debug, Clone, Copy)]
+struct Lat {
+    p50: u64,
+    p99: u64,
+    max: u64,
+}
+
+impl Lat {
+    fn of(v: &mut [u64]) -> Option<Lat> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Lat {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// One measurement of one side (raw or eventbus) in one round.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    /// Events per second.
+    rate: f64,
+    lat: Option<Lat>,
+    /// Events that never arrived (pub/sub delivery).
+    lost: Option<usize>,
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn median_u64(v: Vec<u64>) -> u64 {
+    median(v.into_iter().map(|x| x as f64).collect()) as u64
+}
+
+// ---- the environment -------------------------------------------------------
+
+struct Env {
+    url: String,
+    raw: redis::Client,
+    /// The structured CloudEvent eventbus writes for a `Tick`, and where its
+    /// `sent_ns` digits are (raw loops stamp the same bytes in place).
+    template: Vec<u8>,
+    stamp_at: usize,
+    run_id: String,
+    next: AtomicUsize,
+    concurrency: Option<u32>,
+}
+
+impl Env {
+    fn unique(&self, what: &str) -> String {
+        format!(
+            "{}-{what}-{}",
+            self.run_id,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// `url` with `options` added to its query.
+    fn url_with(&self, options: &str) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}{options}", self.url)
+    }
+
+    /// The template payload with `sent_ns` = now.
+    fn stamped(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.template);
+        let ns = now_ns().to_string();
+        debug_assert_eq!(ns.len(), 19);
+        buf[self.stamp_at..self.stamp_at + 19].copy_from_slice(ns.as_bytes());
+    }
+
+    async fn bus(
+        &self,
+        prefix: &str,
+        mode: &str,
+        probe: Option<Arc<Probe>>,
+    ) -> anyhow::Result<Bus> {
+        let mut builder = Bus::builder().service(SERVICE).without_registered();
+        if let Some(probe) = probe {
+            let mut h = HandlerDef::new("on_tick", on_tick);
+            if let Some(c) = self.concurrency {
+                h = h.concurrency(c);
+            }
+            builder = builder.handler(h).state(probe);
+        }
+        let url = self.url_with(&format!("prefix={prefix}&mode={mode}"));
+        Ok(builder.connect(&url).await?)
+    }
+
+    /// Deletes every key starting with `prefix` (and `{prefix}`).
+    async fn cleanup(&self, prefix: &str) -> anyhow::Result<()> {
+        let mut conn = self.raw.get_multiplexed_async_connection().await?;
+        for pattern in [format!("{prefix}*"), format!("{{{prefix}}}*")] {
+            let keys: Vec<String> = {
+                let mut iter = conn.scan_match::<_, String>(pattern).await?;
+                let mut keys = Vec::new();
+                while let Some(k) = futures_next(&mut iter).await {
+                    keys.push(k);
+                }
+                keys
+            };
+            for chunk in keys.chunks(500) {
+                let _: () = conn.del(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn futures_next<T>(iter: &mut redis::AsyncIter<'_, T>) -> Option<T>
+where
+    T: redis::FromRedisValue + Unpin + Send,
+{
+    iter.next_item().await.and_then(Result::ok)
+}
+
+/// The `sent_ns` of a stamped payload.
+fn sent_ns_of(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sent_ns\":";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = payload.get(at..at + 19)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn field_bytes(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}
+
+async fn wait_done(probe: &Probe, what: &str) -> anyhow::Result<()> {
+    let deadline = Duration::from_secs(120);
+    tokio::time::timeout(deadline, probe.done.notified())
+        .await
+        .with_context(|| {
+            format!(
+                "{what}: only {} of {} events handled after {deadline:?}",
+                probe.seen(),
+                probe.target
+            )
+        })
+}
+
+/// Waits until the group has no pending entry on the stream (all acked).
+async fn wait_acked(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(GROUP)
+            .query_async(conn)
+            .await?;
+        let pending = match &summary {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => *n,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if pending == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{pending} entries still unacked after 30 s");
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+// ---- scenarios ---------------------------------------------------------------
+
+/// Streams end to end through the bus: publish_batch → typed handler → ack.
+async fn bus_e2e(env: &Env, n: usize) -> anyhow::Result<Sample> {
+    let prefix = env.unique("e2e");
+    let probe = Probe::new(n);
+    let bus = env.bus(&prefix, "streams", Some(probe.clone())).await?;
+    let mut conn = env.raw.get_multiplexed_async_connection().await?;
+    let running = bus.spawn();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let mut seq = 0;
+    while seq < n as u64 {
+        let end = (seq + BATCH as u64).min(n as u64);
+        bus.publish_batch((seq..end).map(tick)).await?;
+        seq = end;
+    }
+    wait_done(&probe, "eventbus e2e").await?;
+    wait_acked(&mut conn, &format!("{{{prefix}}}:stream:{}", Tick::TYPE)).await?;
+    let took = start.elapsed();
+    running.shutdown().await?;
+    env.cleanup(&prefix).await?;
+    Ok(Sample {
+        rate: rate(n, took),
+        lat: probe.latency(),
+        lost: None,
+    })
+}
+
+/// Raw: pipelined XADD while a consumer task loops XREADGROUP + XACK.
+async fn raw_e2e(env: &Env, n: usize) -> anyhow::Result<Sample> {
+    let key = env.unique("raw-e2e");
+    let mut publ = env.raw.get_multiplexed_async_connection().await?;
+    let mut cons = env.raw.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut publ)
+        .await?;
+    let probe = Probe::new(n);
+    let start = Instant::now();
+    let consumer = {
+        let (key, probe) = (key.clone(), probe.clone());
+        tokio::spawn(async move {
+            let opts = redis::streams::StreamReadOptions::default()
+                .group("g", "raw")
+                .count(256)
+                .block(1000);
+            while probe.seen() < n {
+                let reply: redis::streams::StreamReadReply =
+                    cons.xread_options(&[&key], &[">"], &opts).await?;
+                let mut ids = Vec::new();
+                for k in &reply.keys {
+                    for e in &k.ids {
+                        if let Some(ns) = e
+                            .map
+                            .get("cloud_event")
+                            .and_then(field_bytes)
+                            .and_then(sent_ns_of)
+                        {
+                            probe.hit(ns);
+                        }
+                        ids.push(e.id.as_str());
+                    }
+                }
+                if !ids.is_empty() {
+                    let _: () = cons.xack(&key, "g", &ids).await?;
+                }
+            }
+            Ok::<_, redis::RedisError>(())
+        })
+    };
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    while sent < n {
+        let mut pipe = redis::pipe();
+        for _ in 0..BATCH.min(n - sent) {
+            env.stamped(&mut buf);
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("cloud_event")
+                .arg(&buf[..])
+                .ignore();
+            sent += 1;
+        }
+        pipe.query_async::<()>(&mut publ).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(120), consumer)
+        .await
+        .context("raw e2e: consumer did not finish")???;
+    let took = start.elapsed();
+    let _: () = publ.del(&key).await?;
+    Ok(Sample {
+        rate: rate(n, took),
+        lat: probe.latency(),
+        lost: None,
+    })
+}
+
+/// `bus.publish_batch` of 100, one call at a time (`concurrent` = false), or
+/// `CONCURRENT` tasks each calling `bus.publish` for one event at a time.
+async fn bus_publish(env: &Env, n: usize, mode: &str, concurrent: bool) -> anyhow::Result<Sample> {
+    let prefix = env.unique("pub");
+    let bus = env.bus(&prefix, mode, None).await?;
+    // The first publish of a type registers it; keep that out of the timing.
+    bus.publish(tick(0)).await?;
+    let start = Instant::now();
+    if concurrent {
+        let per = n / CONCURRENT;
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..CONCURRENT {
+            let bus = bus.clone();
+            tasks.spawn(async move {
+                for i in 0..per {
+                    bus.publish(tick((t * per + i) as u64)).await?;
+                }
+                Ok::<_, eventbus::Error>(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+    } else {
+        let mut seq = 0;
+        while seq < n as u64 {
+            let end = (seq + BATCH as u64).min(n as u64);
+            bus.publish_batch((seq..end).map(tick)).await?;
+            seq = end;
+        }
+    }
+    let took = start.elapsed();
+    let n = if concurrent {
+        n / CONCURRENT * CONCURRENT
+    } else {
+        n
+    };
+    env.cleanup(&prefix).await?;
+    Ok(Sample {
+        rate: rate(n, took),
+        ..Sample::default()
+    })
+}
+
+/// Raw pipelined XADD (or PUBLISH), 100 per pipeline.
+async fn raw_publish(env: &Env, n: usize, command: &str) -> anyhow::Result<Sample> {
+    let key = env.unique("raw-pub");
+    let mut conn = env.raw.get_multiplexed_async_connection().await?;
+    let mut buf = Vec::new();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let mut pipe = redis::pipe();
+        for _ in 0..BATCH.min(n - sent) {
+            env.stamped(&mut buf);
+            match command {
+                "XADD" => pipe
+                    .cmd("XADD")
+                    .arg(&key)
+                    .arg("*")
+                    .arg("cloud_event")
+                    .arg(&buf[..])
+                    .ignore(),
+                _ => pipe.cmd("PUBLISH").arg(&key).arg(&buf[..]).ignore(),
+            };
+            sent += 1;
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+    let took = start.elapsed();
+    let _: () = conn.del(&key).await?;
+    Ok(Sample {
+        rate: rate(n, took),
+        ..Sample::default()
+    })
+}
+
+/// Waits until `channel` has a subscriber.
+async fn wait_subscribed(env: &Env, channel: &str) -> anyhow::Result<()> {
+    let mut conn = env.raw.get_multiplexed_async_connection().await?;
+    let start = Instant::now();
+    loop {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut conn)
+            .await?;
+        if n > 0 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("nobody subscribed to {channel} after 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `probe` saw every event, or saw nothing new for a while.
+async fn wait_quiet(probe: &Probe) {
+    let mut last = probe.seen();
+    loop {
+        tokio::select! {
+            _ = probe.done.notified() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let now = probe.seen();
+                if now == last {
+                    return;
+                }
+                last = now;
+            }
+        }
+    }
+}
+
+fn delivery_sample(probe: &Probe, n: usize, start_ns: u64) -> Sample {
+    let seen = probe.seen();
+    let last = probe.last_ns.load(Ordering::Relaxed);
+    let took = Duration::from_nanos(last.saturating_sub(start_ns));
+    Sample {
+        rate: rate(seen, took),
+        lat: probe.latency(),
+        lost: Some(n - seen.min(n)),
+    }
+}
+
+/// Pub/sub: publish_batch to a typed handler; counts what never arrived.
+async fn bus_pubsub_deliver(env: &Env, n: usize) -> anyhow::Result<Sample> {
+    let prefix = env.unique("ps");
+    let probe = Probe::new(n);
+    let bus = env.bus(&prefix, "pubsub", Some(probe.clone())).await?;
+    let running = bus.spawn();
+    wait_subscribed(env, &format!("{prefix}:{}", Tick::TYPE)).await?;
+    let start_ns = now_ns();
+    let mut seq = 0;
+    while seq < n as u64 {
+        let end = (seq + BATCH as u64).min(n as u64);
+        bus.publish_batch((seq..end).map(tick)).await?;
+        seq = end;
+    }
+    wait_quiet(&probe).await;
+    running.shutdown().await?;
+    Ok(delivery_sample(&probe, n, start_ns))
+}
+
+/// Raw pub/sub: pipelined PUBLISH to a redis-rs subscriber that counts.
+async fn raw_pubsub_deliver(env: &Env, n: usize) -> anyhow::Result<Sample> {
+    use futures::StreamExt;
+    let channel = env.unique("raw-ps");
+    let probe = Probe::new(n);
+    let mut ps = env.raw.get_async_pubsub().await?;
+    ps.subscribe(&channel).await?;
+    let sub = {
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            let mut stream = ps.on_message();
+            while let Some(msg) = stream.next().await {
+                if let Some(ns) = sent_ns_of(msg.get_payload_bytes()) {
+                    probe.hit(ns);
+                }
+                if probe.seen() >= n {
+                    break;
+                }
+            }
+        })
+    };
+    let mut conn = env.raw.get_multiplexed_async_connection().await?;
+    let mut buf = Vec::new();
+    let start_ns = now_ns();
+    let mut sent = 0;
+    while sent < n {
+        let mut pipe = redis::pipe();
+        for _ in 0..BATCH.min(n - sent) {
+            env.stamped(&mut buf);
+            pipe.cmd("PUBLISH").arg(&channel).arg(&buf[..]).ignore();
+            sent += 1;
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+    wait_quiet(&probe).await;
+    sub.abort();
+    Ok(delivery_sample(&probe, n, start_ns))
+}
+
+/// Paced `bus.publish` at `rate`/s to a typed handler on Streams.
+async fn bus_latency(env: &Env, n: usize, rate: u64) -> anyhow::Result<Sample> {
+    let prefix = env.unique("lat");
+    let probe = Probe::new(n);
+    let bus = env.bus(&prefix, "streams", Some(probe.clone())).await?;
+    let running = bus.spawn();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    for i in 0..n {
+        tokio::time::sleep_until(start + period * i as u32).await;
+        bus.publish(tick(i as u64)).await?;
+    }
+    wait_done(&probe, "eventbus latency").await?;
+    let took = start.elapsed();
+    running.shutdown().await?;
+    env.cleanup(&prefix).await?;
+    Ok(Sample {
+        rate: self::rate(n, took),
+        lat: probe.latency(),
+        lost: None,
+    })
+}
+
+/// Raw: paced single XADD; a consumer blocked in XREADGROUP acks what it reads.
+async fn raw_latency(env: &Env, n: usize, rate: u64) -> anyhow::Result<Sample> {
+    let key = env.unique("raw-lat");
+    let mut publ = env.raw.get_multiplexed_async_connection().await?;
+    let mut cons = env.raw.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut publ)
+        .await?;
+    let probe = Probe::new(n);
+    let consumer = {
+        let (key, probe) = (key.clone(), probe.clone());
+        tokio::spawn(async move {
+            let opts = redis::streams::StreamReadOptions::default()
+                .group("g", "raw")
+                .count(256)
+                .block(1000);
+            while probe.seen() < n {
+                let reply: redis::streams::StreamReadReply =
+                    cons.xread_options(&[&key], &[">"], &opts).await?;
+                let mut ids = Vec::new();
+                for k in &reply.keys {
+                    for e in &k.ids {
+                        if let Some(ns) = e
+                            .map
+                            .get("cloud_event")
+                            .and_then(field_bytes)
+                            .and_then(sent_ns_of)
+                        {
+                            probe.hit(ns);
+                        }
+                        ids.push(e.id.as_str());
+                    }
+                }
+                if !ids.is_empty() {
+                    let _: () = cons.xack(&key, "g", &ids).await?;
+                }
+            }
+            Ok::<_, redis::RedisError>(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut buf = Vec::new();
+    let start = tokio::time::Instant::now();
+    for i in 0..n {
+        tokio::time::sleep_until(start + period * i as u32).await;
+        env.stamped(&mut buf);
+        let _: String = publ.xadd(&key, "*", &[("cloud_event", &buf[..])]).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(120), consumer)
+        .await
+        .context("raw latency: consumer did not finish")???;
+    let took = start.elapsed();
+    let _: () = publ.del(&key).await?;
+    Ok(Sample {
+        rate: self::rate(n, took),
+        lat: probe.latency(),
+        lost: None,
+    })
+}
+
+// ---- driver ---------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    E2e,
+    PublishBatch,
+    PublishConcurrent,
+    PubSubPublish,
+    PubSubConcurrent,
+    PubSubDeliver,
+    Latency,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 7] = [
+        Scenario::E2e,
+        Scenario::PublishBatch,
+        Scenario::PublishConcurrent,
+        Scenario::PubSubPublish,
+        Scenario::PubSubConcurrent,
+        Scenario::PubSubDeliver,
+        Scenario::Latency,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Scenario::E2e => "e2e",
+            Scenario::PublishBatch => "publish-batch",
+            Scenario::PublishConcurrent => "publish-concurrent",
+            Scenario::PubSubPublish => "pubsub-publish",
+            Scenario::PubSubConcurrent => "pubsub-concurrent",
+            Scenario::PubSubDeliver => "pubsub-deliver",
+            Scenario::Latency => "latency",
+        }
+    }
+
+    fn title(self, rate: u64) -> String {
+        match self {
+            Scenario::E2e => "1 streams e2e: publish_batch -> handler -> ack".into(),
+            Scenario::PublishBatch => "2 streams publish_batch (100/call)".into(),
+            Scenario::PublishConcurrent => format!("2 streams {CONCURRENT} tasks x bus.publish"),
+            Scenario::PubSubPublish => "3 pub/sub publish_batch (100/call)".into(),
+            Scenario::PubSubConcurrent => format!("3 pub/sub {CONCURRENT} tasks x bus.publish"),
+            Scenario::PubSubDeliver => "3 pub/sub delivery to a handler".into(),
+            Scenario::Latency => format!("4 streams paced {rate}/s publish -> handle"),
+        }
+    }
+
+    fn baseline(self) -> &'static str {
+        match self {
+            Scenario::E2e => "XADD pipelined + XREADGROUP + XACK",
+            Scenario::PublishBatch | Scenario::PublishConcurrent => "XADD pipelined (100)",
+            Scenario::PubSubPublish | Scenario::PubSubConcurrent => "PUBLISH pipelined (100)",
+            Scenario::PubSubDeliver => "PUBLISH -> redis-rs subscriber",
+            Scenario::Latency => "paced XADD -> XREADGROUP BLOCK",
+        }
+    }
+
+    fn target(self) -> &'static str {
+        match self {
+            Scenario::Latency => "p99 <= 2 ms",
+            Scenario::PubSubDeliver => "0 lost",
+            _ => ">= 0.90x",
+        }
+    }
+
+    async fn run(self, env: &Env, opts: &Opts, raw: bool) -> anyhow::Result<Sample> {
+        let n = opts.events;
+        match (self, raw) {
+            (Scenario::E2e, true) => raw_e2e(env, n).await,
+            (Scenario::E2e, false) => bus_e2e(env, n).await,
+            (Scenario::PublishBatch | Scenario::PublishConcurrent, true) => {
+                raw_publish(env, n, "XADD").await
+            }
+            (Scenario::PublishBatch, false) => bus_publish(env, n, "streams", false).await,
+            (Scenario::PublishConcurrent, false) => bus_publish(env, n, "streams", true).await,
+            (Scenario::PubSubPublish | Scenario::PubSubConcurrent, true) => {
+                raw_publish(env, n, "PUBLISH").await
+            }
+            (Scenario::PubSubPublish, false) => bus_publish(env, n, "pubsub", false).await,
+            (Scenario::PubSubConcurrent, false) => bus_publish(env, n, "pubsub", true).await,
+            (Scenario::PubSubDeliver, true) => raw_pubsub_deliver(env, n).await,
+            (Scenario::PubSubDeliver, false) => bus_pubsub_deliver(env, n).await,
+            (Scenario::Latency, true) => raw_latency(env, opts.latency_events(), opts.rate).await,
+            (Scenario::Latency, false) => bus_latency(env, opts.latency_events(), opts.rate).await,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Opts {
+    url: Option<String>,
+    events: usize,
+    rate: u64,
+    rounds: usize,
+    latency_secs: f64,
+    concurrency: Option<u32>,
+    only: Vec<Scenario>,
+}
+
+impl Opts {
+    fn latency_events(&self) -> usize {
+        ((self.rate as f64 * self.latency_secs) as usize).max(1)
+    }
+
+    fn parse() -> anyhow::Result<Opts> {
+        let mut o = Opts {
+            url: None,
+            events: 100_000,
+            rate: 1_000,
+            rounds: 5,
+            latency_secs: 3.0,
+            concurrency: None,
+            only: Scenario::ALL.to_vec(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+            match a.as_str() {
+                "--url" => o.url = Some(value()?),
+                "--events" => o.events = value()?.parse().context("--events N")?,
+                "--rate" => o.rate = value()?.parse().context("--rate R")?,
+                "--rounds" => o.rounds = value()?.parse().context("--rounds K")?,
+                "--latency-secs" => {
+                    o.latency_secs = value()?.parse().context("--latency-secs S")?
+                }
+                "--concurrency" => {
+                    o.concurrency = Some(value()?.parse().context("--concurrency C")?)
+                }
+                "--only" => {
+                    let list = value()?;
+                    o.only = list
+                        .split(',')
+                        .map(|k| {
+                            Scenario::ALL
+                                .into_iter()
+                                .find(|s| s.key() == k.trim())
+                                .with_context(|| {
+                                    let keys: Vec<_> =
+                                        Scenario::ALL.iter().map(|s| s.key()).collect();
+                                    format!("unknown scenario `{k}`; one of {}", keys.join(", "))
+                                })
+                        })
+                        .collect::<anyhow::Result<_>>()?;
+                }
+                "-h" | "--help" => {
+                    println!(
+                        "usage: loadgen [--url redis://HOST:PORT] [--events N] [--rate R] [--rounds K] [--latency-secs S] [--concurrency C] [--only e2e,publish-batch,...]"
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument `{other}` (try --help)"),
+            }
+        }
+        if o.events < CONCURRENT || o.rate == 0 || o.rounds == 0 {
+            bail!("--events must be at least {CONCURRENT}, --rate and --rounds at least 1");
+        }
+        Ok(o)
+    }
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.2}", ns as f64 / 1e6)
+}
+
+fn lat_cell(l: Option<Lat>) -> String {
+    match l {
+        Some(l) => format!("{}/{}/{}", ms(l.p50), ms(l.p99), ms(l.max)),
+        None => "-".into(),
+    }
+}
+
+/// The median of each figure over the rounds.
+fn summarize(samples: &[Sample]) -> Sample {
+    let lats: Vec<Lat> = samples.iter().filter_map(|s| s.lat).collect();
+    Sample {
+        rate: median(samples.iter().map(|s| s.rate).collect()),
+        lat: (!lats.is_empty()).then(|| Lat {
+            p50: median_u64(lats.iter().map(|l| l.p50).collect()),
+            p99: median_u64(lats.iter().map(|l| l.p99).collect()),
+            max: median_u64(lats.iter().map(|l| l.max).collect()),
+        }),
+        lost: samples.iter().filter_map(|s| s.lost).max(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse()?;
+    let mut _server = None;
+    let url = match &opts.url {
+        Some(u) => u.clone(),
+        None => {
+            let server = eventbus_redis::testing::RedisServer::start().context(
+                "cannot start a private redis-server (give --url, or install redis-server)",
+            )?;
+            let url = server.url();
+            _server = Some(server);
+            url
+        }
+    };
+    let raw = redis::Client::open(url.as_str())?;
+
+    // The bytes eventbus writes for a Tick; raw loops stamp the same bytes.
+    let encoder = Bus::builder()
+        .service(SERVICE)
+        .without_registered()
+        .connect("memory://")
+        .await?;
+    let template = encoder.encode(&tick(0))?.payload.to_vec();
+    let stamp_at = {
+        const KEY: &[u8] = b"\"sent_ns\":";
+        template
+            .windows(KEY.len())
+            .position(|w| w == KEY)
+            .context("no sent_ns in the payload")?
+            + KEY.len()
+    };
+    let env = Env {
+        url: url.clone(),
+        raw,
+        template,
+        stamp_at,
+        run_id: format!("loadgen{}", std::process::id()),
+        next: AtomicUsize::new(0),
+        concurrency: opts.concurrency,
+    };
+
+    println!(
+        "eventbus loadgen: {} (redis {}), {} events per throughput round, {} events at {}/s per latency round, {} rounds, payload {} bytes, handler concurrency {}",
+        eventbus::transport::redact(&url),
+        if opts.url.is_some() {
+            "given"
+        } else {
+            "private, started here"
+        },
+        opts.events,
+        opts.latency_events(),
+        opts.rate,
+        opts.rounds,
+        env.template.len(),
+        opts.concurrency.map_or_else(
+            || format!("{} (default)", eventbus::bus::DEFAULT_CONCURRENCY),
+            |c| c.to_string()
+        ),
+    );
+
+    let mut results: BTreeMap<Scenario, (Vec<Sample>, Vec<Sample>)> = BTreeMap::new();
+    for round in 0..opts.rounds {
+        let mut line = format!("round {}/{}:", round + 1, opts.rounds);
+        for &s in &opts.only {
+            // Alternate which side goes first, so slow drifts of a shared
+            // machine do not favour either.
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            let mut pair = (Sample::default(), Sample::default());
+            for raw in order {
+                let sample = s.run(&env, &opts, raw).await.with_context(|| {
+                    format!("{} ({})", s.key(), if raw { "raw" } else { "eventbus" })
+                })?;
+                if raw {
+                    pair.0 = sample;
+                } else {
+                    pair.1 = sample;
+                }
+            }
+            let _ = write!(line, " {} {:.2}x", s.key(), pair.1.rate / pair.0.rate);
+            let e = results.entry(s).or_default();
+            e.0.push(pair.0);
+            e.1.push(pair.1);
+        }
+        println!("{line}");
+    }
+
+    println!();
+    println!(
+        "median of {} rounds (raw and eventbus interleaved in each round; shared machine, expect +-10% noise)",
+        opts.rounds
+    );
+    println!(
+        "{:<46} {:>11} {:>11} {:>6}  {:<22} {:<12} {:<34} {}",
+        "scenario",
+        "eventbus/s",
+        "raw/s",
+        "ratio",
+        "eventbus p50/p99/max",
+        "target",
+        "raw baseline",
+        "raw p50/p99/max (ms)"
+    );
+    for (s, (raw, ours)) in &results {
+        let (r, o) = (summarize(raw), summarize(ours));
+        let mut target = s.target().to_owned();
+        let met = match s {
+            Scenario::Latency => o.lat.is_some_and(|l| l.p99 <= 2_000_000),
+            Scenario::PubSubDeliver => o.lost == Some(0),
+            _ => o.rate / r.rate >= 0.9,
+        };
+        target.push_str(if met { " ok" } else { " MISS" });
+        let mut ours_lat = lat_cell(o.lat);
+        if let Some(lost) = o.lost {
+            let _ = write!(ours_lat, " lost {lost}");
+        }
+        let mut raw_lat = lat_cell(r.lat);
+        if let Some(lost) = r.lost {
+            let _ = write!(raw_lat, " lost {lost}");
+        }
+        println!(
+            "{:<46} {:>11.0} {:>11.0} {:>5.2}x  {:<22} {:<12} {:<34} {}",
+            s.title(opts.rate),
+            o.rate,
+            r.rate,
+            o.rate / r.rate,
+            ours_lat,
+            target,
+            s.baseline(),
+            raw_lat
+        );
+    }
+    println!(
+        "latencies in ms, publish -> handle (handler clock minus a timestamp taken by the publisher, same process); \"lost\" = events that never reached the handler (worst round)"
+    );
+    Ok(())
+}
