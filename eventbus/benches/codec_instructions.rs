@@ -63,6 +63,37 @@ fn main() {
     };
     let review_payload = serde_json::to_vec(&review).unwrap();
     let review_envelope = bus.encode(&review).unwrap().payload;
+    if op == "bus" {
+        // publish -> typed handler -> ack on the memory bus, n events.
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        let handler = eventbus::HandlerDef::new("count", move |e: ModerateAction| {
+            let c = c.clone();
+            async move {
+                black_box(e);
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        rt.block_on(async {
+            let bus = Bus::builder()
+                .service("bench")
+                .without_registered()
+                .handler_timeout(None)
+                .handler(handler)
+                .build()
+                .await
+                .unwrap();
+            let running = bus.spawn();
+            for _ in 0..n {
+                bus.publish(event.clone()).await.unwrap();
+            }
+            while count.load(std::sync::atomic::Ordering::Relaxed) < n {
+                tokio::task::yield_now().await;
+            }
+            running.shutdown().await.unwrap();
+        });
+        return;
+    }
     for _ in 0..n {
         match op.as_str() {
             "payload-encode" => drop(black_box(serde_json::to_vec(black_box(&event)).unwrap())),

@@ -1,17 +1,20 @@
 //! Runs one handler group: reads deliveries, runs the handler with bounded
 //! concurrency, and settles each delivery (ack, delayed retry, dead letter).
 //!
-//! Three tasks per group, so that no step waits on another: a reader that
-//! only asks the transport for as many deliveries as there are free slots, the
-//! processor that runs handlers, and a settler that batches acks into one
-//! transport call.
+//! One loop per group keeps one read in flight for as many deliveries as
+//! there are free slots, runs the handlers, and collects the acks of
+//! everything that finished into one transport call. A transport whose
+//! settling is synchronous (memory) is settled inline; others (Redis) get a
+//! settler task, so that a round trip never stalls the handlers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -35,12 +38,51 @@ pub(crate) struct WorkerSpec {
 }
 
 enum Settle {
-    Ack(DeliveryId),
+    Acks(Vec<DeliveryId>),
     Retry(DeliveryId, Duration),
     Dead(Delivery, DeadLetterInfo),
 }
 
 const MAX_BATCH: usize = 256;
+
+/// Where settle commands go: inline for transports that settle synchronously.
+struct Settler<'a> {
+    sub: &'a dyn Subscriber,
+    spec: &'a WorkerSpec,
+    tx: Option<mpsc::UnboundedSender<Settle>>,
+    acks: Vec<DeliveryId>,
+    others: Vec<Settle>,
+}
+
+impl Settler<'_> {
+    fn push(&mut self, cmd: Settle) {
+        match cmd {
+            Settle::Acks(ids) => self.acks.extend(ids),
+            other => self.others.push(other),
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.acks.is_empty() && self.others.is_empty() {
+            return;
+        }
+        match &self.tx {
+            Some(tx) => {
+                if !self.acks.is_empty() {
+                    let _ = tx.send(Settle::Acks(std::mem::take(&mut self.acks)));
+                }
+                for cmd in self.others.drain(..) {
+                    let _ = tx.send(cmd);
+                }
+            }
+            None => {
+                let acks = std::mem::take(&mut self.acks);
+                let others = std::mem::take(&mut self.others);
+                execute(self.sub, self.spec, acks, others).await;
+            }
+        }
+    }
+}
 
 pub(crate) async fn run(
     bus: Bus,
@@ -48,47 +90,86 @@ pub(crate) async fn run(
     token: CancellationToken,
 ) -> crate::Result<()> {
     let sub: Arc<dyn Subscriber> = Arc::from(bus.transport().subscribe(&spec.group).await?);
-    let slots = Arc::new(Semaphore::new(spec.concurrency));
-    let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<Delivery>>(spec.concurrency.clamp(1, 64));
-    let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
-    let reader = tokio::spawn(read_loop(
-        sub.clone(),
-        slots.clone(),
-        batch_tx,
-        token.clone(),
-        spec.clone(),
-    ));
-    let settler = tokio::spawn(settle_loop(sub.clone(), settle_rx, spec.clone()));
     let retry = bus.retry_policy();
+    let (tx, background) = if sub.settles_inline() {
+        (None, None)
+    } else {
+        let (tx, rx) = mpsc::unbounded_channel::<Settle>();
+        (
+            Some(tx),
+            Some(tokio::spawn(settle_loop(sub.clone(), rx, spec.clone()))),
+        )
+    };
+    let mut settler = Settler {
+        sub: &*sub,
+        spec: &spec,
+        tx,
+        acks: Vec::new(),
+        others: Vec::new(),
+    };
 
     let mut in_flight = FuturesUnordered::new();
+    let mut free = spec.concurrency;
     let mut reading = true;
+    let mut read: Option<BoxFuture<'_, crate::Result<Vec<Delivery>>>> = None;
+    let mut backoff = Duration::from_millis(50);
     loop {
+        if reading && read.is_none() && free > 0 {
+            read = Some(sub.next(free.min(MAX_BATCH)));
+        }
         tokio::select! {
+            biased;
             Some((delivery, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                slots.add_permits(1);
-                settle(&spec, &retry, &settle_tx, delivery, outcome);
+                free += 1;
+                settler.push(settle(&spec, &retry, delivery, outcome));
+                // Collect everything else that is done before settling.
+                while let Some(Some((delivery, outcome))) = in_flight.next().now_or_never() {
+                    free += 1;
+                    settler.push(settle(&spec, &retry, delivery, outcome));
+                }
             }
-            batch = batch_rx.recv(), if reading => match batch {
-                Some(batch) => {
-                    for delivery in batch {
-                        match start(&bus, &spec, delivery) {
-                            Ok(fut) => in_flight.push(fut),
-                            Err((delivery, reason)) => {
-                                slots.add_permits(1);
-                                dead(&spec, &settle_tx, delivery, reason);
+            got = async { read.as_mut().expect("guarded").await }, if read.is_some() => {
+                read = None;
+                match got {
+                    Ok(batch) => {
+                        backoff = Duration::from_millis(50);
+                        for delivery in batch {
+                            match start(&bus, &spec, delivery) {
+                                Ok(fut) => {
+                                    free = free.saturating_sub(1);
+                                    in_flight.push(fut);
+                                }
+                                Err((delivery, reason)) => settler.push(dead(&spec, delivery, reason)),
                             }
                         }
                     }
+                    Err(e) => {
+                        tracing::warn!(group = %spec.group.group, "cannot read from the transport, retrying in {backoff:?}: {e}");
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        let sub = &*sub;
+                        let n = free.min(MAX_BATCH);
+                        read = Some(Box::pin(async move {
+                            tokio::time::sleep(wait).await;
+                            sub.next(n).await
+                        }));
+                    }
                 }
-                None => reading = false,
-            },
+            }
+            _ = token.cancelled(), if reading => {
+                // Stop taking events; a read in flight is cancel-safe.
+                reading = false;
+                read = None;
+            }
             else => break,
         }
+        settler.flush().await;
     }
-    drop(settle_tx);
-    let _ = reader.await;
-    let _ = settler.await;
+    settler.flush().await;
+    drop(settler);
+    if let Some(task) = background {
+        let _ = task.await;
+    }
     Ok(())
 }
 
@@ -149,17 +230,9 @@ fn start(
     })
 }
 
-fn settle(
-    spec: &WorkerSpec,
-    retry: &RetryPolicy,
-    tx: &mpsc::UnboundedSender<Settle>,
-    delivery: Delivery,
-    outcome: Outcome,
-) {
+fn settle(spec: &WorkerSpec, retry: &RetryPolicy, delivery: Delivery, outcome: Outcome) -> Settle {
     match outcome {
-        Ok(()) => {
-            let _ = tx.send(Settle::Ack(delivery.id));
-        }
+        Ok(()) => Settle::Acks(vec![delivery.id]),
         Err(Failure::Error(error)) => {
             if delivery.attempt < spec.max_attempts {
                 let delay = retry.delay(delivery.attempt);
@@ -169,15 +242,15 @@ fn settle(
                     retry_in = ?delay,
                     "handler failed, will retry: {error}"
                 );
-                let _ = tx.send(Settle::Retry(delivery.id, delay));
+                Settle::Retry(delivery.id, delay)
             } else {
-                dead(spec, tx, delivery, error);
+                dead(spec, delivery, error)
             }
         }
     }
 }
 
-fn dead(spec: &WorkerSpec, tx: &mpsc::UnboundedSender<Settle>, delivery: Delivery, error: String) {
+fn dead(spec: &WorkerSpec, delivery: Delivery, error: String) -> Settle {
     tracing::error!(
         handler = %spec.group.handler,
         group = %spec.group.group,
@@ -189,64 +262,7 @@ fn dead(spec: &WorkerSpec, tx: &mpsc::UnboundedSender<Settle>, delivery: Deliver
         attempts: delivery.attempt,
         error,
     };
-    let _ = tx.send(Settle::Dead(delivery, info));
-}
-
-async fn read_loop(
-    sub: Arc<dyn Subscriber>,
-    slots: Arc<Semaphore>,
-    tx: mpsc::Sender<Vec<Delivery>>,
-    token: CancellationToken,
-    spec: Arc<WorkerSpec>,
-) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = token.cancelled() => return,
-            p = slots.acquire() => match p { Ok(p) => p, Err(_) => return },
-        };
-        first.forget();
-        let mut n = 1;
-        while n < MAX_BATCH {
-            match slots.try_acquire() {
-                Ok(p) => {
-                    p.forget();
-                    n += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        let got = tokio::select! {
-            biased;
-            _ = token.cancelled() => {
-                slots.add_permits(n);
-                return;
-            }
-            got = sub.next(n) => got,
-        };
-        match got {
-            Ok(batch) => {
-                backoff = Duration::from_millis(50);
-                slots.add_permits(n.saturating_sub(batch.len()));
-                if batch.is_empty() {
-                    continue;
-                }
-                if tx.send(batch).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                slots.add_permits(n);
-                tracing::warn!(group = %spec.group.group, "cannot read from the transport, retrying in {backoff:?}: {e}");
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    Settle::Dead(delivery, info)
 }
 
 async fn settle_loop(
@@ -254,13 +270,13 @@ async fn settle_loop(
     mut rx: mpsc::UnboundedReceiver<Settle>,
     spec: Arc<WorkerSpec>,
 ) {
-    let mut acks = Vec::new();
-    let mut others = Vec::new();
     while let Some(first) = rx.recv().await {
+        let mut acks = Vec::new();
+        let mut others = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next {
             match cmd {
-                Settle::Ack(id) => acks.push(id),
+                Settle::Acks(ids) => acks.extend(ids),
                 other => others.push(other),
             }
             if acks.len() >= 1024 {
@@ -268,22 +284,30 @@ async fn settle_loop(
             }
             next = rx.try_recv().ok();
         }
-        if !acks.is_empty() {
-            retrying(&spec, "acknowledge", || sub.ack(&acks)).await;
-            acks.clear();
-        }
-        for cmd in others.drain(..) {
-            match cmd {
-                Settle::Ack(_) => {}
-                Settle::Retry(id, delay) => {
-                    retrying(&spec, "schedule a retry", || sub.retry(id, delay)).await
-                }
-                Settle::Dead(delivery, info) => {
-                    retrying(&spec, "dead-letter", || {
-                        sub.dead_letter(&delivery, info.clone())
-                    })
-                    .await
-                }
+        execute(&*sub, &spec, acks, others).await;
+    }
+}
+
+async fn execute(
+    sub: &dyn Subscriber,
+    spec: &WorkerSpec,
+    acks: Vec<DeliveryId>,
+    others: Vec<Settle>,
+) {
+    if !acks.is_empty() {
+        retrying(spec, "acknowledge", || sub.ack(&acks)).await;
+    }
+    for cmd in others {
+        match cmd {
+            Settle::Acks(ids) => retrying(spec, "acknowledge", || sub.ack(&ids)).await,
+            Settle::Retry(id, delay) => {
+                retrying(spec, "schedule a retry", || sub.retry(id, delay)).await
+            }
+            Settle::Dead(delivery, info) => {
+                retrying(spec, "dead-letter", || {
+                    sub.dead_letter(&delivery, info.clone())
+                })
+                .await
             }
         }
     }

@@ -113,10 +113,28 @@ struct Group {
 struct GroupQueue {
     ready: VecDeque<(Bytes, u32)>,
     /// Handed out, not yet acked: id -> (payload, attempt, subscriber).
-    in_flight: HashMap<u64, (Bytes, u32, u64)>,
+    in_flight: HashMap<u64, (Bytes, u32, u64), std::hash::BuildHasherDefault<IdHasher>>,
     next_id: u64,
     /// Retries waiting for their delay.
     delayed: usize,
+}
+
+/// Delivery ids are sequence numbers: they need no hashing, only spreading.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl Group {
@@ -388,6 +406,10 @@ impl MemorySubscriber {
 }
 
 impl Subscriber for MemorySubscriber {
+    fn settles_inline(&self) -> bool {
+        true
+    }
+
     fn next(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>>> {
         Box::pin(async move {
             let max = max.max(1);

@@ -216,6 +216,13 @@ pub trait Subscriber: Send + Sync {
         delivery: &'a Delivery,
         info: DeadLetterInfo,
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// True when `ack`, `retry` and `dead_letter` complete without waiting
+    /// (an in-process transport): the worker then settles inline instead of
+    /// through a settler task.
+    fn settles_inline(&self) -> bool {
+        false
+    }
 }
 
 /// Opens the transport named by `url`: `memory://[name]`, or (feature
