@@ -1,0 +1,114 @@
+#![allow(dead_code)]
+//! Shared by the `redis_*` end-to-end tests: throwaway `redis-server`s from
+//! the eventbus-redis harness (free loopback ports, never 6379), a Redis
+//! transport tuned for tests, and condition waits with generous deadlines
+//! (the tests never assert on timing).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use eventbus::bus::RetryPolicy;
+use eventbus::transport::redis::RedisTransport;
+use eventbus_redis::testing::{RedisServer, ServerOptions};
+use eventbus_redis::{ConsumerOptions, RedisConfig};
+
+/// How long any condition may take on a loaded machine before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A fresh `redis-server` (no persistence).
+pub fn server() -> RedisServer {
+    RedisServer::start().expect("start redis-server (apt-get install -y redis-server)")
+}
+
+/// A fresh `redis-server` with the append-only file on.
+pub fn durable_server() -> RedisServer {
+    RedisServer::start_with(ServerOptions {
+        appendonly: true,
+        ..Default::default()
+    })
+    .expect("start redis-server (apt-get install -y redis-server)")
+}
+
+/// `url` plus query options (`"mode=pubsub"`).
+pub fn with(url: &str, query: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{query}")
+    } else {
+        format!("{url}?{query}")
+    }
+}
+
+/// Consumer options for tests: a dead consumer's entries are taken over
+/// after `claim_idle` (looked for every 100 ms), new types and foreign
+/// retries are looked for every 100 ms.
+pub fn fast_options(claim_idle: Duration) -> ConsumerOptions {
+    let mut o = ConsumerOptions::default();
+    o.block = Duration::from_millis(500);
+    o.busy_block = Duration::from_millis(20);
+    o.claim_idle = claim_idle;
+    o.claim_interval = Duration::from_millis(100);
+    o.types_poll = Duration::from_millis(100);
+    o.retry_poll = Duration::from_millis(100);
+    o
+}
+
+/// A Redis transport on `url` with [`fast_options`].
+pub async fn fast_transport(url: &str, claim_idle: Duration) -> RedisTransport {
+    let config = RedisConfig::from_url(url).expect("a valid Redis URL");
+    RedisTransport::with_options(config, fast_options(claim_idle))
+        .await
+        .expect("connect to the test redis-server")
+}
+
+/// Short retry backoff: 50 ms doubling up to 400 ms (with jitter).
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after [`DEADLINE`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`wait_until`] for a condition that needs to `.await` (e.g. reads the DLQ).
+pub async fn wait_until_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The number of entries pending (delivered, not acked) in `group` on `stream`.
+pub fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
+    let reply = server
+        .cmd(&["XPENDING", stream, group])
+        .expect("XPENDING");
+    reply
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected XPENDING reply {reply:?}"))
+}
+
+/// `{eventbus}:stream:<type>`: the stream the binding writes events of `ty` to.
+pub fn stream_key(ty: &str) -> String {
+    format!("{{eventbus}}:stream:{ty}")
+}
