@@ -192,10 +192,15 @@ impl Bus {
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
         let message = self.encode(&event)?;
         tracing::debug!(event_type = E::TYPE, "publish");
-        self.inner
-            .transport
-            .publish(std::slice::from_ref(&message))
-            .await
+        self.send(std::slice::from_ref(&message)).await
+    }
+
+    /// Publishes on the transport, without a future when it can do it at once.
+    async fn send(&self, batch: &[Outgoing]) -> Result<()> {
+        match self.inner.transport.publish_now(batch) {
+            Some(done) => done,
+            None => self.inner.transport.publish(batch).await,
+        }
     }
 
     /// Publishes many events of one type in one transport round trip.
@@ -207,7 +212,7 @@ impl Bus {
         if batch.is_empty() {
             return Ok(());
         }
-        self.inner.transport.publish(&batch).await
+        self.send(&batch).await
     }
 
     /// Publishes a `cloudevents::Event` as it is (for relays and bridges).
@@ -230,7 +235,7 @@ impl Bus {
 
     /// Publishes already-encoded messages (the outbox relay's path).
     pub async fn publish_encoded(&self, batch: &[Outgoing]) -> Result<()> {
-        self.inner.transport.publish(batch).await
+        self.send(batch).await
     }
 
     /// Publishes `event` at `at`; durable on durable transports.

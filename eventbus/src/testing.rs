@@ -161,6 +161,11 @@ impl Transport for Recording {
         self.inner.publish(batch)
     }
 
+    fn publish_now(&self, batch: &[Outgoing]) -> Option<Result<()>> {
+        self.log.lock().extend(batch.iter().cloned());
+        self.inner.publish_now(batch)
+    }
+
     fn publish_at(&self, message: Outgoing, at: SystemTime) -> BoxFuture<'_, Result<()>> {
         self.log.lock().push(message.clone());
         self.inner.publish_at(message, at)

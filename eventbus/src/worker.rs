@@ -38,6 +38,7 @@ pub(crate) struct WorkerSpec {
 }
 
 enum Settle {
+    Ack(DeliveryId),
     Acks(Vec<DeliveryId>),
     Retry(DeliveryId, Duration),
     Dead(Delivery, DeadLetterInfo),
@@ -57,6 +58,7 @@ struct Settler<'a> {
 impl Settler<'_> {
     fn push(&mut self, cmd: Settle) {
         match cmd {
+            Settle::Ack(id) => self.acks.push(id),
             Settle::Acks(ids) => self.acks.extend(ids),
             other => self.others.push(other),
         }
@@ -76,9 +78,9 @@ impl Settler<'_> {
                 }
             }
             None => {
-                let acks = std::mem::take(&mut self.acks);
                 let others = std::mem::take(&mut self.others);
-                execute(self.sub, self.spec, acks, others).await;
+                execute(self.sub, self.spec, &self.acks, others).await;
+                self.acks.clear();
             }
         }
     }
@@ -232,7 +234,7 @@ fn start(
 
 fn settle(spec: &WorkerSpec, retry: &RetryPolicy, delivery: Delivery, outcome: Outcome) -> Settle {
     match outcome {
-        Ok(()) => Settle::Acks(vec![delivery.id]),
+        Ok(()) => Settle::Ack(delivery.id),
         Err(Failure::Error(error)) => {
             if delivery.attempt < spec.max_attempts {
                 let delay = retry.delay(delivery.attempt);
@@ -276,6 +278,7 @@ async fn settle_loop(
         let mut next = Some(first);
         while let Some(cmd) = next {
             match cmd {
+                Settle::Ack(id) => acks.push(id),
                 Settle::Acks(ids) => acks.extend(ids),
                 other => others.push(other),
             }
@@ -284,21 +287,24 @@ async fn settle_loop(
             }
             next = rx.try_recv().ok();
         }
-        execute(&*sub, &spec, acks, others).await;
+        execute(&*sub, &spec, &acks, others).await;
     }
 }
 
 async fn execute(
     sub: &dyn Subscriber,
     spec: &WorkerSpec,
-    acks: Vec<DeliveryId>,
+    acks: &[DeliveryId],
     others: Vec<Settle>,
 ) {
     if !acks.is_empty() {
-        retrying(spec, "acknowledge", || sub.ack(&acks)).await;
+        retrying(spec, "acknowledge", || sub.ack(acks)).await;
     }
     for cmd in others {
         match cmd {
+            Settle::Ack(id) => {
+                retrying(spec, "acknowledge", || sub.ack(std::slice::from_ref(&id))).await
+            }
             Settle::Acks(ids) => retrying(spec, "acknowledge", || sub.ack(&ids)).await,
             Settle::Retry(id, delay) => {
                 retrying(spec, "schedule a retry", || sub.retry(id, delay)).await

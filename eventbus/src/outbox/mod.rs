@@ -53,9 +53,10 @@
 //!
 //! One round, in one database transaction:
 //!
-//! 1. **Claim** up to `batch_size` due pending rows, oldest first, with
-//!    `FOR UPDATE SKIP LOCKED` on PostgreSQL (so concurrent relays take
-//!    disjoint rows) and under SQLite's write lock (`BEGIN IMMEDIATE`).
+//! 1. **Claim** up to `batch_size` due pending rows, oldest first (each the
+//!    head of its key, see below), with `FOR UPDATE SKIP LOCKED` on
+//!    PostgreSQL (so concurrent relays take disjoint rows) and under SQLite's
+//!    write lock (`BEGIN IMMEDIATE`).
 //!    The claim is only the row lock: there is no 'processing' state, so a
 //!    relay that dies before committing leaves its rows `pending` (the
 //!    database aborts its transaction) and another round sends them.
@@ -63,8 +64,8 @@
 //!    ([`Bus::publish_encoded`]), bounded by `publish_timeout`.
 //! 3. **Mark** them `published` (or, on failure, see below) and commit.
 //!
-//! Failures: if the batch fails, its rows are retried one by one to find the
-//! culprit; rows that fail get `attempts + 1`, `last_error`, and
+//! Failures: if the batch fails, its rows are published one by one to find
+//! the culprit; rows that fail get `attempts + 1`, `last_error`, and
 //! `available_at = now + backoff` (exponential, with jitter); after
 //! `max_attempts` a row becomes `failed` and stays for inspection
 //! ([`retry_failed`] sends them again). If the first rows fail alone as well
@@ -87,17 +88,19 @@
 //!   Concurrent relays never send a row twice: a row is published by the
 //!   relay holding its lock, and marked before the lock is released.
 //! - **Per-key order.** Rows with the same `key` are published in `seq`
-//!   order: a row is sent only in a batch that also holds, before it, every
-//!   earlier pending row of its key that is due or waiting out a retry
-//!   backoff (rows locked by another relay, or in backoff, hold back the rows
-//!   after them). Consequences: a row that ends `failed` no longer holds back
-//!   the rows after it; a row scheduled for later (`publish_at`) does not
-//!   hold back the rows after it (scheduling is an explicit reordering).
-//!   Rows without a key are not ordered. `seq` is insertion order; for two
-//!   transactions that insert the same key *concurrently* (not serialized
-//!   by a lock on the business row, as an `UPDATE` of it does), the order is
-//!   that in which their rows became visible. SQLite serializes all writers.
-//!   The transport must keep the order of one batch (memory and Redis do).
+//!   (insertion) order. The claim only takes the *head* of a key: a keyed row
+//!   is claimed when no earlier row of its key is pending and due (perhaps
+//!   held by another relay) or waiting out a retry backoff. So at most one
+//!   row of a key is in flight across all relays, and the next one is claimed
+//!   after the previous one was committed as published. Consequences: a row
+//!   that ends `failed` no longer holds back the rows after it; a row
+//!   scheduled for later (`publish_at`) does not hold back the rows after it
+//!   (scheduling is an explicit reordering); a single key advances one row
+//!   per round (hundreds per second), while batches fill up with the heads of
+//!   many keys. Rows without a key are not ordered. For two transactions
+//!   that insert rows of the same key *concurrently* (not serialized by a
+//!   lock on the business row, as an `UPDATE` of it takes), the order is the
+//!   one in which their rows became visible. SQLite serializes all writers.
 //! - **Scheduled rows** are not sent before `available_at` (by the database's
 //!   clock on PostgreSQL).
 //!
@@ -521,8 +524,6 @@ pub(crate) struct Claimed {
     pub payload: String,
     pub key: Option<String>,
     pub attempts: i32,
-    /// An earlier row of the same key is pending outside this claim: keep it for later.
-    pub blocked: bool,
 }
 
 /// A failed publish attempt of one row.

@@ -62,33 +62,23 @@ pub(super) async fn insert(conn: &mut PgConnection, row: NewRow<'_>) -> Result<(
 }
 
 /// Locks up to `$1` due pending rows, oldest first, skipping rows other
-/// relays hold and rows of keys whose earlier row waits out a retry backoff.
-/// `blocked` marks rows with an earlier pending row of their key (due or
-/// retrying) outside this claim: they must wait for it.
+/// relays hold. A keyed row is taken only if it is the head of its key: no
+/// earlier row of the key is pending and due (perhaps locked by another
+/// relay) or waiting out a retry backoff.
 const CLAIM: &str = "
-WITH claimed AS MATERIALIZED (
-    SELECT o.seq, o.id, o.event_type, o.payload, o.key, o.attempts
-    FROM eventbus_outbox o
-    WHERE o.status = 'pending'
-      AND o.available_at <= now()
-      AND (o.key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM eventbus_outbox r
-            WHERE r.key = o.key AND r.seq < o.seq AND r.status = 'pending'
-              AND r.attempts > 0 AND r.available_at > now()))
-    ORDER BY o.available_at, o.seq
-    LIMIT $1
-    FOR UPDATE OF o SKIP LOCKED
-)
-SELECT c.seq, c.id::text, c.event_type, c.payload::text, c.key, c.attempts,
-       (c.key IS NOT NULL AND EXISTS (
-            SELECT 1 FROM eventbus_outbox b
-            WHERE b.key = c.key AND b.seq < c.seq AND b.status = 'pending'
-              AND (b.available_at <= now() OR b.attempts > 0)
-              AND b.seq NOT IN (SELECT seq FROM claimed))) AS blocked
-FROM claimed c
-ORDER BY c.seq";
+SELECT o.seq, o.id::text, o.event_type, o.payload::text, o.key, o.attempts
+FROM eventbus_outbox o
+WHERE o.status = 'pending'
+  AND o.available_at <= now()
+  AND (o.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM eventbus_outbox r
+        WHERE r.key = o.key AND r.seq < o.seq AND r.status = 'pending'
+          AND (r.available_at <= now() OR r.attempts > 0)))
+ORDER BY o.available_at, o.seq
+LIMIT $1
+FOR UPDATE OF o SKIP LOCKED";
 
-type ClaimRow = (i64, String, String, String, Option<String>, i32, bool);
+type ClaimRow = (i64, String, String, String, Option<String>, i32);
 
 pub(super) async fn claim(conn: &mut PgConnection, limit: usize) -> Result<Vec<Claimed>> {
     let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
@@ -98,17 +88,14 @@ pub(super) async fn claim(conn: &mut PgConnection, limit: usize) -> Result<Vec<C
         .map_err(db_error("cannot claim outbox rows"))?;
     Ok(rows
         .into_iter()
-        .map(
-            |(seq, id, event_type, payload, key, attempts, blocked)| Claimed {
-                seq,
-                id,
-                event_type,
-                payload,
-                key,
-                attempts,
-                blocked,
-            },
-        )
+        .map(|(seq, id, event_type, payload, key, attempts)| Claimed {
+            seq,
+            id,
+            event_type,
+            payload,
+            key,
+            attempts,
+        })
         .collect())
 }
 
@@ -156,8 +143,8 @@ pub(super) async fn mark_failed(conn: &mut PgConnection, failures: &[Failure]) -
     Ok(())
 }
 
-/// Milliseconds from now until the earliest pending row that a claim could
-/// take (negative: overdue); `None` when nothing is pending.
+/// Milliseconds from now until the earliest pending row that is not held
+/// back by a row in backoff (negative: overdue); `None` when nothing is pending.
 const NEXT_DUE: &str = "
 SELECT (EXTRACT(EPOCH FROM (min(o.available_at) - now())) * 1000)::bigint
 FROM eventbus_outbox o

@@ -153,8 +153,6 @@ impl RelayOptions {
 pub struct RoundReport {
     /// Rows locked by the claim.
     pub claimed: usize,
-    /// Claimed rows left for later: an earlier row of their key is pending elsewhere.
-    pub blocked: usize,
     /// Rows the transport accepted.
     pub published: usize,
     /// Rows that failed and will be retried after their backoff.
@@ -257,7 +255,9 @@ impl Relay {
                 return Ok(());
             }
             // `(wait, wakeable)`: how long to wait, and whether a NOTIFY may cut it short.
-            let (wait, wakeable) = match self.run_once().await {
+            let round = self.run_once().await;
+            tracing::trace!(?round, "outbox relay round");
+            let (wait, wakeable) = match round {
                 Ok(report) if report.outage => {
                     outages += 1;
                     let wait = self.options.outage_backoff.delay(outages);
@@ -281,8 +281,6 @@ impl Relay {
                     }
                     if report.published > 0 {
                         (None, true)
-                    } else if report.blocked > 0 {
-                        (Some(poll.min(BUSY_WAIT)), true)
                     } else {
                         (Some(self.idle_wait(poll).await), true)
                     }
@@ -456,10 +454,6 @@ impl Relay {
         let mut metas = Vec::with_capacity(rows.len());
         let mut batch = Vec::with_capacity(rows.len());
         for row in rows {
-            if row.blocked {
-                outcome.report.blocked += 1;
-                continue;
-            }
             metas.push(Meta {
                 seq: row.seq,
                 id: row.id,

@@ -70,30 +70,21 @@ pub(super) async fn any_due(pool: &SqlitePool) -> Result<bool> {
     Ok(due)
 }
 
-/// The claim of the PostgreSQL relay, under SQLite's write lock instead of row locks.
+/// The claim of the PostgreSQL relay (heads of keys only), under SQLite's
+/// write lock instead of row locks.
 const CLAIM: &str = "
-WITH claimed AS MATERIALIZED (
-    SELECT o.seq, o.id, o.event_type, o.payload, o.key, o.attempts
-    FROM eventbus_outbox o
-    WHERE o.status = 'pending'
-      AND o.available_at <= ?1
-      AND (o.key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM eventbus_outbox r
-            WHERE r.key = o.key AND r.seq < o.seq AND r.status = 'pending'
-              AND r.attempts > 0 AND r.available_at > ?1))
-    ORDER BY o.available_at, o.seq
-    LIMIT ?2
-)
-SELECT c.seq, c.id, c.event_type, c.payload, c.key, c.attempts,
-       (c.key IS NOT NULL AND EXISTS (
-            SELECT 1 FROM eventbus_outbox b
-            WHERE b.key = c.key AND b.seq < c.seq AND b.status = 'pending'
-              AND (b.available_at <= ?1 OR b.attempts > 0)
-              AND b.seq NOT IN (SELECT seq FROM claimed))) AS blocked
-FROM claimed c
-ORDER BY c.seq";
+SELECT o.seq, o.id, o.event_type, o.payload, o.key, o.attempts
+FROM eventbus_outbox o
+WHERE o.status = 'pending'
+  AND o.available_at <= ?1
+  AND (o.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM eventbus_outbox r
+        WHERE r.key = o.key AND r.seq < o.seq AND r.status = 'pending'
+          AND (r.available_at <= ?1 OR r.attempts > 0)))
+ORDER BY o.available_at, o.seq
+LIMIT ?2";
 
-type ClaimRow = (i64, String, String, String, Option<String>, i32, bool);
+type ClaimRow = (i64, String, String, String, Option<String>, i32);
 
 pub(super) async fn claim(conn: &mut SqliteConnection, limit: usize) -> Result<Vec<Claimed>> {
     let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
@@ -104,17 +95,14 @@ pub(super) async fn claim(conn: &mut SqliteConnection, limit: usize) -> Result<V
         .map_err(db_error("cannot claim outbox rows"))?;
     Ok(rows
         .into_iter()
-        .map(
-            |(seq, id, event_type, payload, key, attempts, blocked)| Claimed {
-                seq,
-                id,
-                event_type,
-                payload,
-                key,
-                attempts,
-                blocked,
-            },
-        )
+        .map(|(seq, id, event_type, payload, key, attempts)| Claimed {
+            seq,
+            id,
+            event_type,
+            payload,
+            key,
+            attempts,
+        })
         .collect())
 }
 

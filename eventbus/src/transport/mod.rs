@@ -167,6 +167,13 @@ pub trait Transport: Send + Sync + 'static {
     /// (durably, for a durable transport).
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>>;
 
+    /// Publishes a batch without waiting, when the transport can (an
+    /// in-process one); `None` means "use [`Transport::publish`]".
+    fn publish_now(&self, batch: &[Outgoing]) -> Option<Result<()>> {
+        let _ = batch;
+        None
+    }
+
     /// Publishes `message` at `at` (at once if `at` has passed); durable on durable transports.
     fn publish_at(&self, message: Outgoing, at: SystemTime) -> BoxFuture<'_, Result<()>>;
 
