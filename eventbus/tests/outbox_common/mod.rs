@@ -166,8 +166,17 @@ impl Transport for Recorder {
     }
 }
 
+/// Logs to the test output with `RUST_LOG` (e.g. `RUST_LOG=eventbus=debug`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// A bus publishing into `transport`, with no handlers.
 pub async fn bus_on(transport: impl Transport) -> Bus {
+    init_tracing();
     Bus::builder()
         .service("outbox-test")
         .without_registered()
@@ -209,10 +218,21 @@ impl Running {
         }
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        if let Err(e) = self.finish().await {
+            panic!("{e}");
+        }
+    }
+
+    /// Stops the relay; how it ended.
+    pub async fn finish(mut self) -> std::result::Result<(), String> {
         self.token.cancel();
         let task = self.task.take().expect("running");
-        task.await.expect("relay task").expect("relay result");
+        match task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("the relay failed: {e}")),
+            Err(e) => Err(format!("the relay task failed: {e}")),
+        }
     }
 }
 
@@ -386,6 +406,19 @@ impl Db {
             #[cfg(feature = "sqlite")]
             Db::Sqlite(pool, ..) => sqlx::query_as(sql).fetch_one(pool).await.expect("attempts"),
         }
+    }
+
+    /// The pending rows, for failure messages.
+    pub async fn dump_pending(&self) -> String {
+        let sql = "SELECT seq, key, attempts, CAST(status AS TEXT) FROM eventbus_outbox \
+                   WHERE status = 'pending' ORDER BY seq LIMIT 20";
+        let rows: Vec<(i64, Option<String>, i32, String)> = match self {
+            #[cfg(feature = "postgres")]
+            Db::Pg(pool, _) => sqlx::query_as(sql).fetch_all(pool).await.expect("dump"),
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(pool, ..) => sqlx::query_as(sql).fetch_all(pool).await.expect("dump"),
+        };
+        format!("{rows:?}")
     }
 
     pub async fn counts(&self) -> outbox::Counts {
@@ -590,17 +623,21 @@ pub async fn rows_of_a_key_go_out_in_order(db: Db, relays: usize) {
         w.await.unwrap();
     }
     let total = (KEYS * PER_KEY * 2) as usize;
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            recorder.len() >= total
-        })
-        .await,
-        "only {} of {total} delivered",
-        recorder.len()
-    );
+    let done = eventually(Duration::from_secs(60), || async {
+        recorder.len() >= total
+    })
+    .await;
+    let mut ends = Vec::new();
     for r in running {
-        r.stop().await;
+        ends.push(r.finish().await);
     }
+    assert!(
+        done,
+        "only {} of {total} delivered; relays: {ends:?}; pending: {}",
+        recorder.len(),
+        db.dump_pending().await
+    );
+    assert!(ends.iter().all(|e| e.is_ok()), "{ends:?}");
 
     let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut unkeyed = Vec::new();
