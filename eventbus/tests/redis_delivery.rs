@@ -73,7 +73,10 @@ async fn every_group_gets_every_event() {
     let groups = server
         .cmd(&["XINFO", "GROUPS", &stream_key("e2e.ping")])
         .unwrap();
-    assert!(groups.contains("svc.a") && groups.contains("svc.b"), "{groups}");
+    assert!(
+        groups.contains("svc.a") && groups.contains("svc.b"),
+        "{groups}"
+    );
     assert_eq!(pending(&server, &stream_key("e2e.ping"), "svc.a"), 0);
     assert_eq!(pending(&server, &stream_key("e2e.ping"), "svc.b"), 0);
 }
@@ -324,10 +327,16 @@ async fn dead_letters_can_be_replayed_to_their_group_only() {
     .await;
     running.shutdown().await.unwrap();
     assert_eq!(*flaky_seen.lock(), [7, 8]);
-    assert_eq!(*other_seen.lock(), [7, 8], "the replay went to `flaky` only");
+    assert_eq!(
+        *other_seen.lock(),
+        [7, 8],
+        "the replay went to `flaky` only"
+    );
     assert!(bus.dead_letters(10).await.unwrap().is_empty());
     assert_eq!(
-        server.cmd(&["XLEN", "{eventbus}:replay:svc.flaky"]).unwrap(),
+        server
+            .cmd(&["XLEN", "{eventbus}:replay:svc.flaky"])
+            .unwrap(),
         "0",
         "an acked replay is deleted from the replay stream"
     );
@@ -363,9 +372,10 @@ async fn a_poison_message_ends_in_the_dlq_and_others_keep_flowing() {
             .await
             .unwrap();
     }
-    wait_until_async("the 99 others are handled and the poison dead-lettered", || async {
-        seen.lock().len() >= 99 && !bus.dead_letters(10).await.unwrap().is_empty()
-    })
+    wait_until_async(
+        "the 99 others are handled and the poison dead-lettered",
+        || async { seen.lock().len() >= 99 && !bus.dead_letters(10).await.unwrap().is_empty() },
+    )
     .await;
     running.shutdown().await.unwrap();
     let expected: Vec<u32> = (0..100).filter(|n| *n != 13).collect();

@@ -98,9 +98,7 @@ where
 
 /// The number of entries pending (delivered, not acked) in `group` on `stream`.
 pub fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
-    let reply = server
-        .cmd(&["XPENDING", stream, group])
-        .expect("XPENDING");
+    let reply = server.cmd(&["XPENDING", stream, group]).expect("XPENDING");
     reply
         .lines()
         .next()
