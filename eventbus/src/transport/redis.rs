@@ -126,8 +126,16 @@ impl Transport for RedisTransport {
     }
 
     fn declare<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<()>> {
-        // Creating a consumer creates the group on every stream it reads.
-        Box::pin(async move { self.consumer(group).await.map(drop) })
+        Box::pin(async move {
+            if self.client.config().mode() == Mode::PubSub {
+                // Pub/sub keeps nothing for anyone: there is no group to
+                // create, and a subscription opened and dropped here would
+                // only linger (and count in PUBSUB NUMSUB) for a moment.
+                return Ok(());
+            }
+            // Creating a consumer creates the group on every stream it reads.
+            self.consumer(group).await.map(drop)
+        })
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>> {
