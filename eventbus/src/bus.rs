@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::codec::{self, Stamp};
 use crate::context::StateMap;
@@ -191,8 +192,12 @@ impl Bus {
     /// Handlers run later, on their own workers, never inside this call.
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
         let message = self.encode(&event)?;
-        tracing::debug!(event_type = E::TYPE, "publish");
-        self.send(std::slice::from_ref(&message)).await
+        self.send(std::slice::from_ref(&message))
+            .instrument(tracing::debug_span!(
+                "eventbus.publish",
+                event_type = E::TYPE
+            ))
+            .await
     }
 
     /// Publishes on the transport, without a future when it can do it at once.
