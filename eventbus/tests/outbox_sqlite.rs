@@ -40,7 +40,7 @@ async fn a_failing_row_holds_back_the_rows_of_its_key_until_it_is_failed() {
 
 #[tokio::test]
 async fn two_relay_processes_deliver_10000_rows_once_each() {
-    two_relay_processes(Db::sqlite().await, "child_relay").await;
+    two_relay_processes(Db::sqlite().await, "child_relay", false).await;
 }
 
 #[tokio::test]

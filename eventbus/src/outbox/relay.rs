@@ -255,7 +255,11 @@ impl Relay {
                 return Ok(());
             }
             // `(wait, wakeable)`: how long to wait, and whether a NOTIFY may cut it short.
-            let round = self.run_once().await;
+            let round = if outages > 0 {
+                self.round_after_outage().await
+            } else {
+                self.run_once().await
+            };
             tracing::trace!(?round, "outbox relay round");
             let (wait, wakeable) = match round {
                 Ok(report) if report.outage => {
@@ -338,8 +342,36 @@ impl Relay {
         }
     }
 
+    /// A round while the transport looked down: first a `ping` with no lock
+    /// held; if the transport still fails, the due rows are charged an attempt
+    /// (a short claim and update, no publish) instead of being held locked
+    /// while a publish waits on a dead server.
+    async fn round_after_outage(&self) -> Result<RoundReport> {
+        let transport = self.bus.transport();
+        let down = match tokio::time::timeout(self.options.publish_timeout, transport.ping()).await
+        {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(error_chain(&e)),
+            Err(_) => Some(format!(
+                "the {} transport did not answer within {:?}",
+                transport.name(),
+                self.options.publish_timeout
+            )),
+        };
+        match down {
+            None => self.run_once().await,
+            Some(error) => self.round(Some(&error)).await,
+        }
+    }
+
     /// One round: claims a batch, publishes it, records the outcome, commits.
     pub async fn run_once(&self) -> Result<RoundReport> {
+        self.round(None).await
+    }
+
+    /// A round; with `down`, the transport is known to fail with that error:
+    /// the claimed rows are charged without a publish.
+    async fn round(&self, down: Option<&str>) -> Result<RoundReport> {
         let batch = self.options.batch_size;
         match &self.options.db {
             #[cfg(feature = "postgres")]
@@ -353,7 +385,10 @@ impl Relay {
                     tx.commit().await.map_err(db_error("cannot commit"))?;
                     return Ok(RoundReport::default());
                 }
-                let outcome = self.publish(rows).await;
+                let outcome = match down {
+                    None => self.publish(rows).await,
+                    Some(error) => self.charge(rows, error),
+                };
                 postgres::mark_published(&mut tx, &outcome.published).await?;
                 postgres::mark_failed(&mut tx, &outcome.failures).await?;
                 tx.commit()
@@ -376,7 +411,10 @@ impl Relay {
                     tx.commit().await.map_err(db_error("cannot commit"))?;
                     return Ok(RoundReport::default());
                 }
-                let outcome = self.publish(rows).await;
+                let outcome = match down {
+                    None => self.publish(rows).await,
+                    Some(error) => self.charge(rows, error),
+                };
                 sqlite::mark_published(&mut tx, &outcome.published).await?;
                 sqlite::mark_failed(&mut tx, &outcome.failures).await?;
                 tx.commit()
@@ -532,6 +570,24 @@ impl Relay {
                     }
                 }
             }
+        }
+        outcome
+    }
+
+    /// Charges every claimed row one failed attempt with `error`.
+    fn charge(&self, rows: Vec<Claimed>, error: &str) -> Outcome {
+        let mut outcome = Outcome::default();
+        outcome.report.claimed = rows.len();
+        outcome.report.outage = true;
+        for row in rows {
+            let meta = Meta {
+                seq: row.seq,
+                id: row.id,
+                event_type_for_log: row.event_type,
+                key: row.key,
+                attempts: row.attempts,
+            };
+            self.fail(&mut outcome, &meta, error);
         }
         outcome
     }

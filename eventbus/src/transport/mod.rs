@@ -194,6 +194,13 @@ pub trait Transport: Send + Sync + 'static {
     /// removes it from the DLQ. False if there is no such entry.
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>>;
 
+    /// Checks that the transport can be reached (one round trip where there
+    /// is a server). The outbox relay asks this, holding no lock, before it
+    /// locks rows again after the transport failed.
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Background work the transport needs while the bus runs (moving due
     /// scheduled messages, ...); runs until `shutdown` fires.
     fn run_background(

@@ -184,6 +184,15 @@ impl Transport for RedisTransport {
         })
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.client
+                .ping()
+                .await
+                .map_err(|e| redis_error("PING failed", e))
+        })
+    }
+
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let Ok(id) = dead_letter_id.parse::<eventbus_redis::DlqId>() else {

@@ -928,8 +928,9 @@ pub fn sink_ids(paths: &[PathBuf]) -> Vec<String> {
 }
 
 /// Two relay processes over 10,000 rows written while they run: all
-/// delivered, none twice.
-pub async fn two_relay_processes(db: Db, test: &str) {
+/// delivered, none twice. With `both`, both relays must have sent some
+/// (PostgreSQL; SQLite's write lock is not fair, one relay may take all).
+pub async fn two_relay_processes(db: Db, test: &str, both: bool) {
     let dir = tempfile::tempdir().unwrap();
     let sinks = [dir.path().join("a.log"), dir.path().join("b.log")];
     let a = Child::spawn(test, db.url(), &sinks[0], "slow", 50);
@@ -970,10 +971,12 @@ pub async fn two_relay_processes(db: Db, test: &str) {
         ROWS as usize,
         "no event published twice (per relay: {per_relay:?})"
     );
-    assert!(
-        per_relay.iter().all(|n| *n > 0),
-        "both relays took part: {per_relay:?}"
-    );
+    if both {
+        assert!(
+            per_relay.iter().all(|n| *n > 0),
+            "both relays took part: {per_relay:?}"
+        );
+    }
     assert_eq!(db.counts().await.published, ROWS);
 }
 
