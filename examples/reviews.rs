@@ -189,6 +189,38 @@ fn moderation_stats() -> ModerationStatsDue {
     ModerationStatsDue { tick_ms }
 }
 
+/// What the scenario waits for before it prints its summary, as `handler <-
+/// type`. On Redis the global `audit` handler finds the streams of types
+/// first published after it started by polling, so it may see them last.
+const EXPECTED: &[&str] = &[
+    "audit <- grant_published",
+    "audit <- moderate_action",
+    "audit <- moderation_stats_due",
+    "audit <- record_change",
+    "audit <- record_create",
+    "audit <- record_delete",
+    "audit <- review_approved",
+    "audit <- review_created",
+    "audit <- review_reminder",
+    "audit <- send_email_task",
+    "audit <- send_notification",
+    "audit <- send_short_message",
+    "audit <- sso_user_changed",
+    "audit <- user_applied",
+    "audit <- user_survey_finished",
+    "audit <- winners_announcement",
+    "legacy_on_review_approved <- review_approved",
+    "on_id_user_changed <- sso_user_changed",
+    "on_moderate_action <- moderate_action",
+    "on_moderate_action <- review_approved",
+    "on_moderation_stats_due <- moderation_stats_due",
+    "on_record_create <- record_create",
+    "on_review_created <- review_created",
+    "on_review_reminder <- review_reminder",
+    "send_notification <- send_notification",
+    "send_short_message <- send_short_message",
+];
+
 fn published(ty: &str, note: &str) {
     println!("published {ty:<22} {note}");
 }
@@ -289,16 +321,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     published("send_notification", "");
 
-    // Wait for the delayed reminder, one schedule tick and the dead letter.
+    // Wait for every handler to see its events (the delayed reminder and a
+    // schedule tick included) and for the dead letter.
     let trace = bus.state::<Trace>();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let dead = loop {
         let dead = bus.dead_letters(10).await?;
-        if trace.count("on_review_reminder <- review_reminder") >= 1
-            && trace.count("on_moderation_stats_due <- moderation_stats_due") >= 1
-            && trace.count("send_short_message <- send_short_message") >= 1
-            && !dead.is_empty()
-        {
+        if EXPECTED.iter().all(|key| trace.count(key) >= 1) && !dead.is_empty() {
             break dead;
         }
         anyhow::ensure!(
