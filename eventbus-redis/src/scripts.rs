@@ -36,21 +36,31 @@ return out
     )
 });
 
-/// Reclaims entries pending on other consumers for longer than `min_idle`
-/// (dead or stuck consumers), skipping entries that wait for a scheduled
-/// retry. Pages through the pending list with a cursor.
+/// Reclaims up to `limit` entries pending on other consumers for longer
+/// than `min_idle` (dead or stuck consumers), skipping entries that wait for
+/// a scheduled retry. Pages through the pending list (`count` at a time)
+/// with a cursor. The limit keeps a consumer from taking more than it is
+/// about to hand out: an entry claimed and left waiting in its buffer would
+/// look dead again to the other consumers, and each takeover counts as a
+/// delivery.
 ///
 /// KEYS[1] = stream, KEYS[2] = retry zset;
-/// ARGV = group, consumer, min_idle_ms, start (`-` or `(id`), count.
+/// ARGV = group, consumer, min_idle_ms, start (`-` or `(id`), count, limit.
 /// Returns `{next_start, {{id, fields, delivery_count}, ...}}`; `next_start`
 /// is `-` when the scan reached the end.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], ARGV[4], '+', ARGV[5])
+local limit = tonumber(ARGV[6])
 local out = {}
 local last = nil
+local full = false
 for _, p in ipairs(pend) do
+  if #out >= limit then
+    full = true
+    break
+  end
   last = p[1]
   if p[2] ~= ARGV[2] and not redis.call('ZSCORE', KEYS[2], KEYS[1] .. '\n' .. p[1]) then
     local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
@@ -60,7 +70,7 @@ for _, p in ipairs(pend) do
   end
 end
 local nxt = '-'
-if #pend == tonumber(ARGV[5]) and last then nxt = '(' .. last end
+if (full or #pend == tonumber(ARGV[5])) and last then nxt = '(' .. last end
 return {nxt, out}
 "#,
     )

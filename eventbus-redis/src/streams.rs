@@ -326,9 +326,14 @@ impl StreamConsumer {
             rd.next_types_poll = now + self.opts.types_poll;
         }
         if now >= rd.next_claim {
-            self.reclaim(rd, max).await?;
-            self.forget_dead_consumers().await;
-            rd.next_claim = now + self.opts.claim_interval;
+            if self.reclaim(rd, max).await? {
+                // Took as many as asked for; more may be waiting: look
+                // again at the next read.
+                rd.next_claim = now;
+            } else {
+                self.forget_dead_consumers().await;
+                rd.next_claim = now + self.opts.claim_interval;
+            }
             if !rd.buffer.is_empty() {
                 return Ok(());
             }
@@ -559,12 +564,17 @@ impl StreamConsumer {
         Ok(())
     }
 
-    /// Takes over entries pending on other consumers for longer than `claim_idle`.
-    async fn reclaim(&self, rd: &mut Reader, max: usize) -> Result<(), Failure> {
+    /// Takes over at most `max` entries pending on other consumers for longer
+    /// than `claim_idle`; true when it took `max` (more may be waiting).
+    async fn reclaim(&self, rd: &mut Reader, max: usize) -> Result<bool, Failure> {
         let idle_ms = self.opts.claim_idle.as_millis() as u64;
         let count = max.max(100);
+        let mut taken = 0;
         let streams = self.table().read_keys();
         for (idx, key) in streams {
+            if taken >= max {
+                return Ok(true);
+            }
             let start = rd.cursors.get(&idx).cloned().unwrap_or_else(|| "-".into());
             let mut inv = scripts::RECLAIM.prepare_invoke();
             inv.key(&key)
@@ -573,7 +583,8 @@ impl StreamConsumer {
                 .arg(&self.name)
                 .arg(idle_ms)
                 .arg(&start)
-                .arg(count);
+                .arg(count)
+                .arg(max - taken);
             let reply: Value = self
                 .client
                 .run_script("reclaim script", &inv)
@@ -607,6 +618,7 @@ impl StreamConsumer {
                 let Some(id) = bulk_bytes(std::mem::take(&mut f[0])) else {
                     continue;
                 };
+                taken += 1;
                 if let Made::Entry(e) = self.make_entry(rd, idx, &id, fields, count) {
                     tracing::info!(group = %self.group, stream = %key, id = %e.id, delivery_count = count, "took over an entry from a dead consumer");
                     self.reclaimed.fetch_add(1, Ordering::Relaxed);
@@ -614,7 +626,7 @@ impl StreamConsumer {
                 }
             }
         }
-        Ok(())
+        Ok(taken >= max)
     }
 
     /// Deletes consumers of the group that own no pending entries and have

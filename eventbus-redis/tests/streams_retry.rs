@@ -131,6 +131,53 @@ async fn entries_of_a_dead_consumer_are_reclaimed() {
 }
 
 #[tokio::test]
+async fn a_survivor_takes_over_only_as_many_entries_as_it_reads() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let mut opts = fast_opts();
+    opts.claim_idle = Duration::from_millis(300);
+    opts.claim_interval = Duration::from_millis(100);
+    let dead = client.consumer("g", only("t"), opts.clone()).await.unwrap();
+    for i in 0..5 {
+        client
+            .publish_one("t", &event("t", json!(i)))
+            .await
+            .unwrap();
+    }
+    read_n(&dead, 5, Duration::from_secs(5)).await;
+    let dead_name = dead.name().to_owned();
+    drop(dead); // dies without acking
+
+    // Two survivors reading two at a time share the five: none takes more
+    // than it hands out (an entry claimed and left in a buffer would look
+    // dead again to the other one, and each takeover counts as a delivery).
+    let a = client.consumer("g", only("t"), opts.clone()).await.unwrap();
+    let b = client.consumer("g", only("t"), opts).await.unwrap();
+    let first = read_n(&a, 2, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!(a.stats().reclaimed_or_released, 2, "took two, not five");
+    let pending = server
+        .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
+        .unwrap();
+    assert!(pending.contains(&format!("{}\n2", a.name())), "{pending}");
+    assert!(pending.contains(&format!("{dead_name}\n3")), "{pending}");
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rest.len() < 3 {
+        assert!(Instant::now() < deadline, "the rest was not taken over");
+        rest.extend(b.read(2).await.unwrap());
+    }
+    let mut all: Vec<i64> = first
+        .iter()
+        .chain(&rest)
+        .map(|e| data(e).as_i64().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, [0, 1, 2, 3, 4]);
+    assert!(first.iter().chain(&rest).all(|e| e.delivery_count == 2));
+}
+
+#[tokio::test]
 async fn released_entries_go_to_another_consumer_at_once() {
     let server = server();
     let client = client(&server.url()).await;

@@ -104,6 +104,19 @@ fn child_process() {
                 .concurrency(4);
                 run_worker(&url, handler).await;
             }
+            // Takes 8 jobs at once and never finishes one.
+            "stuck-worker" => {
+                let log = log.clone();
+                let handler = HandlerDef::new("work", move |job: Job, ctx: Context| {
+                    let log = log.clone();
+                    async move {
+                        log_line(&log, format!("started {} {}", job.n, ctx.attempt()));
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                })
+                .concurrency(8);
+                run_worker(&url, handler).await;
+            }
             // Crashes the whole process on job 0; `retries = 2`.
             "crashing-worker" => {
                 let log = log.clone();
@@ -461,4 +474,74 @@ async fn a_redis_restart_loses_nothing_and_consumers_resume() {
     assert_eq!(done(&seen), expected);
     assert!(bus.dead_letters(10).await.unwrap().is_empty());
     assert_eq!(pending(&server, &stream_key("crash.job"), "svc.work"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survivors_share_a_dead_workers_jobs_without_false_dead_letters() {
+    const N: u32 = 8;
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let stream = stream_key("crash.job");
+    let survived = Seen::default();
+    // Two survivors taking one job at a time (300 ms each), `retries = 1`:
+    // a job delivered a third time would be dead-lettered unhandled.
+    let survivor = || {
+        let seen = survived.clone();
+        let url = server.url();
+        async move {
+            Bus::builder()
+                .service("svc")
+                .without_registered()
+                .handler(
+                    HandlerDef::new("work", move |job: Job, ctx: Context| {
+                        let seen = seen.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            seen.lock().push((job.n, ctx.attempt()));
+                        }
+                    })
+                    .retries(1)
+                    .concurrency(1),
+                )
+                .transport(fast_transport(&url, CLAIM_IDLE).await)
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let a = survivor().await;
+    let b = survivor().await;
+
+    let mut worker = KillOnDrop(spawn_child("stuck-worker", &server.url(), &log));
+    a.publish_batch((0..N).map(|n| Job { n })).await.unwrap();
+    wait_until("the stuck worker took every job", || {
+        pending(&server, &stream, "svc.work") == u64::from(N)
+    })
+    .await;
+    worker.0.kill().unwrap(); // SIGKILL
+    worker.0.wait().unwrap();
+
+    let (ra, rb) = (a.spawn(), b.spawn());
+    wait_until_async("every job handled, acked or dead-lettered", || async {
+        let dead = a.dead_letters(10).await.unwrap().len();
+        let done: BTreeSet<u32> = survived.lock().iter().map(|(n, _)| *n).collect();
+        done.len() + dead >= N as usize && pending(&server, &stream, "svc.work") == 0
+    })
+    .await;
+    ra.shutdown().await.unwrap();
+    rb.shutdown().await.unwrap();
+    let dead = a.dead_letters(10).await.unwrap();
+    assert!(
+        dead.is_empty(),
+        "jobs dead-lettered though a survivor could handle them: {:?}",
+        dead.iter().map(|d| &d.error).collect::<Vec<_>>()
+    );
+    let mut got = survived.lock().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        (0..N).map(|n| (n, 2)).collect::<Vec<_>>(),
+        "each job taken over once, as its second attempt"
+    );
 }
