@@ -504,7 +504,9 @@ async fn survivors_share_a_dead_workers_jobs_without_false_dead_letters() {
                     .retries(1)
                     .concurrency(1),
                 )
-                .transport(fast_transport(&url, CLAIM_IDLE).await)
+                // Ten times a job's run: a survivor busy with a job never
+                // looks dead to the other, even on a loaded machine.
+                .transport(fast_transport(&url, Duration::from_secs(3)).await)
                 .build()
                 .await
                 .unwrap()
