@@ -477,3 +477,54 @@ async fn malformed_entries_go_to_the_dlq_with_the_reason() {
     let unique: BTreeSet<&str> = dead.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(unique.len(), bad.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_events_and_the_next_instance_takes_the_rest() {
+    let server = server();
+    let started = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let finished = Seen::default();
+    let handler = |started: &Arc<std::sync::atomic::AtomicU32>, finished: &Seen| {
+        let (s, f) = (started.clone(), finished.clone());
+        HandlerDef::new("slow", move |p: Ping| {
+            let (s, f) = (s.clone(), f.clone());
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                f.lock().push(p.n);
+            }
+        })
+        .concurrency(2)
+    };
+    let bus = Bus::builder()
+        .service("svc")
+        .without_registered()
+        .handler(handler(&started, &finished))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let running = bus.spawn();
+    bus.publish_batch((0..10).map(|n| Ping { n }))
+        .await
+        .unwrap();
+    wait_until("two events started", || started.load(Ordering::SeqCst) >= 2).await;
+    running.shutdown().await.unwrap();
+    let done = finished.lock().len();
+    assert!(done >= 2, "in-flight events were finished, got {done}");
+    assert!(done < 10, "no new events were taken after shutdown");
+
+    // The next instance of the service picks up the rest (anything the
+    // stopped one was handed and did not finish is taken over after 1 s).
+    let bus2 = Bus::builder()
+        .service("svc")
+        .without_registered()
+        .handler(handler(&started, &finished))
+        .transport(fast_transport(&server.url(), Duration::from_secs(1)).await)
+        .build()
+        .await
+        .unwrap();
+    let running = bus2.spawn();
+    wait_until("all 10 handled", || finished.lock().len() >= 10).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(sorted(&finished), (0..10).collect::<Vec<_>>(), "each once");
+    assert_eq!(pending(&server, &stream_key("e2e.ping"), "svc.slow"), 0);
+}

@@ -519,3 +519,52 @@ async fn the_django_broadcaster_layout_round_trips_through_the_bus() {
     }
     assert!(bus.dead_letters(10).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_with_the_legacy_codec_carry_bare_data() {
+    let server = server();
+    let log = Log::default();
+    let bus = legacy_bus(&with(&server.url(), "codec=legacy"), &log).await;
+    assert_eq!(bus.transport().name(), "redis-streams");
+    let running = bus.spawn();
+    let (ours, theirs) = (Uuid::now_v7(), Uuid::now_v7());
+    bus.publish(ReviewCreated { id: ours }).await.unwrap();
+    // A legacy producer appending bare data to the same stream.
+    server
+        .cmd(&[
+            "XADD",
+            &stream_key("review_created"),
+            "*",
+            "data",
+            &format!(r#"{{"id": "{theirs}"}}"#),
+        ])
+        .unwrap();
+    wait_until("both handled", || count(&log, "on_review_created") >= 2).await;
+    running.shutdown().await.unwrap();
+    let raw = server
+        .cmd(&[
+            "XRANGE",
+            &stream_key("review_created"),
+            "-",
+            "+",
+            "COUNT",
+            "1",
+        ])
+        .unwrap();
+    let fields: Vec<&str> = raw.lines().skip(1).collect();
+    assert_eq!(fields, ["data".to_owned(), format!(r#"{{"id":"{ours}"}}"#)]);
+    assert_eq!(of(&log, "on_review_created"), {
+        let mut v = vec![
+            (
+                "review_created".to_owned(),
+                format!("{ours} from /redis/review_created"),
+            ),
+            (
+                "review_created".to_owned(),
+                format!("{theirs} from /redis/review_created"),
+            ),
+        ];
+        v.sort();
+        v
+    });
+}
