@@ -182,6 +182,11 @@ async fn fill(pool: &PgPool, bus: &Bus, n: usize) {
     for t in tasks {
         t.await.expect("writer");
     }
+    // As autovacuum would, before the relays run: fair plans for every contender.
+    sqlx::query("VACUUM ANALYZE eventbus_outbox")
+        .execute(pool)
+        .await
+        .expect("analyze");
 }
 
 async fn pending(pool: &PgPool) -> i64 {

@@ -47,7 +47,11 @@
 //! rows by `(available_at, seq)`, pending keyed rows by `(key, seq)`, and
 //! published rows by `published_at` for the retention cleanup. On PostgreSQL
 //! a statement trigger sends `NOTIFY eventbus_outbox` on insert (delivered at
-//! commit), so relays wake at once whoever wrote the row.
+//! commit), so relays wake at once whoever wrote the row. Because PostgreSQL
+//! serializes the commits of notifying transactions, only one open
+//! transaction at a time notifies (a non-blocking advisory lock decides); the
+//! others count on the relay being awake already, or on its poll
+//! (`SET eventbus.outbox_notify = 'off'` turns the notification off).
 //!
 //! # The relay
 //!

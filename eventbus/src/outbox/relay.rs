@@ -106,7 +106,7 @@ impl RelayOptions {
         self
     }
 
-    /// Longest idle wait between two looks at the table (default 1 s on
+    /// Longest idle wait between two looks at the table (default 500 ms on
     /// PostgreSQL, where `NOTIFY` wakes the relay at once; 100 ms on SQLite).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = Some(interval);
@@ -140,7 +140,7 @@ impl RelayOptions {
     fn poll(&self) -> Duration {
         self.poll_interval.unwrap_or(match &self.db {
             #[cfg(feature = "postgres")]
-            Database::Postgres(_) => Duration::from_secs(1),
+            Database::Postgres(_) => Duration::from_millis(500),
             #[cfg(feature = "sqlite")]
             Database::Sqlite(_) => Duration::from_millis(100),
         })
