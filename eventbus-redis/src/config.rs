@@ -8,13 +8,16 @@
 //!
 //! options: mode=streams|pubsub  codec=cloudevents|legacy  prefix=NAME
 //!          layout=per-type|django  stream=NAME (django layout)  maxlen=N
+//!          claim_idle_ms=N  claim_interval_ms=N (defaults of ConsumerOptions)
 //! ```
 //!
 //! The password is kept in a [`Secret`] whose `Debug` and `Display` print
 //! `***`; [`RedisConfig`]'s `Display` is the URL with the password redacted.
 
 use std::fmt;
+use std::time::Duration;
 
+use crate::consumer::ConsumerOptions;
 use crate::error::{Error, Result};
 
 /// The default port of `redis-server`.
@@ -24,7 +27,8 @@ pub const DEFAULT_PREFIX: &str = "eventbus";
 /// The default stream of the `django` layout.
 pub const DEFAULT_DJANGO_STREAM: &str = "events";
 
-const OPTIONS: &str = "`mode`, `codec`, `prefix`, `layout`, `stream`, `maxlen`";
+const OPTIONS: &str =
+    "`mode`, `codec`, `prefix`, `layout`, `stream`, `maxlen`, `claim_idle_ms`, `claim_interval_ms`";
 
 /// How events travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,6 +111,8 @@ pub struct RedisConfig {
     prefix: Option<String>,
     layout: Layout,
     maxlen: Option<u64>,
+    claim_idle: Option<Duration>,
+    claim_interval: Option<Duration>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -123,6 +129,8 @@ impl fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix())
             .field("layout", &self.layout)
             .field("maxlen", &self.maxlen)
+            .field("claim_idle", &self.claim_idle)
+            .field("claim_interval", &self.claim_interval)
             .finish()
     }
 }
@@ -169,6 +177,12 @@ impl fmt::Display for RedisConfig {
         if let Some(n) = self.maxlen {
             opt(f, "maxlen", &n)?;
         }
+        if let Some(d) = self.claim_idle {
+            opt(f, "claim_idle_ms", &d.as_millis())?;
+        }
+        if let Some(d) = self.claim_interval {
+            opt(f, "claim_interval_ms", &d.as_millis())?;
+        }
         Ok(())
     }
 }
@@ -188,6 +202,8 @@ impl RedisConfig {
             prefix: None,
             layout: Layout::PerType,
             maxlen: None,
+            claim_idle: None,
+            claim_interval: None,
         }
     }
 
@@ -264,6 +280,20 @@ impl RedisConfig {
     /// The stream length bound (`maxlen`), if any.
     pub fn maxlen(&self) -> Option<u64> {
         self.maxlen
+    }
+
+    /// [`ConsumerOptions::default()`] with what the URL sets
+    /// (`claim_idle_ms`, `claim_interval_ms`): the options of consumers
+    /// created for this configuration when the caller has no others.
+    pub fn consumer_options(&self) -> ConsumerOptions {
+        let mut opts = ConsumerOptions::default();
+        if let Some(d) = self.claim_idle {
+            opts.claim_idle = d;
+        }
+        if let Some(d) = self.claim_interval {
+            opts.claim_interval = d;
+        }
+        opts
     }
 
     /// Sets the mode.
@@ -446,6 +476,17 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
                     }
                     stream = Some(v);
                 }
+                "claim_idle_ms" | "claim_interval_ms" => {
+                    let ms: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("`{key}={value}` must be a positive number of milliseconds, like `{key}=60000`")
+                    })?;
+                    let d = Some(Duration::from_millis(ms));
+                    if key == "claim_idle_ms" {
+                        config.claim_idle = d;
+                    } else {
+                        config.claim_interval = d;
+                    }
+                }
                 "maxlen" => {
                     let n: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         format!("`maxlen={value}` must be a positive number of entries, like `maxlen=100000`")
@@ -585,6 +626,30 @@ mod tests {
             c.to_string(),
             "redis://me:***@localhost:7000/3?mode=pubsub&codec=legacy&prefix=svc&maxlen=1000"
         );
+    }
+
+    #[test]
+    fn parses_consumer_options() {
+        let c =
+            RedisConfig::from_url("redis://h?claim_idle_ms=1500&claim_interval_ms=100").unwrap();
+        let o = c.consumer_options();
+        assert_eq!(o.claim_idle, Duration::from_millis(1500));
+        assert_eq!(o.claim_interval, Duration::from_millis(100));
+        assert_eq!(
+            c.to_string(),
+            "redis://h:6379/0?claim_idle_ms=1500&claim_interval_ms=100"
+        );
+        assert_eq!(RedisConfig::from_url(&c.to_string()).unwrap(), c);
+        let d = RedisConfig::from_url("redis://h")
+            .unwrap()
+            .consumer_options();
+        assert_eq!(d.claim_idle, ConsumerOptions::default().claim_idle);
+        assert_eq!(d.claim_interval, ConsumerOptions::default().claim_interval);
+        assert!(
+            err("redis://h?claim_idle_ms=0")
+                .contains("`claim_idle_ms=0` must be a positive number of milliseconds")
+        );
+        assert!(err("redis://h?claim_interval_ms=1s").contains("like `claim_interval_ms=60000`"));
     }
 
     #[test]

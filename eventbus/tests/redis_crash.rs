@@ -35,8 +35,9 @@ struct Reminder {
     id: u32,
 }
 
-/// Entries taken over from a dead consumer are looked for after this idle time.
-const CLAIM_IDLE: Duration = Duration::from_secs(1);
+/// URL options: entries pending on a dead consumer for 1 s are taken over
+/// (looked for every 100 ms).
+const CLAIM: &str = "claim_idle_ms=1000&claim_interval_ms=100";
 
 const CHILD_ENV: &str = "EVENTBUS_E2E_CHILD";
 const URL_ENV: &str = "EVENTBUS_E2E_URL";
@@ -159,8 +160,7 @@ async fn run_worker(url: &str, handler: HandlerDef) {
         .without_registered()
         .retry_policy(fast_retries())
         .handler(handler)
-        .transport(fast_transport(url, CLAIM_IDLE).await)
-        .build()
+        .connect(url)
         .await
         .unwrap();
     bus.run().await.unwrap();
@@ -225,12 +225,15 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
         .service("svc")
         .without_registered()
         .handler(job_recorder(&survived))
-        .transport(fast_transport(&server.url(), CLAIM_IDLE).await)
-        .build()
+        .connect(&with(&server.url(), CLAIM))
         .await
         .unwrap();
 
-    let mut worker = KillOnDrop(spawn_child("slow-worker", &server.url(), &log));
+    let mut worker = KillOnDrop(spawn_child(
+        "slow-worker",
+        &with(&server.url(), CLAIM),
+        &log,
+    ));
     survivor
         .publish_batch((0..N).map(|n| Job { n }))
         .await
@@ -294,7 +297,8 @@ async fn a_poison_message_that_crashes_every_worker_ends_in_the_dlq() {
         .unwrap();
 
     let mut crashes = 0;
-    let mut worker = KillOnDrop(spawn_child("crashing-worker", &server.url(), &log));
+    let url = with(&server.url(), CLAIM);
+    let mut worker = KillOnDrop(spawn_child("crashing-worker", &url, &log));
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         if !observer.dead_letters(10).await.unwrap().is_empty() {
@@ -303,7 +307,7 @@ async fn a_poison_message_that_crashes_every_worker_ends_in_the_dlq() {
         if let Some(status) = worker.0.try_wait().unwrap() {
             assert!(!status.success(), "the worker crashed");
             crashes += 1;
-            worker = KillOnDrop(spawn_child("crashing-worker", &server.url(), &log));
+            worker = KillOnDrop(spawn_child("crashing-worker", &url, &log));
         }
         assert!(
             std::time::Instant::now() < deadline,

@@ -47,10 +47,13 @@ fn redis_error(what: &str, e: eventbus_redis::Error) -> Error {
 }
 
 impl RedisTransport {
-    /// Connects to the server(s) named by `url` (see `eventbus-redis` for every option).
+    /// Connects to the server(s) named by `url` (see `eventbus-redis` for
+    /// every option; `claim_idle_ms` and `claim_interval_ms` tune how soon
+    /// the entries of a dead instance are taken over).
     pub async fn connect(url: &str) -> Result<Self> {
         let config = RedisConfig::from_url(url).map_err(config_error)?;
-        Self::with_options(config, ConsumerOptions::default()).await
+        let consumer = config.consumer_options();
+        Self::with_options(config, consumer).await
     }
 
     /// Connects with explicit consumer tuning (reclaim idle time, block time, ...).
