@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use redis::Pipeline;
+use redis::Cmd;
 
 use crate::codec;
 use crate::config::{Codec, Layout, Mode, RedisConfig};
@@ -15,6 +15,7 @@ use crate::conn::{self, ClientOptions, Conn, Connector};
 use crate::consumer::{Consumer, ConsumerOptions, Kind, Types};
 use crate::error::Result;
 use crate::keys::{Keys, check_name};
+use crate::publisher::Publisher;
 use crate::pubsub::PubSubConsumer;
 use crate::streams::StreamConsumer;
 
@@ -33,8 +34,11 @@ pub(crate) struct Inner {
     pub(crate) keys: Keys,
     pub(crate) connector: Connector,
     pub(crate) conn: Conn,
-    /// Types this client has already added to the types set, with their stream key.
-    stream_keys: RwLock<HashMap<String, Arc<str>>>,
+    /// Sends the publishes of concurrent callers as shared pipelines.
+    publisher: Publisher,
+    /// Types this client has published before, with their stream key (per-type
+    /// streams: the type is in the types set) or pub/sub channel.
+    targets: RwLock<HashMap<String, Arc<str>>>,
     pub(crate) scheduler_wake: tokio::sync::Notify,
 }
 
@@ -81,13 +85,15 @@ impl Client {
             .await
             .map_err(|e| conn::connect_error(&config, e))?;
         tracing::debug!(redis = %config, "connected to Redis");
+        let publisher = Publisher::spawn(conn.clone(), connector.options().reconnect_for);
         Ok(Client {
             inner: Arc::new(Inner {
                 keys: Keys::new(&config),
                 config,
                 connector,
                 conn,
-                stream_keys: RwLock::new(HashMap::new()),
+                publisher,
+                targets: RwLock::new(HashMap::new()),
                 scheduler_wake: tokio::sync::Notify::new(),
             }),
         })
@@ -130,7 +136,7 @@ impl Client {
     pub(crate) async fn run_pipe<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        pipe: &Pipeline,
+        pipe: &redis::Pipeline,
     ) -> Result<T> {
         let conn = self.conn();
         conn::retry(op, self.options().reconnect_for, || {
@@ -163,52 +169,69 @@ impl Client {
     ///
     /// `payload` is structured-mode CloudEvent JSON (bare data JSON is
     /// wrapped into a CloudEvent of the type). Streams mode: one `XADD` per
-    /// event; pub/sub: one `PUBLISH`. Concurrent calls are pipelined on the
-    /// shared connection, not serialized.
+    /// event; pub/sub: one `PUBLISH`. Concurrent calls share pipelines: what
+    /// many tasks publish meanwhile goes to Redis together, each call still
+    /// returning the outcome of its own events.
     pub async fn publish(&self, events: &[(&str, &[u8])]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let config = &self.inner.config;
+        let pubsub = config.mode() == Mode::PubSub;
+        let fast =
+            config.codec() == Codec::CloudEvents && (pubsub || config.layout() == &Layout::PerType);
+        let mut cmds = Vec::with_capacity(events.len() + 1);
         let mut new_types: Vec<&str> = Vec::new();
-        let fast = self.inner.config.mode() == Mode::Streams
-            && self.inner.config.layout() == &Layout::PerType
-            && self.inner.config.codec() == Codec::CloudEvents;
         {
-            // Hot path (per-type streams, CloudEvents): one map lookup gives
-            // the stream key and whether the type is registered.
-            let keys = self.inner.stream_keys.read().expect("not poisoned");
+            // Hot path (per-type streams or pub/sub, CloudEvents): one map
+            // lookup gives the stream key or channel, and whether the type
+            // is registered.
+            let targets = self.inner.targets.read().expect("not poisoned");
             for (ty, payload) in events {
-                match keys.get(*ty) {
-                    Some(key) if fast && looks_structured(payload) => {
-                        pipe.cmd("XADD")
-                            .arg(&**key)
-                            .arg("*")
-                            .arg("cloud_event")
-                            .arg(*payload)
-                            .ignore();
+                match targets.get(*ty) {
+                    Some(target) if fast && looks_structured(payload) => {
+                        // Sized up front: the payload is copied once, without regrowing.
+                        let size = target.len() + payload.len() + 32;
+                        let mut cmd;
+                        if pubsub {
+                            cmd = Cmd::with_capacity(3, size);
+                            cmd.arg("PUBLISH").arg(&**target).arg(*payload);
+                        } else {
+                            cmd = Cmd::with_capacity(5, size);
+                            cmd.arg("XADD")
+                                .arg(&**target)
+                                .arg("*")
+                                .arg("cloud_event")
+                                .arg(*payload);
+                        }
+                        cmds.push(cmd);
                     }
                     known => {
                         check_name("event type", ty)?;
-                        if known.is_none() && self.registers_types() && !new_types.contains(ty) {
+                        if known.is_none() && self.caches_targets() && !new_types.contains(ty) {
                             new_types.push(ty);
                         }
-                        add_write(&mut pipe, self.write(ty, payload));
+                        cmds.push(write_cmd(self.write(ty, payload)));
                     }
                 }
             }
         }
-        if !new_types.is_empty() {
-            pipe.cmd("SADD")
-                .arg(self.inner.keys.types())
-                .arg(&new_types)
-                .ignore();
+        if !new_types.is_empty() && self.registers_types() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(self.inner.keys.types()).arg(&new_types);
+            cmds.push(sadd);
         }
-        self.run_pipe::<()>("publish", &pipe).await?;
+        self.inner.publisher.send(cmds).await?;
         if !new_types.is_empty() {
-            let mut known = self.inner.stream_keys.write().expect("not poisoned");
+            let keys = &self.inner.keys;
+            let mut known = self.inner.targets.write().expect("not poisoned");
             for t in new_types {
-                known.insert(t.to_owned(), Arc::from(self.inner.keys.stream(t)));
+                let target = if pubsub {
+                    keys.channel(t)
+                } else {
+                    keys.stream(t)
+                };
+                known.insert(t.to_owned(), Arc::from(target));
             }
         }
         Ok(())
@@ -229,6 +252,11 @@ impl Client {
     /// Per-type streams: the first publish of a type adds it to `{P}:types`.
     fn registers_types(&self) -> bool {
         self.inner.config.mode() == Mode::Streams && self.inner.config.layout() == &Layout::PerType
+    }
+
+    /// Whether publishes remember each type's stream key or channel.
+    fn caches_targets(&self) -> bool {
+        self.registers_types() || self.inner.config.mode() == Mode::PubSub
     }
 
     /// What publishing `payload` as `ty` writes.
@@ -326,17 +354,21 @@ impl Client {
     }
 }
 
-pub(crate) fn add_write(pipe: &mut Pipeline, write: Write<'_>) {
+/// The command that performs `write`.
+pub(crate) fn write_cmd(write: Write<'_>) -> Cmd {
     match write {
         Write::Xadd { key, fields } => {
-            let cmd = pipe.cmd("XADD").arg(key).arg("*");
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(key).arg("*");
             for (f, v) in &fields {
                 cmd.arg(*f).arg(&**v);
             }
-            cmd.ignore();
+            cmd
         }
         Write::Publish { channel, payload } => {
-            pipe.cmd("PUBLISH").arg(channel).arg(&*payload).ignore();
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(channel).arg(&*payload);
+            cmd
         }
     }
 }

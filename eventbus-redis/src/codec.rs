@@ -91,10 +91,22 @@ pub fn wrap_legacy(event_type: &str, source: &str, data: &[u8]) -> Option<Bytes>
 /// `payload` as structured CloudEvent JSON: unchanged when it already is one
 /// (or is not JSON at all), wrapped by [`wrap_legacy`] otherwise.
 pub fn ensure_structured(event_type: &str, source: &str, payload: Bytes) -> Bytes {
-    if is_structured(&payload) {
+    ensure_structured_with(event_type, || source.to_owned(), payload)
+}
+
+/// [`ensure_structured`], building the `source` only for a payload it wraps.
+pub(crate) fn ensure_structured_with(
+    event_type: &str,
+    source: impl FnOnce() -> String,
+    payload: Bytes,
+) -> Bytes {
+    // What every CloudEvents writer we know of starts with. Such a payload
+    // is returned unchanged either way (a CloudEvent, or not JSON), so the
+    // full parse below is only needed for anything else.
+    if payload.starts_with(b"{\"specversion\":") || is_structured(&payload) {
         return payload;
     }
-    wrap_legacy(event_type, source, &payload).unwrap_or(payload)
+    wrap_legacy(event_type, &source(), &payload).unwrap_or(payload)
 }
 
 #[derive(Deserialize)]

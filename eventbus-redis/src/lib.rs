@@ -10,6 +10,7 @@ mod consumer;
 pub mod dlq;
 mod error;
 pub mod keys;
+mod publisher;
 pub mod pubsub;
 pub mod schedule;
 mod scripts;

@@ -8,7 +8,7 @@
 //! resubscribes with backoff; messages published while it is disconnected are
 //! lost (that is what at-most-once means), and each reconnect is counted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +38,8 @@ struct Counters {
 }
 
 struct Message {
-    channel: String,
+    /// The channel and its event type, shared by every message of the channel.
+    channel: Arc<(String, Arc<str>)>,
     payload: Vec<u8>,
 }
 
@@ -172,11 +173,10 @@ impl PubSubConsumer {
                 Some(e) = retries.recv() => out.push(e),
                 _ = tokio::time::sleep(self.opts.block) => {}
             }
-            let keys = self.client.keys();
             for m in batch {
-                let ty = keys.type_of_channel(&m.channel);
+                let (channel, ty) = &*m.channel;
                 let payload = Bytes::from(m.payload);
-                let payload = codec::ensure_structured(ty, &source_of(&m.channel), payload);
+                let payload = codec::ensure_structured_with(ty, || source_of(channel), payload);
                 let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
                 out.push(Entry {
                     id: EntryId {
@@ -184,7 +184,7 @@ impl PubSubConsumer {
                         ms: 0,
                         seq,
                     },
-                    event_type: Arc::from(ty),
+                    event_type: ty.clone(),
                     payload,
                     delivery_count: 1,
                 });
@@ -275,6 +275,8 @@ async fn run_subscriber(
     let mut delay = Duration::from_millis(50);
     let mut last_drop_log: Option<Instant> = None;
     let mut drops_since_log = 0u64;
+    // Channel name -> (name, event type), allocated once per channel.
+    let mut channels: HashMap<String, Arc<(String, Arc<str>)>> = HashMap::new();
     loop {
         let ps = match conn.take() {
             Some(ps) => ps,
@@ -295,8 +297,21 @@ async fn run_subscriber(
         };
         let mut stream = ps.into_on_message();
         while let Some(msg) = stream.next().await {
+            let name = msg.get_channel_name();
+            let channel = match channels.get(name) {
+                Some(c) => c.clone(),
+                None => {
+                    let ty = Arc::from(client.keys().type_of_channel(name));
+                    let c = Arc::new((name.to_owned(), ty));
+                    // Bounded: a pattern subscription may see any channel name.
+                    if channels.len() < 10_000 {
+                        channels.insert(name.to_owned(), c.clone());
+                    }
+                    c
+                }
+            };
             let m = Message {
-                channel: msg.get_channel_name().to_owned(),
+                channel,
                 payload: msg.get_payload_bytes().to_vec(),
             };
             match tx.try_send(m) {
@@ -308,7 +323,7 @@ async fn run_subscriber(
                         tracing::warn!(
                             dropped = drops_since_log,
                             total = counters.dropped.load(Ordering::Relaxed),
-                            channel = %m.channel,
+                            channel = %m.channel.0,
                             "pub/sub buffer full: dropping messages (consumer too slow; raise `pubsub_buffer` or use Streams)"
                         );
                         last_drop_log = Some(Instant::now());

@@ -108,14 +108,17 @@ impl Transport for RedisTransport {
 
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let pairs: Vec<(&str, &[u8])> = batch
-                .iter()
-                .map(|m| (&*m.event_type, &m.payload[..]))
-                .collect();
-            self.client
-                .publish(&pairs)
-                .await
-                .map_err(|e| redis_error("publish failed", e))
+            let result = match batch {
+                [m] => self.client.publish_one(&m.event_type, &m.payload).await,
+                _ => {
+                    let pairs: Vec<(&str, &[u8])> = batch
+                        .iter()
+                        .map(|m| (&*m.event_type, &m.payload[..]))
+                        .collect();
+                    self.client.publish(&pairs).await
+                }
+            };
+            result.map_err(|e| redis_error("publish failed", e))
         })
     }
 
