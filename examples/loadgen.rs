@@ -153,6 +153,8 @@ struct Sample {
     lat: Option<Lat>,
     /// Events that never arrived (pub/sub delivery).
     lost: Option<usize>,
+    /// CPU time per event of this process and of redis-server, in ns.
+    cpu: (f64, f64),
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -170,6 +172,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[m - 1] + v[m]) / 2.0
     }
+}
+
+/// CPU time used so far by this process (every thread), in ns.
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time used so far by redis-server (`INFO cpu`), in ns.
+async fn server_cpu_ns(raw: &redis::Client) -> anyhow::Result<u64> {
+    let mut conn = raw.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+        .map(|secs| (secs * 1e9) as u64)
+        .sum())
 }
 
 fn median_u64(v: Vec<u64>) -> u64 {
@@ -338,7 +363,7 @@ async fn bus_e2e(env: &Env, n: usize) -> anyhow::Result<Sample> {
     Ok(Sample {
         rate: rate(n, took),
         lat: probe.latency(),
-        lost: None,
+        ..Sample::default()
     })
 }
 
@@ -412,7 +437,7 @@ async fn raw_e2e(env: &Env, n: usize) -> anyhow::Result<Sample> {
     Ok(Sample {
         rate: rate(n, took),
         lat: probe.latency(),
-        lost: None,
+        ..Sample::default()
     })
 }
 
@@ -538,6 +563,7 @@ fn delivery_sample(probe: &Probe, n: usize, start_ns: u64) -> Sample {
         rate: rate(seen, took),
         lat: probe.latency(),
         lost: Some(n - seen.min(n)),
+        ..Sample::default()
     }
 }
 
@@ -619,7 +645,7 @@ async fn bus_latency(env: &Env, n: usize, rate: u64) -> anyhow::Result<Sample> {
     Ok(Sample {
         rate: self::rate(n, took),
         lat: probe.latency(),
-        lost: None,
+        ..Sample::default()
     })
 }
 
@@ -685,7 +711,7 @@ async fn raw_latency(env: &Env, n: usize, rate: u64) -> anyhow::Result<Sample> {
     Ok(Sample {
         rate: self::rate(n, took),
         lat: probe.latency(),
-        lost: None,
+        ..Sample::default()
     })
 }
 
@@ -755,6 +781,14 @@ impl Scenario {
         }
     }
 
+    /// Events per run.
+    fn events(self, opts: &Opts) -> usize {
+        match self {
+            Scenario::Latency => opts.latency_events(),
+            _ => opts.events,
+        }
+    }
+
     async fn run(self, env: &Env, opts: &Opts, raw: bool) -> anyhow::Result<Sample> {
         let n = opts.events;
         match (self, raw) {
@@ -787,6 +821,8 @@ struct Opts {
     latency_secs: f64,
     concurrency: Option<u32>,
     only: Vec<Scenario>,
+    /// Run only one side (for profiling): `Some(true)` raw, `Some(false)` eventbus.
+    side: Option<bool>,
 }
 
 impl Opts {
@@ -803,6 +839,7 @@ impl Opts {
             latency_secs: 3.0,
             concurrency: None,
             only: Scenario::ALL.to_vec(),
+            side: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -834,9 +871,16 @@ impl Opts {
                         })
                         .collect::<anyhow::Result<_>>()?;
                 }
+                "--side" => {
+                    o.side = match value()?.as_str() {
+                        "raw" => Some(true),
+                        "eventbus" => Some(false),
+                        other => bail!("--side raw|eventbus, not `{other}`"),
+                    }
+                }
                 "-h" | "--help" => {
                     println!(
-                        "usage: loadgen [--url redis://HOST:PORT] [--events N] [--rate R] [--rounds K] [--latency-secs S] [--concurrency C] [--only e2e,publish-batch,...]"
+                        "usage: loadgen [--url redis://HOST:PORT] [--events N] [--rate R] [--rounds K] [--latency-secs S] [--concurrency C] [--only e2e,publish-batch,...] [--side raw|eventbus (profiling)]"
                     );
                     std::process::exit(0);
                 }
@@ -872,6 +916,10 @@ fn summarize(samples: &[Sample]) -> Sample {
             max: median_u64(lats.iter().map(|l| l.max).collect()),
         }),
         lost: samples.iter().filter_map(|s| s.lost).max(),
+        cpu: (
+            median(samples.iter().map(|s| s.cpu.0).collect()),
+            median(samples.iter().map(|s| s.cpu.1).collect()),
+        ),
     }
 }
 
@@ -949,9 +997,19 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut pair = (Sample::default(), Sample::default());
             for raw in order {
-                let sample = s.run(&env, &opts, raw).await.with_context(|| {
+                if opts.side.is_some_and(|side| side != raw) {
+                    continue;
+                }
+                let (client0, server0) = (process_cpu_ns(), server_cpu_ns(&env.raw).await?);
+                let mut sample = s.run(&env, &opts, raw).await.with_context(|| {
                     format!("{} ({})", s.key(), if raw { "raw" } else { "eventbus" })
                 })?;
+                let (client1, server1) = (process_cpu_ns(), server_cpu_ns(&env.raw).await?);
+                let n = s.events(&opts) as f64;
+                sample.cpu = (
+                    client1.saturating_sub(client0) as f64 / n,
+                    server1.saturating_sub(server0) as f64 / n,
+                );
                 if raw {
                     pair.0 = sample;
                 } else {
@@ -968,29 +1026,30 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "median of {} rounds (raw and eventbus interleaved in each round; shared machine, expect +-10% noise)",
+        "median of {} rounds; raw and eventbus interleaved in each round, ratio = median of the per-round ratios (shared machine: rounds vary)",
         opts.rounds
     );
     println!(
-        "{:<46} {:>11} {:>11} {:>6}  {:<22} {:<12} {:<34} {}",
+        "{:<46} {:>10} {:>10} {:>6}  {:<12} {:<22} {:<22} {:<34}",
         "scenario",
         "eventbus/s",
         "raw/s",
         "ratio",
-        "eventbus p50/p99/max",
         "target",
+        "eventbus p50/p99/max",
+        "raw p50/p99/max",
         "raw baseline",
-        "raw p50/p99/max (ms)"
     );
+    let mut cpu_lines = Vec::new();
     for (s, (raw, ours)) in &results {
         let (r, o) = (summarize(raw), summarize(ours));
-        let mut target = s.target().to_owned();
+        let ratio = median(raw.iter().zip(ours).map(|(r, o)| o.rate / r.rate).collect());
         let met = match s {
             Scenario::Latency => o.lat.is_some_and(|l| l.p99 <= 2_000_000),
             Scenario::PubSubDeliver => o.lost == Some(0),
-            _ => o.rate / r.rate >= 0.9,
+            _ => ratio >= 0.9,
         };
-        target.push_str(if met { " ok" } else { " MISS" });
+        let target = format!("{} {}", s.target(), if met { "ok" } else { "MISS" });
         let mut ours_lat = lat_cell(o.lat);
         if let Some(lost) = o.lost {
             let _ = write!(ours_lat, " lost {lost}");
@@ -1000,19 +1059,38 @@ async fn main() -> anyhow::Result<()> {
             let _ = write!(raw_lat, " lost {lost}");
         }
         println!(
-            "{:<46} {:>11.0} {:>11.0} {:>5.2}x  {:<22} {:<12} {:<34} {}",
+            "{:<46} {:>10.0} {:>10.0} {:>5.2}x  {:<12} {:<22} {:<22} {:<34}",
             s.title(opts.rate),
             o.rate,
             r.rate,
-            o.rate / r.rate,
-            ours_lat,
+            ratio,
             target,
+            ours_lat,
+            raw_lat,
             s.baseline(),
-            raw_lat
         );
+        cpu_lines.push(format!(
+            "{:<46} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            s.title(opts.rate),
+            o.cpu.0 / 1e3,
+            r.cpu.0 / 1e3,
+            o.cpu.1 / 1e3,
+            r.cpu.1 / 1e3,
+        ));
     }
     println!(
         "latencies in ms, publish -> handle (handler clock minus a timestamp taken by the publisher, same process); \"lost\" = events that never reached the handler (worst round)"
     );
+    println!();
+    println!(
+        "CPU per event, us (median; this process = publisher + consumer, redis = redis-server):"
+    );
+    println!(
+        "{:<46} {:>8} {:>8} {:>8} {:>8}",
+        "scenario", "ours", "raw", "redis(o)", "redis(r)"
+    );
+    for line in cpu_lines {
+        println!("{line}");
+    }
     Ok(())
 }
