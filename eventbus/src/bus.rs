@@ -694,6 +694,7 @@ impl BusBuilder {
                     group,
                     handler: handler_name,
                     topics,
+                    handler_timeout: self.handler_timeout,
                 },
                 handler: h.clone(),
                 upcasts,

@@ -13,6 +13,8 @@ pub mod handler;
 pub mod outbox;
 pub mod registry;
 pub mod schedule;
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod testing;
 pub mod transport;
 mod worker;

@@ -514,6 +514,7 @@ async fn an_abandoned_delivery_is_delivered_again_with_a_higher_attempt() {
         group: "g".into(),
         handler: "h".into(),
         topics: eventbus::transport::Topics::Types(vec!["mem.ping".into()]),
+        handler_timeout: None,
     };
     transport.declare(&spec).await.unwrap();
     let bus = Bus::builder()

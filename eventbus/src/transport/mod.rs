@@ -69,6 +69,10 @@ pub struct GroupSpec {
     pub handler: String,
     /// The types it receives.
     pub topics: Topics,
+    /// How long one handler run may take (`None`: no limit). A durable
+    /// transport must not hand a delivery to another consumer as "abandoned"
+    /// while it may still be running.
+    pub handler_timeout: Option<std::time::Duration>,
 }
 
 /// A transport-assigned, opaque identifier of a delivery.

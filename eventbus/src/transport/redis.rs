@@ -36,6 +36,8 @@ pub struct RedisTransport {
     /// group reads the streams it finds from that moment on, so nothing
     /// published between `declare` and `subscribe` is missed.
     declared: Arc<parking_lot::Mutex<std::collections::HashMap<String, SystemTime>>>,
+    /// The reclaim idle time was chosen by the user (URL or options): keep it.
+    claim_idle_explicit: bool,
 }
 
 fn config_error(e: eventbus_redis::Error) -> Error {
@@ -53,7 +55,10 @@ impl RedisTransport {
     pub async fn connect(url: &str) -> Result<Self> {
         let config = RedisConfig::from_url(url).map_err(config_error)?;
         let consumer = config.consumer_options();
-        Self::with_options(config, consumer).await
+        let explicit = consumer.claim_idle != ConsumerOptions::default().claim_idle;
+        let mut transport = Self::with_options(config, consumer).await?;
+        transport.claim_idle_explicit = explicit;
+        Ok(transport)
     }
 
     /// Connects with explicit consumer tuning (reclaim idle time, block time, ...).
@@ -72,6 +77,7 @@ impl RedisTransport {
             consumer,
             name,
             declared: Default::default(),
+            claim_idle_explicit: true,
         })
     }
 
@@ -94,6 +100,31 @@ impl RedisTransport {
             }
             Topics::Types(t) => Types::Only(t.clone()),
         };
+        // An entry pending longer than `claim_idle` is taken over as
+        // abandoned: that must never happen to a handler still running.
+        match group.handler_timeout {
+            Some(timeout) if opts.claim_idle < timeout && self.claim_idle_explicit => {
+                tracing::warn!(
+                    group = %group.group,
+                    "claim_idle ({:?}) is shorter than the handler timeout ({timeout:?}): a slow handler's event may be taken over by another instance while it runs",
+                    opts.claim_idle
+                )
+            }
+            Some(timeout) if opts.claim_idle < timeout * 2 && !self.claim_idle_explicit => {
+                tracing::debug!(
+                    group = %group.group,
+                    "reclaim idle time raised to {:?}, twice the handler timeout",
+                    timeout * 2
+                );
+                opts.claim_idle = timeout * 2;
+            }
+            None if !self.claim_idle_explicit => tracing::warn!(
+                group = %group.group,
+                "handlers have no timeout: one that runs longer than {:?} may be taken over by another instance; set Bus::builder().handler_timeout(..)",
+                opts.claim_idle
+            ),
+            _ => {}
+        }
         self.client
             .consumer(&group.group, types, opts)
             .await
