@@ -818,11 +818,11 @@ impl StreamConsumer {
     fn per_stream_pipe(
         &self,
         ids: &[EntryId],
-        mut add: impl FnMut(&mut redis::Pipeline, &str, bool, &[String]),
+        mut add: impl FnMut(&mut redis::Pipeline, &str, bool, &[StreamId]),
     ) -> Result<redis::Pipeline> {
-        let mut by_stream: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut by_stream: HashMap<u32, Vec<StreamId>> = HashMap::new();
         for id in ids {
-            by_stream.entry(id.stream).or_default().push(id.to_string());
+            by_stream.entry(id.stream).or_default().push(StreamId(*id));
         }
         let table = self.table();
         let mut pipe = redis::pipe();
@@ -902,6 +902,22 @@ impl StreamConsumer {
             .remove(&entry.id);
         tracing::warn!(group = %self.group, handler = %info.handler, event_type = %entry.event_type, attempts = info.attempts, error = %info.error, dlq_id = %id, "event dead-lettered");
         Ok(DlqId(id))
+    }
+}
+
+/// An entry id as a command argument (`ms-seq`), written without a `String`.
+#[derive(Clone, Copy)]
+struct StreamId(EntryId);
+
+impl redis::ToRedisArgs for StreamId {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self.0);
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
