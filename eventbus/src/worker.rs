@@ -17,6 +17,9 @@
 //! no prefetch: a delivery is then never held by a busy instance while
 //! another one idles. Prefetched deliveries stay unacknowledged like running
 //! ones, and are handled (or, if the worker dies, delivered again) the same.
+//! The one cost: if every handler run suddenly becomes far slower than the
+//! estimate (a dependency hangs), deliveries read ahead just before can wait
+//! past the transport's reclaim time and be handled twice; never lost.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
