@@ -51,7 +51,10 @@ async fn many_concurrent_publishers_each_see_every_event_arrive_once_in_order() 
     for e in &entries {
         let d = data(e);
         let (t, i) = (d["task"].as_u64().unwrap(), d["i"].as_u64().unwrap());
-        assert_eq!(next[t as usize], i, "task {t}: events in publish order, once");
+        assert_eq!(
+            next[t as usize], i,
+            "task {t}: events in publish order, once"
+        );
         next[t as usize] += 1;
     }
     assert!(next.iter().all(|&n| n == EACH));
