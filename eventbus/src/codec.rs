@@ -417,7 +417,8 @@ fn put_str(buf: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
 /// the same order as cloudevents-sdk, attributes copied without an escaping
 /// pass when they need none, `data` from the payload's own `Serialize`.
 pub(crate) fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json::Error> {
-    let mut buf = Vec::with_capacity(256);
+    // Attributes take ~230 bytes; most payloads fit in the rest.
+    let mut buf = Vec::with_capacity(512);
     buf.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
     let mut id_buf = uuid::Uuid::encode_buffer();
     buf.extend_from_slice(stamp.id.hyphenated().encode_lower(&mut id_buf).as_bytes());
