@@ -30,7 +30,9 @@ echo "==> cargo clippy (all targets, all features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "==> cargo test (all features)"
-cargo test --workspace --all-features
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-features 2>&1 | tee "$log"
 
 echo "==> the example runs on the default transport"
 cargo run --quiet --example reviews > /dev/null
@@ -40,3 +42,4 @@ for features in "" memory redis postgres sqlite cli; do
   cargo check --quiet -p eventbus --no-default-features ${features:+--features "$features"}
 done
 echo "all checks passed"
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
