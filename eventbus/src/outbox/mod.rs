@@ -530,6 +530,23 @@ pub(crate) struct Claimed {
     pub attempts: i32,
 }
 
+/// A claimed row as both databases return it:
+/// `(seq, id, event_type, payload, key, attempts)`.
+pub(crate) type ClaimRow = (i64, String, String, String, Option<String>, i32);
+
+impl From<ClaimRow> for Claimed {
+    fn from((seq, id, event_type, payload, key, attempts): ClaimRow) -> Self {
+        Claimed {
+            seq,
+            id,
+            event_type,
+            payload,
+            key,
+            attempts,
+        }
+    }
+}
+
 /// A failed publish attempt of one row.
 #[derive(Debug)]
 pub(crate) struct Failure {

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{CHANNEL, Claimed, Failure, NewRow, db_error};
+use super::{CHANNEL, ClaimRow, Claimed, Failure, NewRow, db_error};
 use crate::error::{Error, Result};
 
 pub(super) async fn connect(url: &str) -> Result<PgPool> {
@@ -78,25 +78,13 @@ ORDER BY o.available_at, o.seq
 LIMIT $1
 FOR UPDATE OF o SKIP LOCKED";
 
-type ClaimRow = (i64, String, String, String, Option<String>, i32);
-
 pub(super) async fn claim(conn: &mut PgConnection, limit: usize) -> Result<Vec<Claimed>> {
     let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
         .bind(limit.min(i64::MAX as usize) as i64)
         .fetch_all(conn)
         .await
         .map_err(db_error("cannot claim outbox rows"))?;
-    Ok(rows
-        .into_iter()
-        .map(|(seq, id, event_type, payload, key, attempts)| Claimed {
-            seq,
-            id,
-            event_type,
-            payload,
-            key,
-            attempts,
-        })
-        .collect())
+    Ok(rows.into_iter().map(Claimed::from).collect())
 }
 
 const MARK_PUBLISHED: &str = "UPDATE eventbus_outbox \

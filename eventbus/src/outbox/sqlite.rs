@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::{Claimed, Failure, NewRow, db_error, unix_ms};
+use super::{ClaimRow, Claimed, Failure, NewRow, db_error, unix_ms};
 use crate::error::{Error, Result};
 
 pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
@@ -84,8 +84,6 @@ WHERE o.status = 'pending'
 ORDER BY o.available_at, o.seq
 LIMIT ?2";
 
-type ClaimRow = (i64, String, String, String, Option<String>, i32);
-
 pub(super) async fn claim(conn: &mut SqliteConnection, limit: usize) -> Result<Vec<Claimed>> {
     let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
         .bind(unix_ms(SystemTime::now()))
@@ -93,17 +91,7 @@ pub(super) async fn claim(conn: &mut SqliteConnection, limit: usize) -> Result<V
         .fetch_all(conn)
         .await
         .map_err(db_error("cannot claim outbox rows"))?;
-    Ok(rows
-        .into_iter()
-        .map(|(seq, id, event_type, payload, key, attempts)| Claimed {
-            seq,
-            id,
-            event_type,
-            payload,
-            key,
-            attempts,
-        })
-        .collect())
+    Ok(rows.into_iter().map(Claimed::from).collect())
 }
 
 const MARK_PUBLISHED: &str = "UPDATE eventbus_outbox \
