@@ -20,6 +20,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
 fi
 
+# The build and the test servers' data need about 7 GB; say so up front
+# rather than failing later with a linker's "No space left on device".
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free here; the build and tests need about 7 GiB" >&2
+fi
+
 echo "==> the AsyncAPI validator (official @asyncapi/parser)"
 npm ci --prefix scripts/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
 
