@@ -275,6 +275,24 @@ impl Consumer {
         }
     }
 
+    /// Leaves the group cleanly (call it once the entries handed out are
+    /// settled): on Streams, every entry still pending on this consumer —
+    /// read ahead and not handed out, handed out and not acked, or delivered
+    /// by a read that was cancelled before its reply arrived — is handed
+    /// back, so the group's other consumers take it over at their next claim
+    /// pass (`claim_interval`) instead of after `claim_idle`. Entries waiting
+    /// for a scheduled retry come back when due, as always. Returns how many
+    /// entries were handed back. Pub/sub: forgets the entries it holds.
+    ///
+    /// Reading after `close` is allowed (the consumer stays a member of its
+    /// group); what it then reads it owns again.
+    pub async fn close(&self) -> Result<u64> {
+        match &self.kind {
+            Kind::Streams(c) => c.close().await,
+            Kind::PubSub(c) => Ok(c.close()),
+        }
+    }
+
     /// Hands the entry out again after `delay`, with its delivery count
     /// bumped; other entries keep flowing meanwhile. On Streams the entry
     /// stays pending in Redis and any consumer of the group may take it when

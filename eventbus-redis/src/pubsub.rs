@@ -213,6 +213,14 @@ impl PubSubConsumer {
         }
     }
 
+    /// Forgets the entries held for `retry_later`; returns how many.
+    pub(crate) fn close(&self) -> u64 {
+        let mut held = self.held.lock().expect("not poisoned");
+        let n = held.len() as u64;
+        held.clear();
+        n
+    }
+
     pub(crate) fn retry_later(&self, id: EntryId, delay: Duration) -> Result<()> {
         let entry = self
             .held

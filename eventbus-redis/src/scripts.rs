@@ -234,3 +234,34 @@ return {len, trimmed, blocker}
 "#,
     )
 });
+
+/// Hands back every entry pending on one consumer of a stream (a consumer
+/// that is shutting down): each is marked idle for `idle_ms` without
+/// bumping its delivery count (`XCLAIM ... IDLE ... JUSTID`), so the group's
+/// other consumers take it over at their next claim pass instead of waiting
+/// out the claim idle time. Entries waiting for a scheduled retry are
+/// skipped by that pass as usual and come back when due.
+///
+/// KEYS[1] = stream; ARGV = group, consumer, idle_ms. Returns the count.
+pub(crate) static RELEASE_OWN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+local start = '-'
+while true do
+  local pend = redis.call('XPENDING', KEYS[1], ARGV[1], start, '+', 1000, ARGV[2])
+  if #pend == 0 then break end
+  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for _, p in ipairs(pend) do args[#args + 1] = p[1] end
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = ARGV[3]
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+  n = n + #pend
+  if #pend < 1000 then break end
+  start = '(' .. pend[#pend][1]
+end
+return n
+"#,
+    )
+});

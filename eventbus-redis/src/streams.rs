@@ -815,6 +815,30 @@ impl StreamConsumer {
         Ok(())
     }
 
+    /// Hands back everything this consumer owns: entries read and not yet
+    /// handed out, handed out and not settled, and entries Redis delivered
+    /// to it by a read whose reply never arrived. The group's other
+    /// consumers take them over at their next claim pass.
+    pub(crate) async fn close(&self) -> Result<u64> {
+        let mut rd = self.reader.lock().await;
+        rd.buffer.clear();
+        let idle = (self.opts.claim_idle.as_millis() as u64).saturating_mul(2);
+        let mut released = 0u64;
+        let streams = self.table().read_keys();
+        for (_, key) in streams {
+            let mut inv = scripts::RELEASE_OWN.prepare_invoke();
+            inv.key(&key).arg(&self.group).arg(&self.name).arg(idle);
+            let n: u64 = self.client.run_script("release script", &inv).await?;
+            released += n;
+        }
+        self.outstanding.lock().expect("not poisoned").clear();
+        self.reclaimed.fetch_add(released, Ordering::Relaxed);
+        if released > 0 {
+            tracing::info!(group = %self.group, consumer = %self.name, released, "handed unfinished entries back to the group");
+        }
+        Ok(released)
+    }
+
     fn per_stream_pipe(
         &self,
         ids: &[EntryId],

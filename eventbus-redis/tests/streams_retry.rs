@@ -253,3 +253,71 @@ async fn poison_message_ends_in_the_dlq() {
             .starts_with("0\n")
     );
 }
+
+/// `close` hands back all a consumer owns — entries handed out and not
+/// settled, and entries Redis delivered to a read of it whose reply never
+/// arrived — so another consumer takes them over at its next claim pass,
+/// long before `claim_idle`.
+#[tokio::test]
+async fn close_hands_back_everything_the_consumer_owns() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let mut opts = fast_opts();
+    opts.claim_idle = Duration::from_secs(600);
+    opts.claim_interval = Duration::from_millis(100);
+    let mut leaving_opts = opts.clone();
+    leaving_opts.name = Some("leaving".into());
+    let leaving = client.consumer("g", only("t"), leaving_opts).await.unwrap();
+    for n in 0..3 {
+        client
+            .publish_one("t", &event("t", json!(n)))
+            .await
+            .unwrap();
+    }
+    let handed = read_n(&leaving, 3, Duration::from_secs(5)).await;
+    assert_eq!(handed.len(), 3);
+    // Three more go to `leaving` by a read it never sees the reply of.
+    for n in 3..6 {
+        client
+            .publish_one("t", &event("t", json!(n)))
+            .await
+            .unwrap();
+    }
+    let stolen = server
+        .cmd(&[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "leaving",
+            "COUNT",
+            "10",
+            "STREAMS",
+            "{eventbus}:stream:t",
+            ">",
+        ])
+        .unwrap();
+    assert_eq!(stolen.matches("cloud_event").count(), 3, "{stolen}");
+
+    let staying = client.consumer("g", only("t"), opts).await.unwrap();
+    assert!(
+        read_for(&staying, Duration::from_millis(700))
+            .await
+            .is_empty(),
+        "nothing is taken over before claim_idle while `leaving` owns it"
+    );
+    assert_eq!(leaving.close().await.unwrap(), 6);
+    let got = read_n(&staying, 6, Duration::from_secs(10)).await;
+    let mut all: Vec<i64> = got.iter().map(|e| data(e).as_i64().unwrap()).collect();
+    all.sort();
+    assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+    staying
+        .ack(&got.iter().map(|e| e.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(
+        server
+            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
+            .unwrap()
+            .starts_with("0\n")
+    );
+}

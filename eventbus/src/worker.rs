@@ -232,6 +232,11 @@ pub(crate) async fn run(
     if let Some(task) = background {
         let _ = task.await;
     }
+    // Everything handed to this worker is settled: hand back what the
+    // transport still holds for it (e.g. a read cancelled above).
+    if let Err(e) = sub.close().await {
+        tracing::warn!(group = %spec.group.group, "{e}; other instances take those events over after the claim idle time");
+    }
     Ok(())
 }
 

@@ -528,3 +528,69 @@ async fn shutdown_finishes_in_flight_events_and_the_next_instance_takes_the_rest
     assert_eq!(sorted(&finished), (0..10).collect::<Vec<_>>(), "each once");
     assert_eq!(pending(&server, &stream_key("e2e.ping"), "svc.slow"), 0);
 }
+
+/// Events Redis delivered to an instance by a read that was cancelled
+/// before its reply arrived (here: handed to its consumer by a script, so
+/// the instance never sees them) are handed back when the instance stops,
+/// and another instance takes them over at once, not after `claim_idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_instance_hands_back_events_it_never_saw() {
+    let server = server();
+    let seen = Seen::default();
+    let claim_idle = Duration::from_secs(600);
+    let bus = Bus::builder()
+        .service("svc")
+        .without_registered()
+        .handler(recorder("rec", &seen))
+        .transport(fast_transport(&server.url(), claim_idle).await)
+        .build()
+        .await
+        .unwrap();
+    let running = bus.spawn();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    wait_until("the first event handled", || seen.lock().len() == 1).await;
+
+    let stream = stream_key("e2e.ping");
+    let consumers = server
+        .cmd(&["XINFO", "CONSUMERS", &stream, "svc.rec"])
+        .unwrap();
+    let mut lines = consumers.lines();
+    assert_eq!(lines.next(), Some("name"), "{consumers}");
+    let name = lines.next().unwrap().to_owned();
+    const STEAL: &str = "for i = 1, #ARGV - 2 do redis.call('XADD', KEYS[1], '*', 'cloud_event', ARGV[i + 2]) end \
+        return #redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 100, 'STREAMS', KEYS[1], '>')[1][2]";
+    let payloads: Vec<_> = (1..=3)
+        .map(|n| bus.encode(&Ping { n }).unwrap().payload)
+        .collect();
+    let mut args: Vec<&[u8]> = vec![
+        b"EVAL",
+        STEAL.as_bytes(),
+        b"1",
+        stream.as_bytes(),
+        b"svc.rec",
+        name.as_bytes(),
+    ];
+    args.extend(payloads.iter().map(|p| &p[..]));
+    assert_eq!(server.cmd_bytes(&args).unwrap().trim(), "3");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sorted(&seen), [0], "the instance never saw them");
+    assert_eq!(pending(&server, &stream, "svc.rec"), 3);
+
+    running.shutdown().await.unwrap();
+    let bus2 = Bus::builder()
+        .service("svc")
+        .without_registered()
+        .handler(recorder("rec", &seen))
+        .transport(fast_transport(&server.url(), claim_idle).await)
+        .build()
+        .await
+        .unwrap();
+    let running = bus2.spawn();
+    wait_until("the three handed back were handled", || {
+        seen.lock().len() == 4
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    assert_eq!(sorted(&seen), [0, 1, 2, 3]);
+    assert_eq!(pending(&server, &stream, "svc.rec"), 0);
+}

@@ -235,6 +235,15 @@ pub trait Subscriber: Send + Sync {
         info: DeadLetterInfo,
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// Called once by a stopping worker after everything it was handed is
+    /// settled: gives back whatever the transport still holds for this
+    /// subscriber (read ahead, or delivered to a cancelled `next`), so other
+    /// subscribers of the group get it now rather than after a takeover
+    /// timeout. The default does nothing.
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// True when `ack`, `retry` and `dead_letter` complete without waiting
     /// (an in-process transport): the worker then settles inline instead of
     /// through a settler task.

@@ -319,6 +319,16 @@ impl Subscriber for RedisSubscriber {
         })
     }
 
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.consumer
+                .close()
+                .await
+                .map(drop)
+                .map_err(|e| redis_error("cannot hand unfinished events back to the group", e))
+        })
+    }
+
     fn dead_letter<'a>(
         &'a self,
         delivery: &'a Delivery,
