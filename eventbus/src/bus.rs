@@ -151,16 +151,23 @@ impl Bus {
 
     /// Encodes `event` as a structured CloudEvent, stamped with a fresh UUIDv7 id and the time.
     pub fn encode<E: Event>(&self, event: &E) -> Result<Outgoing> {
+        let now = SystemTime::now();
+        let mut time = [0u8; 27];
+        codec::Rfc3339(now).write(&mut time);
+        self.encode_at(event, now, &time)
+    }
+
+    /// [`Bus::encode`] at `now`, already formatted as `time`.
+    fn encode_at<E: Event>(&self, event: &E, now: SystemTime, time: &[u8; 27]) -> Result<Outgoing> {
         let info = E::info();
         if info.is_deprecated() {
             self.warn_deprecated(info);
         }
         let source = info.source.unwrap_or(&self.inner.source);
-        let now = SystemTime::now();
         let stamp = Stamp {
             id: codec::new_event_id(now),
             source,
-            time: now,
+            time,
         };
         let payload = codec::encode(event, stamp).map_err(|source| Error::Encode {
             event_type: E::TYPE.to_owned(),
@@ -209,10 +216,16 @@ impl Bus {
     }
 
     /// Publishes many events of one type in one transport round trip.
+    ///
+    /// The events share one `time` (the clock is read once for the batch);
+    /// each has its own id.
     pub async fn publish_batch<E: Event>(&self, events: impl IntoIterator<Item = E>) -> Result<()> {
+        let now = SystemTime::now();
+        let mut time = [0u8; 27];
+        codec::Rfc3339(now).write(&mut time);
         let batch = events
             .into_iter()
-            .map(|e| self.encode(&e))
+            .map(|e| self.encode_at(&e, now, &time))
             .collect::<Result<Vec<_>>>()?;
         if batch.is_empty() {
             return Ok(());

@@ -320,7 +320,8 @@ fn short_type_name<T>() -> &'static str {
 pub(crate) struct Stamp<'a> {
     pub id: uuid::Uuid,
     pub source: &'a str,
-    pub time: SystemTime,
+    /// The RFC 3339 `time` ([`Rfc3339::write`]); formatted once for a batch.
+    pub time: &'a [u8; 27],
 }
 
 /// Serializes a `Display` value as a JSON string without an intermediate `String`.
@@ -337,7 +338,7 @@ pub(crate) struct Rfc3339(pub SystemTime);
 
 impl Rfc3339 {
     /// Formats into a fixed buffer without touching the heap.
-    fn write(&self, buf: &mut [u8; 27]) {
+    pub(crate) fn write(&self, buf: &mut [u8; 27]) {
         let since = self
             .0
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -438,9 +439,7 @@ pub(crate) fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, ser
         serde_json::to_writer(&mut buf, &AsStr(subject))?;
     }
     buf.extend_from_slice(b",\"time\":\"");
-    let mut time_buf = [0u8; 27];
-    Rfc3339(stamp.time).write(&mut time_buf);
-    buf.extend_from_slice(&time_buf);
+    buf.extend_from_slice(stamp.time);
     buf.extend_from_slice(b"\",\"data\":");
     serde_json::to_writer(&mut buf, event)?;
     buf.push(b'}');
