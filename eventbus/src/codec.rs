@@ -337,14 +337,36 @@ impl<D: fmt::Display> Serialize for AsStr<D> {
 pub(crate) struct Rfc3339(pub SystemTime);
 
 impl Rfc3339 {
-    /// Formats into a fixed buffer without touching the heap.
+    /// Formats into a fixed buffer without touching the heap. The date and
+    /// time of day are computed once per second per thread, only the
+    /// microseconds for every call.
     pub(crate) fn write(&self, buf: &mut [u8; 27]) {
+        thread_local! {
+            static PREFIX: std::cell::Cell<(u64, [u8; 19])> =
+                const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+        }
         let since = self
             .0
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         let secs = since.as_secs();
-        let micros = since.subsec_micros();
+        let prefix = PREFIX.with(|cell| {
+            let (cached, prefix) = cell.get();
+            if cached == secs {
+                return prefix;
+            }
+            let prefix = Self::date_time(secs);
+            cell.set((secs, prefix));
+            prefix
+        });
+        buf[..19].copy_from_slice(&prefix);
+        buf[19] = b'.';
+        put_digits(&mut buf[20..26], u64::from(since.subsec_micros()), 6);
+        buf[26] = b'Z';
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS` of `secs` since the Unix epoch.
+    fn date_time(secs: u64) -> [u8; 19] {
         let (days, rem) = (secs / 86_400, secs % 86_400);
         let (hh, mm, ss) = (rem / 3600, (rem % 3600) / 60, rem % 60);
         // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -357,20 +379,22 @@ impl Rfc3339 {
         let d = doy - (153 * mp + 2) / 5 + 1;
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = yoe + era * 400 + i64::from(m <= 2);
-        fn put(buf: &mut [u8], mut v: u64, width: usize) {
-            for i in (0..width).rev() {
-                buf[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        }
-        *buf = *b"0000-00-00T00:00:00.000000Z";
-        put(&mut buf[0..4], y.clamp(0, 9999) as u64, 4);
-        put(&mut buf[5..7], m as u64, 2);
-        put(&mut buf[8..10], d as u64, 2);
-        put(&mut buf[11..13], hh, 2);
-        put(&mut buf[14..16], mm, 2);
-        put(&mut buf[17..19], ss, 2);
-        put(&mut buf[20..26], u64::from(micros), 6);
+        let mut buf = *b"0000-00-00T00:00:00";
+        put_digits(&mut buf[0..4], y.clamp(0, 9999) as u64, 4);
+        put_digits(&mut buf[5..7], m as u64, 2);
+        put_digits(&mut buf[8..10], d as u64, 2);
+        put_digits(&mut buf[11..13], hh, 2);
+        put_digits(&mut buf[14..16], mm, 2);
+        put_digits(&mut buf[17..19], ss, 2);
+        buf
+    }
+}
+
+/// Writes `v` as `width` decimal digits (zero-padded).
+fn put_digits(buf: &mut [u8], mut v: u64, width: usize) {
+    for i in (0..width).rev() {
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
     }
 }
 
@@ -499,6 +523,9 @@ mod tests {
             951_782_400_000_000,
             1_709_164_799_999_999,
             1_764_241_290_123_456,
+            // The same second again (cached date), then the next one.
+            1_764_241_290_999_999,
+            1_764_241_291_000_000,
             4_102_444_800_000_001,
         ] {
             let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(micros);
