@@ -134,6 +134,9 @@ impl Settler<'_> {
     }
 }
 
+/// How long a stopping worker tries to hand unfinished deliveries back.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) async fn run(
     bus: Bus,
     spec: Arc<WorkerSpec>,
@@ -233,9 +236,16 @@ pub(crate) async fn run(
         let _ = task.await;
     }
     // Everything handed to this worker is settled: hand back what the
-    // transport still holds for it (e.g. a read cancelled above).
-    if let Err(e) = sub.close().await {
-        tracing::warn!(group = %spec.group.group, "{e}; other instances take those events over after the claim idle time");
+    // transport still holds for it (e.g. a read cancelled above). Bounded,
+    // so an unreachable broker cannot hold up the shutdown.
+    match tokio::time::timeout(CLOSE_TIMEOUT, sub.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(group = %spec.group.group, "{e}; other instances take those events over after the claim idle time");
+        }
+        Err(_) => {
+            tracing::warn!(group = %spec.group.group, "could not hand unfinished events back within {CLOSE_TIMEOUT:?}; other instances take them over after the claim idle time");
+        }
     }
     Ok(())
 }
