@@ -132,6 +132,21 @@ where
             "message is not JSON: it is not valid UTF-8",
         ));
     };
+    // What this crate writes, read without the general JSON map machinery.
+    if let Some((attrs, data)) = own_layout(text) {
+        if direct(&attrs.ty) {
+            if let Ok(value) = serde_json::from_str::<T>(data) {
+                return Ok((attrs, Some(value)));
+            }
+        } else if let Ok(raw) = serde_json::from_str::<&'a RawValue>(data) {
+            let attrs = Attributes {
+                data: Some(raw),
+                ..attrs
+            };
+            return Ok((attrs, None));
+        }
+        // Data that does not fit: the paths below explain.
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let fast = serde::de::DeserializeSeed::deserialize(
         TypedSeed::<T, &F> {
@@ -160,6 +175,48 @@ where
             }
         }
     }
+}
+
+/// Reads a message laid out exactly as [`encode`] writes it — members in
+/// that order, strings without escapes, nothing after the closing brace —
+/// returning its attributes and the text of its `data` (not yet checked).
+/// Anything else gives `None` and goes through the general parser.
+///
+/// A message accepted here is valid JSON once `data` is: the fixed parts are
+/// compared byte for byte, and each string runs to its closing quote
+/// without a backslash or a control character.
+fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
+    /// The contents of a JSON string up to its closing quote, and the rest.
+    fn plain(s: &str) -> Option<(&str, &str)> {
+        let end = s
+            .bytes()
+            .position(|c| c == b'"' || c == b'\\' || c < 0x20)?;
+        (s.as_bytes()[end] == b'"').then(|| (&s[..end], &s[end + 1..]))
+    }
+    let rest = text.strip_prefix(r#"{"specversion":"1.0","id":""#)?;
+    let (id, rest) = plain(rest)?;
+    let (ty, rest) = plain(rest.strip_prefix(r#","type":""#)?)?;
+    let (source, rest) = plain(rest.strip_prefix(r#","source":""#)?)?;
+    let mut rest = rest.strip_prefix(r#","datacontenttype":"application/json""#)?;
+    let mut subject = None;
+    if let Some(after) = rest.strip_prefix(r#","subject":""#) {
+        let (s, after) = plain(after)?;
+        subject = Some(Cow::Borrowed(s));
+        rest = after;
+    }
+    let (time, rest) = plain(rest.strip_prefix(r#","time":""#)?)?;
+    let data = rest.strip_prefix(r#","data":"#)?.strip_suffix('}')?;
+    let attrs = Attributes {
+        specversion: Cow::Borrowed(SPEC_VERSION),
+        id: Cow::Borrowed(id),
+        ty: Cow::Borrowed(ty),
+        source: Cow::Borrowed(source),
+        subject,
+        time: Some(Cow::Borrowed(time)),
+        datacontenttype: Some(Cow::Borrowed("application/json")),
+        data: None,
+    };
+    Some((attrs, data))
 }
 
 /// A string borrowed from the input when it has no escapes.
@@ -546,5 +603,96 @@ mod tests {
         assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
         assert!(a < b);
         assert_ne!(new_event_id(t), new_event_id(t));
+    }
+
+    #[derive(
+        Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, crate::Event,
+    )]
+    #[event("codec.note")]
+    struct Note {
+        #[event(subject)]
+        key: String,
+        text: String,
+    }
+
+    #[derive(
+        Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, crate::Event,
+    )]
+    #[event("codec.plain")]
+    struct Plain {
+        n: u32,
+    }
+
+    fn encoded<E: Event>(event: &E, source: &str) -> Bytes {
+        let now = SystemTime::now();
+        let mut time = [0u8; 27];
+        Rfc3339(now).write(&mut time);
+        let stamp = Stamp {
+            id: new_event_id(now),
+            source,
+            time: &time,
+        };
+        encode(event, stamp).unwrap()
+    }
+
+    fn general<'a>(bytes: &'a [u8]) -> Attributes<'a> {
+        Attributes::parse(bytes).unwrap()
+    }
+
+    #[test]
+    fn own_layout_reads_what_encode_writes_like_the_general_parser() {
+        let note = Note {
+            key: "k-1".into(),
+            text: "quote \" and \\ backslash".into(),
+        };
+        let with_subject = encoded(&note, "reviews");
+        let without = encoded(&Plain { n: 7 }, "/svc");
+        for bytes in [&with_subject, &without] {
+            let text = std::str::from_utf8(bytes).unwrap();
+            let (fast, data) = own_layout(text).expect("our own layout");
+            let slow = general(bytes);
+            assert_eq!(fast.specversion, slow.specversion);
+            assert_eq!(fast.id, slow.id);
+            assert_eq!(fast.ty, slow.ty);
+            assert_eq!(fast.source, slow.source);
+            assert_eq!(fast.subject, slow.subject);
+            assert_eq!(fast.time, slow.time);
+            assert_eq!(fast.datacontenttype, slow.datacontenttype);
+            assert_eq!(data, slow.data.unwrap().get());
+        }
+        assert_eq!(decode::<Note>(&with_subject).unwrap(), note);
+        assert_eq!(decode::<Plain>(&without).unwrap(), Plain { n: 7 });
+    }
+
+    #[test]
+    fn anything_else_goes_through_the_general_parser() {
+        const HEAD: &str = r#"{"specversion":"1.0","id":"i","type":"codec.plain","source":"/s","datacontenttype":"application/json","time":"2026-11-27T00:00:00Z","data":"#;
+        fn parse(text: &str) -> Result<(Attributes<'_>, Option<serde_json::Value>), DecodeError> {
+            parse_typed::<serde_json::Value, _>(text.as_bytes(), |_| true)
+        }
+        // An escape in an attribute: not our layout, still read.
+        let escaped = HEAD.replace(r#""/s""#, r#""/s\"x""#) + "1}";
+        assert!(own_layout(&escaped).is_none());
+        assert_eq!(parse(&escaped).unwrap().0.source, "/s\"x");
+        // A member after `data`: the fast path's data does not parse alone.
+        let extra = format!(r#"{HEAD}{{"n":1}},"ext":"v"}}"#);
+        let (attrs, value) = parse(&extra).unwrap();
+        assert_eq!(value, Some(serde_json::json!({"n": 1})));
+        assert_eq!(attrs.ty, "codec.plain");
+        // Not JSON: rejected, never half-read.
+        for bad in [
+            format!("{HEAD}1}}x"),
+            format!("{HEAD}1}}}}"),
+            format!("{HEAD}}}"),
+            format!("{HEAD}{{\"n\":1}}"),
+            HEAD.replace(r#""/s""#, "\"/\u{1}s\"") + "1}",
+        ] {
+            assert!(parse(&bad).is_err(), "accepted {bad:?}");
+        }
+        // A type read raw (not decoded into `T`).
+        let raw = format!("{HEAD}{{\"n\":2}}}}");
+        let (attrs, value) = parse_typed::<Plain, _>(raw.as_bytes(), |_| false).unwrap();
+        assert!(value.is_none());
+        assert_eq!(attrs.data.unwrap().get(), r#"{"n":2}"#);
     }
 }
