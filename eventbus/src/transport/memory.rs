@@ -105,6 +105,10 @@ impl Ord for Timer {
 struct Group {
     name: String,
     handler: String,
+    /// Handed out, not yet settled. Lock order: `in_flight`, then `queue`
+    /// (publishers take only `queue`, acks only `in_flight`, so the two
+    /// sides of a busy group rarely wait for each other).
+    in_flight: Mutex<InFlight>,
     queue: Mutex<GroupQueue>,
     notify: Notify,
 }
@@ -112,11 +116,26 @@ struct Group {
 #[derive(Default)]
 struct GroupQueue {
     ready: VecDeque<(Bytes, u32)>,
-    /// Handed out, not yet acked: id -> (payload, attempt, subscriber).
-    in_flight: HashMap<u64, (Bytes, u32, u64), std::hash::BuildHasherDefault<IdHasher>>,
-    next_id: u64,
     /// Retries waiting for their delay.
     delayed: usize,
+}
+
+#[derive(Default)]
+struct InFlight {
+    /// id -> (payload, attempt, subscriber).
+    map: HashMap<u64, (Bytes, u32, u64), std::hash::BuildHasherDefault<IdHasher>>,
+    next_id: u64,
+}
+
+impl InFlight {
+    /// Removes a delivery that subscriber `me` holds.
+    fn take(&mut self, id: DeliveryId, me: u64) -> Option<(Bytes, u32)> {
+        let id = id.0 as u64;
+        match self.map.get(&id) {
+            Some((_, _, owner)) if *owner == me => self.map.remove(&id).map(|(p, a, _)| (p, a)),
+            _ => None,
+        }
+    }
 }
 
 /// Delivery ids are sequence numbers: they need no hashing, only spreading.
@@ -203,8 +222,9 @@ impl MemoryTransport {
     pub fn is_idle(&self) -> bool {
         let st = self.shared.state.lock();
         st.groups.values().all(|g| {
+            let f = g.in_flight.lock();
             let q = g.queue.lock();
-            q.ready.is_empty() && q.in_flight.is_empty() && q.delayed == 0
+            q.ready.is_empty() && f.map.is_empty() && q.delayed == 0
         })
     }
 
@@ -212,8 +232,9 @@ impl MemoryTransport {
     pub fn pending(&self, group: &str) -> usize {
         let st = self.shared.state.lock();
         st.groups.get(group).map_or(0, |g| {
+            let f = g.in_flight.lock();
             let q = g.queue.lock();
-            q.ready.len() + q.in_flight.len() + q.delayed
+            q.ready.len() + f.map.len() + q.delayed
         })
     }
 
@@ -225,6 +246,7 @@ impl MemoryTransport {
         let g = Arc::new(Group {
             name: spec.group.clone(),
             handler: spec.handler.clone(),
+            in_flight: Mutex::new(InFlight::default()),
             queue: Mutex::new(GroupQueue::default()),
             notify: Notify::new(),
         });
@@ -287,8 +309,12 @@ async fn timer_loop(shared: Weak<Shared>, wake: Arc<Notify>) {
                         payload,
                         attempt,
                     } => {
-                        group.queue.lock().delayed -= 1;
-                        group.push(payload, attempt);
+                        {
+                            let mut q = group.queue.lock();
+                            q.delayed -= 1;
+                            q.ready.push_back((payload, attempt));
+                        }
+                        group.notify.notify_one();
                     }
                 }
             }
@@ -396,20 +422,6 @@ struct MemorySubscriber {
     me: u64,
 }
 
-impl MemorySubscriber {
-    /// Removes a delivery this subscriber holds.
-    fn take(&self, id: DeliveryId) -> Option<(Bytes, u32)> {
-        let id = id.0 as u64;
-        let mut q = self.group.queue.lock();
-        match q.in_flight.get(&id) {
-            Some((_, _, owner)) if *owner == self.me => {
-                q.in_flight.remove(&id).map(|(p, a, _)| (p, a))
-            }
-            _ => None,
-        }
-    }
-}
-
 impl Subscriber for MemorySubscriber {
     fn settles_inline(&self) -> bool {
         true
@@ -423,6 +435,7 @@ impl Subscriber for MemorySubscriber {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 {
+                    let mut f = self.group.in_flight.lock();
                     let mut q = self.group.queue.lock();
                     if !q.ready.is_empty() {
                         let n = q.ready.len().min(max);
@@ -431,9 +444,9 @@ impl Subscriber for MemorySubscriber {
                             let Some((payload, attempt)) = q.ready.pop_front() else {
                                 break;
                             };
-                            let id = q.next_id;
-                            q.next_id += 1;
-                            q.in_flight.insert(id, (payload.clone(), attempt, self.me));
+                            let id = f.next_id;
+                            f.next_id += 1;
+                            f.map.insert(id, (payload.clone(), attempt, self.me));
                             out.push(Delivery {
                                 id: DeliveryId(u128::from(id)),
                                 payload,
@@ -453,25 +466,31 @@ impl Subscriber for MemorySubscriber {
     }
 
     fn ack<'a>(&'a self, ids: &'a [DeliveryId]) -> BoxFuture<'a, Result<()>> {
-        let mut q = self.group.queue.lock();
+        let mut f = self.group.in_flight.lock();
         for id in ids {
             let id = id.0 as u64;
-            if q.in_flight
+            if f.map
                 .get(&id)
                 .is_some_and(|(_, _, owner)| *owner == self.me)
             {
-                q.in_flight.remove(&id);
+                f.map.remove(&id);
             }
         }
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn retry(&self, id: DeliveryId, delay: Duration) -> BoxFuture<'_, Result<()>> {
-        if let Some((payload, attempt)) = self.take(id) {
+        let mut f = self.group.in_flight.lock();
+        if let Some((payload, attempt)) = f.take(id, self.me) {
+            // Moved while `in_flight` is held, so it is never in neither place.
+            let mut q = self.group.queue.lock();
             if delay.is_zero() {
-                self.group.push(payload, attempt + 1);
+                q.ready.push_back((payload, attempt + 1));
+                drop((q, f));
+                self.group.notify.notify_one();
             } else {
-                self.group.queue.lock().delayed += 1;
+                q.delayed += 1;
+                drop((q, f));
                 self.transport.add_timer(
                     Instant::now() + delay,
                     TimerKind::Retry {
@@ -490,7 +509,8 @@ impl Subscriber for MemorySubscriber {
         delivery: &'a Delivery,
         info: DeadLetterInfo,
     ) -> BoxFuture<'a, Result<()>> {
-        if self.take(delivery.id).is_some() {
+        let taken = self.group.in_flight.lock().take(delivery.id, self.me);
+        if taken.is_some() {
             let mut st = self.transport.shared.state.lock();
             st.dead_seq += 1;
             let id = st.dead_seq;
@@ -517,9 +537,9 @@ impl Subscriber for MemorySubscriber {
 impl Drop for MemorySubscriber {
     fn drop(&mut self) {
         // At-least-once: whatever this subscriber did not settle goes back.
-        let mut q = self.group.queue.lock();
-        let mine: Vec<u64> = q
-            .in_flight
+        let mut f = self.group.in_flight.lock();
+        let mine: Vec<u64> = f
+            .map
             .iter()
             .filter(|(_, (_, _, owner))| *owner == self.me)
             .map(|(id, _)| *id)
@@ -529,13 +549,14 @@ impl Drop for MemorySubscriber {
         }
         let mut back: Vec<(u64, Bytes, u32)> = mine
             .into_iter()
-            .filter_map(|id| q.in_flight.remove(&id).map(|(p, a, _)| (id, p, a)))
+            .filter_map(|id| f.map.remove(&id).map(|(p, a, _)| (id, p, a)))
             .collect();
         back.sort_by_key(|(id, _, _)| Reverse(*id));
+        let mut q = self.group.queue.lock();
         for (_, payload, attempt) in back {
             q.ready.push_front((payload, attempt + 1));
         }
-        drop(q);
+        drop((q, f));
         self.group.notify.notify_one();
     }
 }
