@@ -11,6 +11,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # certificates of the TLS test server
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -45,7 +46,7 @@ echo "==> the example runs on the default transport"
 cargo run --quiet --example reviews > /dev/null
 
 echo "==> every feature builds on its own"
-for features in "" memory redis postgres sqlite cli; do
+for features in "" memory redis redis-tls postgres sqlite cli; do
   cargo check --quiet -p eventbus --no-default-features ${features:+--features "$features"}
 done
 echo "all checks passed"

@@ -9,6 +9,8 @@
 //! options: mode=streams|pubsub  codec=cloudevents|legacy  prefix=NAME
 //!          layout=per-type|django  stream=NAME (django layout)  maxlen=N
 //!          claim_idle_ms=N  claim_interval_ms=N (defaults of ConsumerOptions)
+//!          tls_ca=PATH  (rediss: trust this PEM CA bundle instead of the system roots)
+//!          tls_cert=PATH&tls_key=PATH (rediss: client certificate for mutual TLS)
 //! ```
 //!
 //! The password is kept in a [`Secret`] whose `Debug` and `Display` print
@@ -27,8 +29,7 @@ pub const DEFAULT_PREFIX: &str = "eventbus";
 /// The default stream of the `django` layout.
 pub const DEFAULT_DJANGO_STREAM: &str = "events";
 
-const OPTIONS: &str =
-    "`mode`, `codec`, `prefix`, `layout`, `stream`, `maxlen`, `claim_idle_ms`, `claim_interval_ms`";
+const OPTIONS: &str = "`mode`, `codec`, `prefix`, `layout`, `stream`, `maxlen`, `claim_idle_ms`, `claim_interval_ms`, `tls_ca`, `tls_cert`, `tls_key`";
 
 /// How events travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,6 +114,18 @@ pub struct RedisConfig {
     maxlen: Option<u64>,
     claim_idle: Option<Duration>,
     claim_interval: Option<Duration>,
+    tls_files: TlsFiles,
+}
+
+/// PEM files for `rediss://` (paths as given in the URL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `tls_ca`: CA certificates to trust instead of the system's roots.
+    pub ca: Option<String>,
+    /// `tls_cert`: the client certificate (mutual TLS).
+    pub cert: Option<String>,
+    /// `tls_key`: the client certificate's private key.
+    pub key: Option<String>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -131,6 +144,7 @@ impl fmt::Debug for RedisConfig {
             .field("maxlen", &self.maxlen)
             .field("claim_idle", &self.claim_idle)
             .field("claim_interval", &self.claim_interval)
+            .field("tls_files", &self.tls_files)
             .finish()
     }
 }
@@ -183,6 +197,15 @@ impl fmt::Display for RedisConfig {
         if let Some(d) = self.claim_interval {
             opt(f, "claim_interval_ms", &d.as_millis())?;
         }
+        for (k, v) in [
+            ("tls_ca", &self.tls_files.ca),
+            ("tls_cert", &self.tls_files.cert),
+            ("tls_key", &self.tls_files.key),
+        ] {
+            if let Some(v) = v {
+                opt(f, k, v)?;
+            }
+        }
         Ok(())
     }
 }
@@ -204,6 +227,7 @@ impl RedisConfig {
             maxlen: None,
             claim_idle: None,
             claim_interval: None,
+            tls_files: TlsFiles::default(),
         }
     }
 
@@ -239,6 +263,10 @@ impl RedisConfig {
     /// `rediss://`.
     pub fn tls(&self) -> bool {
         self.tls
+    }
+    /// The PEM files of `tls_ca`, `tls_cert` and `tls_key`.
+    pub fn tls_files(&self) -> &TlsFiles {
+        &self.tls_files
     }
     /// `redis+cluster://`.
     pub fn is_cluster(&self) -> bool {
@@ -368,7 +396,7 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
     };
     if tls && !cfg!(feature = "tls") {
         return Err(format!(
-            "`{scheme}://` needs TLS support: enable the `tls` feature of eventbus-redis"
+            "`{scheme}://` needs TLS support: enable the `tls` feature of eventbus-redis (the `redis-tls` feature of eventbus)"
         ));
     }
     if rest.contains('#') {
@@ -487,6 +515,22 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
                         config.claim_interval = d;
                     }
                 }
+                "tls_ca" | "tls_cert" | "tls_key" => {
+                    if !tls {
+                        return Err(format!(
+                            "`{key}` only applies to TLS connections; use a `rediss://` URL"
+                        ));
+                    }
+                    if value.is_empty() {
+                        return Err(format!("`{key}=` needs the path of a PEM file"));
+                    }
+                    let slot = match &*key {
+                        "tls_ca" => &mut config.tls_files.ca,
+                        "tls_cert" => &mut config.tls_files.cert,
+                        _ => &mut config.tls_files.key,
+                    };
+                    *slot = Some(value.into_owned());
+                }
                 "maxlen" => {
                     let n: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         format!("`maxlen={value}` must be a positive number of entries, like `maxlen=100000`")
@@ -500,6 +544,12 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
                 }
             }
         }
+    }
+    if config.tls_files.cert.is_some() != config.tls_files.key.is_some() {
+        return Err(
+            "mutual TLS needs both `tls_cert` (the client certificate) and `tls_key` (its key)"
+                .into(),
+        );
     }
     if layout_django {
         if config.mode == Mode::PubSub {
@@ -707,6 +757,21 @@ mod tests {
         assert!(err("redis://h?prefix=a{b}").contains("hash tag"));
         #[cfg(not(feature = "tls"))]
         assert!(err("rediss://h").contains("enable the `tls` feature"));
+    }
+
+    #[test]
+    #[cfg(feature = "tls")]
+    fn tls_files_need_rediss_and_come_in_pairs() {
+        let err = |u: &str| RedisConfig::from_url(u).unwrap_err().to_string();
+        assert!(err("redis://h?tls_ca=/ca.pem").contains("use a `rediss://` URL"));
+        assert!(err("rediss://h?tls_cert=/c.pem").contains("both `tls_cert`"));
+        assert!(err("rediss://h?tls_ca=").contains("needs the path of a PEM file"));
+        let c = RedisConfig::from_url("rediss://h/0?tls_ca=/ca.pem&tls_cert=/c.pem&tls_key=/k.pem")
+            .unwrap();
+        assert_eq!(c.tls_files().ca.as_deref(), Some("/ca.pem"));
+        assert_eq!(c.tls_files().key.as_deref(), Some("/k.pem"));
+        let again = RedisConfig::from_url(&c.to_string()).unwrap();
+        assert_eq!(again, c, "Display reads back");
     }
 
     #[test]

@@ -129,6 +129,57 @@ pub(crate) fn connect_error(config: &RedisConfig, e: RedisError) -> Error {
     }
 }
 
+/// The certificates named by `tls_ca`, `tls_cert` and `tls_key`, read now
+/// so a wrong path is reported when the client is created.
+#[cfg(feature = "tls")]
+fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>> {
+    let files = config.tls_files();
+    let read = |option: &str, path: &str| {
+        std::fs::read(path).map_err(|e| Error::Config {
+            url: config.to_string(),
+            reason: format!("cannot read the `{option}` file `{path}`: {e}"),
+        })
+    };
+    let root_cert = files.ca.as_deref().map(|p| read("tls_ca", p)).transpose()?;
+    let client_tls = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("tls_cert", cert)?,
+            client_key: read("tls_key", key)?,
+        }),
+        _ => None,
+    };
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
+}
+
+/// Makes ring rustls's process-wide crypto provider unless the application
+/// chose one (rustls cannot pick by itself when its features name none, or
+/// several).
+#[cfg(feature = "tls")]
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// A client of one server, with the URL's certificates when it names any.
+fn single_client(config: &RedisConfig, info: ConnectionInfo) -> Result<redis::Client> {
+    #[cfg(feature = "tls")]
+    if config.tls() {
+        ensure_crypto_provider();
+    }
+    #[cfg(feature = "tls")]
+    if let Some(certs) = tls_certificates(config)? {
+        return redis::Client::build_with_tls(info, certs).map_err(|e| connect_error(config, e));
+    }
+    redis::Client::open(info).map_err(|e| connect_error(config, e))
+}
+
 impl Connector {
     pub(crate) fn new(config: &RedisConfig, opts: ClientOptions) -> Result<Self> {
         let (single, cluster) = if config.is_cluster() {
@@ -146,12 +197,19 @@ impl Connector {
             if let Some(pass) = config.password() {
                 builder = builder.password(pass.expose());
             }
+            #[cfg(feature = "tls")]
+            if config.tls() {
+                ensure_crypto_provider();
+            }
+            #[cfg(feature = "tls")]
+            if let Some(certs) = tls_certificates(config)? {
+                builder = builder.certs(certs);
+            }
             let client = builder.build().map_err(|e| connect_error(config, e))?;
             (None, Some(client))
         } else {
             let (h, p) = &config.nodes()[0];
-            let client = redis::Client::open(connection_info(config, h, *p)?)
-                .map_err(|e| connect_error(config, e))?;
+            let client = single_client(config, connection_info(config, h, *p)?)?;
             (Some(client), None)
         };
         Ok(Connector {
@@ -199,7 +257,7 @@ impl Connector {
         let mut last = None;
         for (h, p) in self.config.nodes() {
             let info = connection_info(&self.config, h, *p)?;
-            let client = redis::Client::open(info).map_err(|e| connect_error(&self.config, e))?;
+            let client = single_client(&self.config, info)?;
             match tokio::time::timeout(self.opts.connect_timeout, client.get_async_pubsub()).await {
                 Ok(Ok(ps)) => return Ok(ps),
                 Ok(Err(e)) => last = Some(e),

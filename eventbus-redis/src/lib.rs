@@ -20,7 +20,7 @@ pub mod streams;
 pub mod testing;
 
 pub use client::Client;
-pub use config::{Codec, Layout, Mode, RedisConfig, Secret};
+pub use config::{Codec, Layout, Mode, RedisConfig, Secret, TlsFiles};
 pub use conn::ClientOptions;
 pub use consumer::{
     Consumer, ConsumerOptions, ConsumerStats, DeadLetterInfo, Entry, EntryId, StartFrom, Types,

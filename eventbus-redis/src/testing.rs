@@ -27,12 +27,21 @@ pub struct ServerOptions {
     pub password: Option<String>,
     /// Extra `redis-server` arguments.
     pub extra_args: Vec<String>,
+    /// Also serve TLS on a second port, with a certificate of a private CA
+    /// made for this server (by the `openssl` command); [`RedisServer::url`]
+    /// is then a `rediss://` URL that trusts that CA. [`RedisServer::cmd`]
+    /// keeps using the plain port.
+    pub tls: bool,
+    /// With `tls`: clients must present a certificate of that CA
+    /// ([`RedisServer::tls_client_cert`]).
+    pub tls_client_auth: bool,
 }
 
 /// A `redis-server` child process on `127.0.0.1:<free port>`.
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     opts: ServerOptions,
@@ -85,6 +94,125 @@ fn find_in(name: &str, explicit: Option<PathBuf>, dirs: &[PathBuf]) -> io::Resul
         .ok_or_else(|| not_found(name))
 }
 
+/// Writes a private CA (`ca.pem`), a server certificate for 127.0.0.1 and
+/// localhost (`server.pem`, `server.key`) and a client certificate
+/// (`client.pem`, `client.key`) into `dir`, with the `openssl` command.
+fn make_certificates(dir: &Path) -> io::Result<()> {
+    let openssl = find_binary("OPENSSL", "openssl").map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "openssl not found (the TLS test server makes its certificates with it); install it with `apt-get install -y openssl`",
+        )
+    })?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )?;
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<&str>; 5] = [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=eventbus test CA",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "3650",
+            "-extfile",
+            "server.ext",
+        ],
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "client.key",
+                "-out",
+                "client.csr",
+                "-subj",
+                "/CN=eventbus test client",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "3650",
+            "-extfile",
+            "client.ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new(&openssl)
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A loopback port nobody listens on (and, for cluster nodes, whose bus port
 /// `port + 10000` is free too).
 fn free_port(cluster: bool) -> io::Result<u16> {
@@ -123,6 +251,7 @@ impl RedisServer {
         for _ in 0..5 {
             let mut server = RedisServer {
                 port: free_port(cluster)?,
+                tls_port: None,
                 dir: tempfile::Builder::new()
                     .prefix("eventbus-redis-")
                     .tempdir()?,
@@ -130,6 +259,10 @@ impl RedisServer {
                 opts: opts.clone(),
                 cluster,
             };
+            if opts.tls {
+                make_certificates(server.dir.path())?;
+                server.tls_port = Some(free_port(false)?);
+            }
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 // Most likely another test took the port meanwhile: try another.
@@ -159,6 +292,23 @@ impl RedisServer {
             .arg("no");
         if let Some(p) = &self.opts.password {
             cmd.arg("--requirepass").arg(p);
+        }
+        if let Some(tls_port) = self.tls_port {
+            let file = |name: &str| self.dir.path().join(name);
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("ca.pem"))
+                .arg("--tls-auth-clients")
+                .arg(if self.opts.tls_client_auth {
+                    "yes"
+                } else {
+                    "no"
+                });
         }
         if self.cluster {
             cmd.args([
@@ -221,12 +371,39 @@ impl RedisServer {
         self.dir.path()
     }
 
-    /// `redis://[:password@]127.0.0.1:<port>/0`.
+    /// `redis://[:password@]127.0.0.1:<port>/0`; with `tls`,
+    /// `rediss://[:password@]127.0.0.1:<tls port>/0?tls_ca=<the CA's PEM>`.
     pub fn url(&self) -> String {
-        match &self.opts.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+        let auth = match &self.opts.password {
+            Some(p) => format!(":{p}@"),
+            None => String::new(),
+        };
+        match self.tls_port {
+            Some(tls_port) => format!(
+                "rediss://{auth}127.0.0.1:{tls_port}/0?tls_ca={}",
+                self.tls_ca().display()
+            ),
+            None => format!("redis://{auth}127.0.0.1:{}/0", self.port),
         }
+    }
+
+    /// The TLS port (with `tls`).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// The PEM of the private CA that signed the server's (and the client's)
+    /// certificate (with `tls`).
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A client certificate and its key, signed by [`tls_ca`](Self::tls_ca) (with `tls`).
+    pub fn tls_client_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("client.pem"),
+            self.dir.path().join("client.key"),
+        )
     }
 
     /// True while the process runs.

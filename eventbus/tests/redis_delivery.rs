@@ -594,3 +594,32 @@ async fn a_stopping_instance_hands_back_events_it_never_saw() {
     assert_eq!(sorted(&seen), [0, 1, 2, 3]);
     assert_eq!(pending(&server, &stream, "svc.rec"), 0);
 }
+
+/// The same bus over `rediss://` (feature `redis-tls`): a server serving TLS
+/// with a private CA named in the URL, publish → handler → ack.
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_runs_over_tls() {
+    let server =
+        eventbus_redis::testing::RedisServer::start_with(eventbus_redis::testing::ServerOptions {
+            tls: true,
+            ..Default::default()
+        })
+        .expect("start redis-server with TLS");
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let seen = Seen::default();
+    let bus = Bus::builder()
+        .service("svc")
+        .without_registered()
+        .handler(recorder("rec", &seen))
+        .connect(&url)
+        .await
+        .unwrap();
+    let running = bus.spawn();
+    bus.publish_batch((0..5).map(|n| Ping { n })).await.unwrap();
+    wait_until("all five handled over TLS", || seen.lock().len() == 5).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(sorted(&seen), [0, 1, 2, 3, 4]);
+    assert_eq!(pending(&server, &stream_key("e2e.ping"), "svc.rec"), 0);
+}
