@@ -900,7 +900,9 @@ impl Opts {
     fn parse() -> anyhow::Result<Opts> {
         let mut o = Opts {
             url: None,
-            events: 100_000,
+            // A round of 100,000 publishes lasts ~0.15 s: too short to average out
+            // scheduling noise on a shared machine.
+            events: 300_000,
             rate: 1_000,
             rounds: 5,
             latency_secs: 3.0,
