@@ -14,6 +14,7 @@
 //! cargo bench -p eventbus --features postgres --bench outbox
 //! cargo bench -p eventbus --features postgres,redis --bench outbox
 //! OUTBOX_BENCH_ROWS=20000 cargo bench ...   # a quicker run
+//! OUTBOX_BENCH_ONLY=cost cargo bench ...    # only the publish cost
 //! ```
 //!
 //! Prints a table; these are one-shot throughput runs against servers, so
@@ -49,6 +50,11 @@ fn event(id: i64) -> SendShortMessage {
 const BUSINESS: &str = "CREATE TABLE IF NOT EXISTS short_message (
     id BIGINT PRIMARY KEY, phone TEXT NOT NULL, text TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+
+/// `OUTBOX_BENCH_ONLY=cost`: only the transactional publish cost.
+fn only_cost() -> bool {
+    std::env::var("OUTBOX_BENCH_ONLY").is_ok_and(|v| v == "cost")
+}
 
 fn rows() -> usize {
     std::env::var("OUTBOX_BENCH_ROWS")
@@ -348,9 +354,11 @@ fn main() {
                 .start()
                 .expect("PostgreSQL");
             publish_cost(&durable, "durable").await;
-            relay_to_memory(&durable, n).await;
-            #[cfg(feature = "redis")]
-            relay_to_redis(&durable, n).await;
+            if !only_cost() {
+                relay_to_memory(&durable, n).await;
+                #[cfg(feature = "redis")]
+                relay_to_redis(&durable, n).await;
+            }
         }
         let fast = testkit::PostgresServer::start().expect("PostgreSQL");
         publish_cost(&fast, "fsync=off").await;
