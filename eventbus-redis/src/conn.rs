@@ -129,10 +129,15 @@ pub(crate) fn connect_error(config: &RedisConfig, e: RedisError) -> Error {
     }
 }
 
-/// The certificates named by `tls_ca`, `tls_cert` and `tls_key`, read now
-/// so a wrong path is reported when the client is created.
+/// For a TLS URL: makes sure rustls has a crypto provider, and reads the
+/// certificates named by `tls_ca`, `tls_cert` and `tls_key` now, so a wrong
+/// path is reported when the client is created.
 #[cfg(feature = "tls")]
 fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>> {
+    if !config.tls() {
+        return Ok(None);
+    }
+    ensure_crypto_provider();
     let files = config.tls_files();
     let read = |option: &str, path: &str| {
         std::fs::read(path).map_err(|e| Error::Config {
@@ -170,10 +175,6 @@ fn ensure_crypto_provider() {
 /// A client of one server, with the URL's certificates when it names any.
 fn single_client(config: &RedisConfig, info: ConnectionInfo) -> Result<redis::Client> {
     #[cfg(feature = "tls")]
-    if config.tls() {
-        ensure_crypto_provider();
-    }
-    #[cfg(feature = "tls")]
     if let Some(certs) = tls_certificates(config)? {
         return redis::Client::build_with_tls(info, certs).map_err(|e| connect_error(config, e));
     }
@@ -196,10 +197,6 @@ impl Connector {
             }
             if let Some(pass) = config.password() {
                 builder = builder.password(pass.expose());
-            }
-            #[cfg(feature = "tls")]
-            if config.tls() {
-                ensure_crypto_provider();
             }
             #[cfg(feature = "tls")]
             if let Some(certs) = tls_certificates(config)? {

@@ -80,12 +80,7 @@ async fn django_layout_round_trip() {
         "filtered by event_type"
     );
     // The filtered entry was acked for this group, not left pending.
-    assert!(
-        server
-            .cmd(&["XPENDING", "events", "rust.on_created"])
-            .unwrap()
-            .starts_with("0\n")
-    );
+    assert_eq!(pending(&server, "events", "rust.on_created"), 0);
 
     let all = read_n(&everything, 2, Duration::from_secs(5)).await;
     let types: Vec<&str> = all.iter().map(|e| &*e.event_type).collect();

@@ -30,12 +30,7 @@ async fn retry_later_bumps_the_delivery_count_without_blocking_others() {
         .await
         .unwrap();
     // Stays pending meanwhile, and is in the group's retry zset.
-    assert!(
-        server
-            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
-            .unwrap()
-            .starts_with("1\n")
-    );
+    assert_eq!(pending(&server, "{eventbus}:stream:t", "g"), 1);
     assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "1");
 
     // Other entries flow while the retry waits.
@@ -67,12 +62,7 @@ async fn retry_later_bumps_the_delivery_count_without_blocking_others() {
     assert_eq!(third.delivery_count, 3);
     consumer.ack(&[third.id]).await.unwrap();
     assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "0");
-    assert!(
-        server
-            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
-            .unwrap()
-            .starts_with("0\n")
-    );
+    assert_eq!(pending(&server, "{eventbus}:stream:t", "g"), 0);
 }
 
 #[tokio::test]
@@ -246,12 +236,7 @@ async fn poison_message_ends_in_the_dlq() {
     let dl = client.dead_letters(10).await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].attempts, retries + 2);
-    assert!(
-        server
-            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
-            .unwrap()
-            .starts_with("0\n")
-    );
+    assert_eq!(pending(&server, "{eventbus}:stream:t", "g"), 0);
 }
 
 /// `close` hands back all a consumer owns — entries handed out and not
@@ -314,10 +299,5 @@ async fn close_hands_back_everything_the_consumer_owns() {
         .ack(&got.iter().map(|e| e.id).collect::<Vec<_>>())
         .await
         .unwrap();
-    assert!(
-        server
-            .cmd(&["XPENDING", "{eventbus}:stream:t", "g"])
-            .unwrap()
-            .starts_with("0\n")
-    );
+    assert_eq!(pending(&server, "{eventbus}:stream:t", "g"), 0);
 }

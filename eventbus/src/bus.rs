@@ -151,9 +151,7 @@ impl Bus {
 
     /// Encodes `event` as a structured CloudEvent, stamped with a fresh UUIDv7 id and the time.
     pub fn encode<E: Event>(&self, event: &E) -> Result<Outgoing> {
-        let now = SystemTime::now();
-        let mut time = [0u8; 27];
-        codec::Rfc3339(now).write(&mut time);
+        let (now, time) = codec::now_stamped();
         self.encode_at(event, now, &time)
     }
 
@@ -220,9 +218,7 @@ impl Bus {
     /// The events share one `time` (the clock is read once for the batch);
     /// each has its own id.
     pub async fn publish_batch<E: Event>(&self, events: impl IntoIterator<Item = E>) -> Result<()> {
-        let now = SystemTime::now();
-        let mut time = [0u8; 27];
-        codec::Rfc3339(now).write(&mut time);
+        let (now, time) = codec::now_stamped();
         let batch = events
             .into_iter()
             .map(|e| self.encode_at(&e, now, &time))

@@ -390,6 +390,14 @@ impl<D: fmt::Display> Serialize for AsStr<D> {
     }
 }
 
+/// The current time, and the same formatted for a CloudEvent's `time`.
+pub(crate) fn now_stamped() -> (SystemTime, [u8; 27]) {
+    let now = SystemTime::now();
+    let mut time = [0u8; 27];
+    Rfc3339(now).write(&mut time);
+    (now, time)
+}
+
 /// RFC 3339 UTC time with microseconds (`2026-11-27T11:01:30.123456Z`).
 pub(crate) struct Rfc3339(pub SystemTime);
 

@@ -83,3 +83,13 @@ pub async fn read_for(c: &Consumer, d: Duration) -> Vec<Entry> {
     }
     out
 }
+
+/// The number of entries pending (delivered, not acked) in `group` on `stream`.
+pub fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
+    let reply = server.cmd(&["XPENDING", stream, group]).expect("XPENDING");
+    reply
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected XPENDING reply {reply:?}"))
+}
