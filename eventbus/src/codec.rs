@@ -564,8 +564,9 @@ pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, DecodeError> {
     }
 }
 
-/// `source` as written on the wire: `/service` for a bare name.
-pub(crate) fn normalize_source(source: &str) -> Cow<'_, str> {
+/// `source` as written on the wire: `/service` for a bare name (a URI or a
+/// path is kept as it is).
+pub fn normalize_source(source: &str) -> Cow<'_, str> {
     if needs_slash(source) {
         Cow::Owned(format!("/{source}"))
     } else {
