@@ -999,7 +999,7 @@ async fn main() -> anyhow::Result<()> {
     let url = match &opts.url {
         Some(u) => u.clone(),
         None => {
-            let server = eventbus_redis::testing::RedisServer::start().context(
+            let server = testkit::RedisServer::start().context(
                 "cannot start a private redis-server (give --url, or install redis-server)",
             )?;
             let url = server.url();

@@ -1,7 +1,7 @@
 //! Throughput of the binding against a raw `redis` crate loop, in the same run.
 //!
 //! ```text
-//! cargo run --release -p eventbus-redis --features test-util --example throughput [-- N]
+//! cargo run --release -p eventbus-redis --example throughput [-- N]
 //! ```
 //!
 //! Starts its own `redis-server` on a free loopback port (never 6379), then
@@ -12,9 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use eventbus_redis::testing::RedisServer;
 use eventbus_redis::{Client, ConsumerOptions, RedisConfig, Types};
 use redis::AsyncCommands;
+use testkit::RedisServer;
 
 const BATCH: usize = 100;
 const ROUNDS: usize = 10;

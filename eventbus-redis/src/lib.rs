@@ -15,9 +15,6 @@ pub mod pubsub;
 pub mod schedule;
 mod scripts;
 pub mod streams;
-#[cfg(feature = "test-util")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-pub mod testing;
 
 pub use client::Client;
 pub use config::{Codec, Layout, Mode, RedisConfig, Secret, TlsFiles};

@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use eventbus_redis::testing::RedisCluster;
 use eventbus_redis::{DeadLetterInfo, Types};
 use serde_json::json;
+use testkit::RedisCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_schedule_and_dlq_on_a_cluster() {

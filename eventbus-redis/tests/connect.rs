@@ -4,8 +4,8 @@ mod common;
 
 use std::net::TcpListener;
 
-use eventbus_redis::testing::{RedisServer, ServerOptions};
 use eventbus_redis::{Client, RedisConfig};
+use testkit::{RedisOptions, RedisServer};
 
 fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -34,7 +34,7 @@ async fn unreachable_server_is_one_actionable_sentence() {
 
 #[tokio::test]
 async fn passwords_work_and_wrong_ones_are_reported_without_leaking() {
-    let server = RedisServer::start_with(ServerOptions {
+    let server = RedisServer::start_with(RedisOptions {
         password: Some("s3cret-pw".into()),
         ..Default::default()
     })

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use eventbus_redis::Types;
-use eventbus_redis::testing::{RedisServer, ServerOptions};
 use serde_json::json;
+use testkit::{RedisOptions, RedisServer};
 
 #[tokio::test]
 async fn restart_keeps_published_and_pending_entries() {
-    let mut server = RedisServer::start_with(ServerOptions {
+    let mut server = RedisServer::start_with(RedisOptions {
         appendonly: true,
         ..Default::default()
     })
@@ -64,7 +64,7 @@ async fn restart_keeps_published_and_pending_entries() {
 
 #[tokio::test]
 async fn publish_waits_for_redis_to_come_back() {
-    let mut server = RedisServer::start_with(ServerOptions {
+    let mut server = RedisServer::start_with(RedisOptions {
         appendonly: true,
         ..Default::default()
     })

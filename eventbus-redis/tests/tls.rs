@@ -9,12 +9,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eventbus_redis::testing::{RedisServer, ServerOptions};
 use eventbus_redis::{Client, Error, RedisConfig, Types};
 use serde_json::json;
+use testkit::{RedisOptions, RedisServer};
 
 fn tls_server(client_auth: bool) -> RedisServer {
-    RedisServer::start_with(ServerOptions {
+    RedisServer::start_with(RedisOptions {
         tls: true,
         tls_client_auth: client_auth,
         ..Default::default()

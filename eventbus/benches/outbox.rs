@@ -285,7 +285,7 @@ async fn relay_to_memory(pg: &testkit::PostgresServer, n: usize) {
 async fn relay_to_redis(pg: &testkit::PostgresServer, n: usize) {
     use redis::AsyncCommands;
 
-    let server = eventbus_redis::testing::RedisServer::start().expect("redis-server");
+    let server = testkit::RedisServer::start().expect("redis-server");
     let pool = fresh_db(pg).await;
     let memory = memory_bus().await;
 

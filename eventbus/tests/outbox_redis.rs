@@ -11,8 +11,8 @@ use std::time::Duration;
 use eventbus::Bus;
 use eventbus::codec::Attributes;
 use eventbus::outbox::RelayOptions;
-use eventbus_redis::testing::RedisServer;
 use outbox_common::*;
+use testkit::RedisServer;
 
 fn redis() -> RedisServer {
     RedisServer::start().expect("start redis-server (apt-get install -y redis-server)")

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use eventbus::{Bus, CloudEvent, Context, Event, HandlerDef, handler, schedule};
-use eventbus_redis::testing::RedisCluster;
 use parking_lot::Mutex;
 use redis_support::*;
 use serde::{Deserialize, Serialize};
+use testkit::RedisCluster;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Event)]
 #[event("cl.order_placed")]

@@ -600,12 +600,11 @@ async fn a_stopping_instance_hands_back_events_it_never_saw() {
 #[cfg(feature = "redis-tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_runs_over_tls() {
-    let server =
-        eventbus_redis::testing::RedisServer::start_with(eventbus_redis::testing::ServerOptions {
-            tls: true,
-            ..Default::default()
-        })
-        .expect("start redis-server with TLS");
+    let server = testkit::RedisServer::start_with(testkit::RedisOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .expect("start redis-server with TLS");
     let url = server.url();
     assert!(url.starts_with("rediss://"), "{url}");
     let seen = Seen::default();

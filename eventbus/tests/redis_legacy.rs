@@ -129,10 +129,7 @@ async fn legacy_bus(url: &str, log: &Log) -> Bus {
 
 /// Waits until every channel has at least `n` subscribers (pub/sub delivers
 /// only to those connected when the message is published).
-async fn wait_for_subscribers(
-    server: &eventbus_redis::testing::RedisServer,
-    channels: &[(&str, u64)],
-) {
+async fn wait_for_subscribers(server: &testkit::RedisServer, channels: &[(&str, u64)]) {
     wait_until("the bus subscribed to its channels", || {
         channels.iter().all(|(ch, n)| {
             let reply = server.cmd(&["PUBSUB", "NUMSUB", ch]).unwrap();

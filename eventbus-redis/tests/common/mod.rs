@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use eventbus_redis::cloudevents::{EventBuilder, EventBuilderV10};
-use eventbus_redis::testing::RedisServer;
 use eventbus_redis::{Client, Consumer, ConsumerOptions, Entry, RedisConfig};
+use testkit::RedisServer;
 
 pub fn server() -> RedisServer {
     RedisServer::start().expect("start redis-server")

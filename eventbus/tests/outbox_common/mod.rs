@@ -243,22 +243,7 @@ impl Drop for Running {
 }
 
 /// Waits until `f` is true, up to `timeout`; false if it never was.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use testkit::eventually;
 
 /// What a test publishes in one transaction.
 #[derive(Debug, Clone)]

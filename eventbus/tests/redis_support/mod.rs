@@ -1,19 +1,16 @@
 #![allow(dead_code)]
 //! Shared by the `redis_*` end-to-end tests: throwaway `redis-server`s from
-//! the eventbus-redis harness (free loopback ports, never 6379), a Redis
-//! transport tuned for tests, and condition waits with generous deadlines
-//! (the tests never assert on timing).
+//! testkit (free loopback ports, never 6379), a Redis transport tuned for
+//! tests, and testkit's condition waits with generous deadlines (the tests
+//! never assert on timing).
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eventbus::bus::RetryPolicy;
 use eventbus::transport::redis::RedisTransport;
-use eventbus_redis::testing::{RedisServer, ServerOptions};
 use eventbus_redis::{ConsumerOptions, RedisConfig};
-
-/// How long any condition may take on a loaded machine before a test fails.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub use testkit::{DEADLINE, wait_until, wait_until_async};
+use testkit::{RedisOptions, RedisServer};
 
 /// A fresh `redis-server` (no persistence).
 pub fn server() -> RedisServer {
@@ -22,7 +19,7 @@ pub fn server() -> RedisServer {
 
 /// A fresh `redis-server` with the append-only file on.
 pub fn durable_server() -> RedisServer {
-    RedisServer::start_with(ServerOptions {
+    RedisServer::start_with(RedisOptions {
         appendonly: true,
         ..Default::default()
     })
@@ -65,34 +62,6 @@ pub fn fast_retries() -> RetryPolicy {
     RetryPolicy {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(400),
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after [`DEADLINE`].
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Like [`wait_until`] for a condition that needs to `.await` (e.g. reads the DLQ).
-pub async fn wait_until_async<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

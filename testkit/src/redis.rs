@@ -1,26 +1,32 @@
-//! Throwaway `redis-server`s for tests (feature `test-util`): one server on a
-//! free loopback port with its own temporary directory (restartable on the
-//! same port and data), or a 3-node Redis Cluster. Never the system instance
-//! on 6379. Processes are killed when the value is dropped.
+//! Throwaway `redis-server`s: one server on a free loopback port with its own
+//! temporary directory (restartable on the same port and data, optionally
+//! serving TLS with certificates of a private CA), or a 3-node Redis Cluster.
+//! Never the system instance on 6379. Processes are killed when the value is
+//! dropped.
 //!
 //! ```no_run
-//! # fn main() -> std::io::Result<()> {
-//! use eventbus_redis::testing::{RedisServer, ServerOptions};
-//! let mut server = RedisServer::start_with(ServerOptions { appendonly: true, ..Default::default() })?;
+//! use testkit::{RedisOptions, RedisServer};
+//! let mut server = RedisServer::start_with(RedisOptions { appendonly: true, ..Default::default() })?;
 //! let url = server.url();          // redis://127.0.0.1:<port>/0
 //! server.restart()?;               // same port, same data directory
-//! # Ok(()) }
+//! # Ok::<(), testkit::Error>(())
 //! ```
+//!
+//! `redis-server` and `redis-cli` are looked up in `REDIS_SERVER` and
+//! `REDIS_CLI`, then `PATH`, then the usual places; `openssl` (for
+//! [`RedisOptions::tls`]) in `OPENSSL`, then the same.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::{Error, err, tail, wait};
 
 /// How to run a test server.
 #[derive(Debug, Clone, Default)]
-pub struct ServerOptions {
+pub struct RedisOptions {
     /// `--appendonly yes` (fsync every second; a graceful [`RedisServer::stop`] flushes it).
     pub appendonly: bool,
     /// `--requirepass`.
@@ -44,27 +50,26 @@ pub struct RedisServer {
     tls_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    opts: ServerOptions,
+    opts: RedisOptions,
     cluster: bool,
 }
 
-fn not_found(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{what} not found; install it with `apt-get install -y redis-server`"),
-    )
+fn not_found(what: &str) -> Error {
+    err(format!(
+        "{what} not found; install it with `apt-get install -y redis-server`"
+    ))
 }
 
 /// Finds `redis-server` (`$REDIS_SERVER` wins, then `$PATH`, then the usual places).
-pub fn redis_server_binary() -> io::Result<PathBuf> {
+pub fn redis_server_binary() -> Result<PathBuf, Error> {
     find_binary("REDIS_SERVER", "redis-server")
 }
 
-fn redis_cli_binary() -> io::Result<PathBuf> {
+fn redis_cli_binary() -> Result<PathBuf, Error> {
     find_binary("REDIS_CLI", "redis-cli")
 }
 
-fn find_binary(env: &str, name: &str) -> io::Result<PathBuf> {
+fn find_binary(env: &str, name: &str) -> Result<PathBuf, Error> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -80,7 +85,7 @@ fn find_binary(env: &str, name: &str) -> io::Result<PathBuf> {
     find_in(name, std::env::var_os(env).map(PathBuf::from), &dirs)
 }
 
-fn find_in(name: &str, explicit: Option<PathBuf>, dirs: &[PathBuf]) -> io::Result<PathBuf> {
+fn find_in(name: &str, explicit: Option<PathBuf>, dirs: &[PathBuf]) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
         return if p.is_file() {
             Ok(p)
@@ -88,19 +93,15 @@ fn find_in(name: &str, explicit: Option<PathBuf>, dirs: &[PathBuf]) -> io::Resul
             Err(not_found(&format!("{name} (at {})", p.display())))
         };
     }
-    dirs.iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| not_found(name))
+    crate::find_in(name, dirs.iter().cloned()).ok_or_else(|| not_found(name))
 }
 
 /// Writes a private CA (`ca.pem`), a server certificate for 127.0.0.1 and
 /// localhost (`server.pem`, `server.key`) and a client certificate
 /// (`client.pem`, `client.key`) into `dir`, with the `openssl` command.
-fn make_certificates(dir: &Path) -> io::Result<()> {
+fn make_certificates(dir: &Path) -> Result<(), Error> {
     let openssl = find_binary("OPENSSL", "openssl").map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
+        err(
             "openssl not found (the TLS test server makes its certificates with it); install it with `apt-get install -y openssl`",
         )
     })?;
@@ -203,7 +204,7 @@ fn make_certificates(dir: &Path) -> io::Result<()> {
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
-            return Err(io::Error::other(format!(
+            return Err(err(format!(
                 "openssl {} failed: {}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
@@ -215,38 +216,29 @@ fn make_certificates(dir: &Path) -> io::Result<()> {
 
 /// A loopback port nobody listens on (and, for cluster nodes, whose bus port
 /// `port + 10000` is free too).
-fn free_port(cluster: bool) -> io::Result<u16> {
+fn free_port(cluster: bool) -> Result<u16, Error> {
     for _ in 0..200 {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        if port == 6379 {
+        let port = crate::free_port()?;
+        if cluster && (port > 55535 || TcpListener::bind(("127.0.0.1", port + 10000)).is_err()) {
             continue;
-        }
-        if cluster {
-            if port > 55535 {
-                continue;
-            }
-            if TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
-                continue;
-            }
         }
         return Ok(port);
     }
-    Err(io::Error::other("no free loopback port"))
+    Err(err("no free loopback port"))
 }
 
 impl RedisServer {
     /// Starts a server with default options (no persistence).
-    pub fn start() -> io::Result<Self> {
-        Self::start_with(ServerOptions::default())
+    pub fn start() -> Result<Self, Error> {
+        Self::start_with(RedisOptions::default())
     }
 
     /// Starts a server.
-    pub fn start_with(opts: ServerOptions) -> io::Result<Self> {
+    pub fn start_with(opts: RedisOptions) -> Result<Self, Error> {
         Self::start_inner(opts, false)
     }
 
-    fn start_inner(opts: ServerOptions, cluster: bool) -> io::Result<Self> {
+    fn start_inner(opts: RedisOptions, cluster: bool) -> Result<Self, Error> {
         let mut last = None;
         for _ in 0..5 {
             let mut server = RedisServer {
@@ -269,10 +261,10 @@ impl RedisServer {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| io::Error::other("redis-server did not start")))
+        Err(last.unwrap_or_else(|| err("redis-server did not start")))
     }
 
-    fn spawn(&mut self) -> io::Result<()> {
+    fn spawn(&mut self) -> Result<(), Error> {
         let bin = redis_server_binary()?;
         let dir = self.dir.path().to_str().expect("utf-8 temp dir").to_owned();
         let mut cmd = Command::new(bin);
@@ -326,39 +318,41 @@ impl RedisServer {
             .stderr(Stdio::null());
         let child = cmd
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot start redis-server: {e}")))?;
+            .map_err(|e| err(format!("cannot start redis-server: {e}")))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.as_mut().expect("spawned").try_wait()? {
-                self.child = None;
-                return Err(io::Error::other(format!(
-                    "redis-server on port {} exited with {status}; log:\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
+        let mut exited = None;
+        let up = wait::blocking(Duration::from_secs(20), Duration::from_millis(20), || {
+            match self.child.as_mut().expect("spawned").try_wait() {
+                Ok(Some(status)) => {
+                    exited = Some(status);
+                    return true;
+                }
+                Ok(None) => {}
+                Err(_) => return false,
             }
-            if let Ok(reply) = self.cmd(&["PING"])
-                && reply == "PONG"
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(io::Error::other(format!(
-                    "redis-server on port {} did not answer PING; log:\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            self.cmd(&["PING"]).is_ok_and(|reply| reply == "PONG")
+        });
+        if let Some(status) = exited {
+            self.child = None;
+            return Err(err(format!(
+                "redis-server on port {} exited with {status}; log:\n{}",
+                self.port,
+                self.log_tail()
+            )));
         }
+        if !up {
+            self.kill();
+            return Err(err(format!(
+                "redis-server on port {} did not answer PING; log:\n{}",
+                self.port,
+                self.log_tail()
+            )));
+        }
+        Ok(())
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail(&self.dir.path().join("redis.log"), 20)
     }
 
     /// The port.
@@ -419,10 +413,9 @@ impl RedisServer {
             return;
         }
         let _ = self.cmd(&["SHUTDOWN"]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.is_running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait::blocking(Duration::from_secs(10), Duration::from_millis(20), || {
+            !self.is_running()
+        });
         self.kill();
     }
 
@@ -435,35 +428,34 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port with the same data directory.
-    pub fn start_again(&mut self) -> io::Result<()> {
+    pub fn start_again(&mut self) -> Result<(), Error> {
         if self.is_running() {
             return Ok(());
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.spawn() {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        // The old process may still hold the port for a moment.
+        let mut last = Ok(());
+        wait::blocking(Duration::from_secs(10), Duration::from_millis(100), || {
+            last = self.spawn();
+            last.is_ok()
+        });
+        last
     }
 
     /// [`stop`](Self::stop), then [`start_again`](Self::start_again).
-    pub fn restart(&mut self) -> io::Result<()> {
+    pub fn restart(&mut self) -> Result<(), Error> {
         self.stop();
         self.start_again()
     }
 
     /// Sends one command over a fresh connection and renders the reply as
     /// text (arrays one element per line; errors as `Err`).
-    pub fn cmd(&self, args: &[&str]) -> io::Result<String> {
+    pub fn cmd(&self, args: &[&str]) -> Result<String, Error> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         self.cmd_bytes(&args)
     }
 
     /// Like [`cmd`](Self::cmd) with binary arguments.
-    pub fn cmd_bytes(&self, args: &[&[u8]]) -> io::Result<String> {
+    pub fn cmd_bytes(&self, args: &[&[u8]]) -> Result<String, Error> {
         let stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut reader = BufReader::new(stream.try_clone()?);
@@ -483,7 +475,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn send(w: &mut impl Write, args: &[&[u8]]) -> io::Result<()> {
+fn send(w: &mut impl Write, args: &[&[u8]]) -> Result<(), Error> {
     let mut buf = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -491,19 +483,21 @@ fn send(w: &mut impl Write, args: &[&[u8]]) -> io::Result<()> {
         buf.extend_from_slice(b"\r\n");
     }
     w.write_all(&buf)?;
-    w.flush()
+    Ok(w.flush()?)
 }
 
-fn read_reply(r: &mut impl BufRead) -> io::Result<String> {
+fn read_reply(r: &mut impl BufRead) -> Result<String, Error> {
     let mut line = String::new();
     r.read_line(&mut line)?;
     let line = line.trim_end_matches(['\r', '\n']);
     let (kind, rest) = line.split_at(line.len().min(1));
     match kind {
         "+" | ":" => Ok(rest.to_owned()),
-        "-" => Err(io::Error::other(rest.to_owned())),
+        "-" => Err(err(rest)),
         "$" => {
-            let n: i64 = rest.parse().map_err(io::Error::other)?;
+            let n: i64 = rest
+                .parse()
+                .map_err(|_| err(format!("unexpected reply `{line}`")))?;
             if n < 0 {
                 return Ok(String::new());
             }
@@ -513,14 +507,16 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<String> {
             Ok(String::from_utf8_lossy(&buf).into_owned())
         }
         "*" => {
-            let n: i64 = rest.parse().map_err(io::Error::other)?;
+            let n: i64 = rest
+                .parse()
+                .map_err(|_| err(format!("unexpected reply `{line}`")))?;
             let mut items = Vec::new();
             for _ in 0..n.max(0) {
                 items.push(read_reply(r)?);
             }
             Ok(items.join("\n"))
         }
-        _ => Err(io::Error::other(format!("unexpected reply `{line}`"))),
+        _ => Err(err(format!("unexpected reply `{line}`"))),
     }
 }
 
@@ -533,11 +529,11 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts `n` (at least 3) cluster-enabled servers, joins them with
     /// `redis-cli --cluster create`, and waits for `cluster_state:ok`.
-    pub fn start(n: usize) -> io::Result<Self> {
+    pub fn start(n: usize) -> Result<Self, Error> {
         let n = n.max(3);
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
-            nodes.push(RedisServer::start_inner(ServerOptions::default(), true)?);
+            nodes.push(RedisServer::start_inner(RedisOptions::default(), true)?);
         }
         let cli = redis_cli_binary()?;
         let addrs: Vec<String> = nodes
@@ -552,32 +548,26 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
-            return Err(io::Error::other(format!(
+            return Err(err(format!(
                 "redis-cli --cluster create failed: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
         let cluster = RedisCluster { nodes };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = cluster.nodes.iter().all(|s| {
+        let ready = wait::blocking(Duration::from_secs(30), Duration::from_millis(100), || {
+            cluster.nodes.iter().all(|s| {
                 s.cmd(&["CLUSTER", "INFO"]).is_ok_and(|info| {
                     info.contains("cluster_state:ok")
                         && info.contains("cluster_slots_ok:16384")
                         && info.contains(&format!("cluster_known_nodes:{n}"))
                 })
-            });
-            if ready {
-                return Ok(cluster);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(
-                    "the test cluster did not reach cluster_state:ok",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            })
+        });
+        if !ready {
+            return Err(err("the test cluster did not reach cluster_state:ok"));
         }
+        Ok(cluster)
     }
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...`.
