@@ -1048,7 +1048,7 @@ async fn main() -> anyhow::Result<()> {
         opts.rounds,
         env.template.len(),
         opts.concurrency.map_or_else(
-            || format!("{} (default)", eventbus::bus::DEFAULT_CONCURRENCY),
+            || format!("{} (default)", eventbus::DEFAULT_CONCURRENCY),
             |c| c.to_string()
         ),
     );

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::codec::{self, Stamp};
 use crate::context::StateMap;
+use crate::RetryPolicy;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::HandlerDef;
@@ -25,35 +26,6 @@ use crate::worker::{self, WorkerSpec};
 pub const DEFAULT_RETRIES: u32 = 5;
 /// Events one handler instance handles at once unless `concurrency = N` says otherwise.
 pub const DEFAULT_CONCURRENCY: u32 = 16;
-
-/// Exponential backoff with jitter between attempts of a failing handler.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Delay before the first retry (before jitter).
-    pub initial: Duration,
-    /// Upper bound of any delay.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The delay after failed attempt `attempt` (1-based): `initial * 2^(attempt-1)`,
-    /// capped at `max`, then a random point in its upper half.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let full = self.initial.saturating_mul(1 << exp).min(self.max);
-        let half = full / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-}
 
 /// The event bus of a service: publishes typed events and runs the handlers.
 ///
@@ -356,7 +328,7 @@ impl Bus {
         }
         let mut schedules = tokio::task::JoinSet::new();
         for def in self.inner.registry.schedules() {
-            schedules.spawn(run_schedule(self.clone(), def.clone(), work_token.clone()));
+            schedules.spawn(crate::schedule::run(self.clone(), def.clone(), work_token.clone()));
         }
         tracing::info!(
             service = %self.inner.service,
@@ -444,59 +416,6 @@ async fn wait_for_signal(token: CancellationToken) {
     token.cancel();
 }
 
-/// Wall-clock time that follows tokio's clock, so schedules run on a paused test clock.
-struct Clock {
-    base: SystemTime,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            base: SystemTime::now(),
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> SystemTime {
-        self.base + self.start.elapsed()
-    }
-}
-
-async fn run_schedule(bus: Bus, def: ScheduleDef, token: CancellationToken) {
-    let clock = Clock::new();
-    let key = format!("{}.{}", bus.service(), def.name);
-    loop {
-        let now = clock.now();
-        let next = match def.next_tick(now) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!("{e}");
-                return;
-            }
-        };
-        let wait = next.duration_since(now).unwrap_or_default();
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let tick_ms = next
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        match bus.transport().claim_tick(&key, tick_ms).await {
-            Ok(true) => {
-                tracing::debug!(schedule = def.name, tick_ms, "schedule fired");
-                if let Err(e) = (def.produce)(bus.clone()).await {
-                    tracing::error!(schedule = def.name, "{e}");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(schedule = def.name, "cannot claim the tick: {e}"),
-        }
-    }
-}
-
 /// Builds a [`Bus`].
 ///
 /// ```
@@ -572,10 +491,20 @@ impl BusBuilder {
         self
     }
 
-    /// Adds a recurring schedule explicitly.
+    /// Adds a recurring schedule explicitly (besides those registered with
+    /// `#[schedule]`), e.g. one read from configuration with
+    /// [`ScheduleDef::every`] or [`ScheduleDef::cron`].
     pub fn schedule(mut self, schedule: ScheduleDef) -> Self {
         self.schedules.push(schedule);
         self
+    }
+
+    /// Schedules count from the wall-clock time `start` instead of the system
+    /// clock's when the bus runs, then move with tokio's clock: on a paused
+    /// clock (`#[tokio::test(start_paused = true)]`) a test runs cron
+    /// schedules through any date, daylight-saving changes included.
+    pub fn schedule_clock(self, start: SystemTime) -> Self {
+        self.state(crate::schedule::WallClockStart(start))
     }
 
     /// Ignores the handlers and schedules registered with the macros; only

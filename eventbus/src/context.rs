@@ -2,15 +2,12 @@
 
 use std::any::{Any, TypeId};
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use crate::Envelope;
 use crate::bus::Bus;
-use crate::codec::Attributes;
 
 /// App state given to [`BusBuilder::state`](crate::BusBuilder::state), by type.
 pub(crate) type StateMap = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
@@ -34,7 +31,7 @@ pub(crate) type StateMap = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 #[derive(Clone)]
 pub struct Context {
     bus: Bus,
-    payload: Bytes,
+    envelope: Envelope,
     attempt: u32,
     group: Arc<str>,
 }
@@ -50,16 +47,29 @@ impl fmt::Debug for Context {
     }
 }
 
-impl Context {
-    pub(crate) fn new(bus: Bus, payload: Bytes, attempt: u32, group: Arc<str>) -> Self {
-        Self {
-            bus,
-            payload,
-            attempt,
-            group,
+/// What the worker knows of a delivery before it is decoded: with the
+/// envelope the decode produces, a [`Context`].
+#[doc(hidden)]
+#[derive(Clone)]
+#[allow(missing_debug_implementations)]
+pub struct ContextSeed {
+    pub(crate) bus: Bus,
+    pub(crate) attempt: u32,
+    pub(crate) group: Arc<str>,
+}
+
+impl ContextSeed {
+    pub(crate) fn into_context(self, envelope: Envelope) -> Context {
+        Context {
+            bus: self.bus,
+            envelope,
+            attempt: self.attempt,
+            group: self.group,
         }
     }
+}
 
+impl Context {
     /// The bus, to publish follow-up events.
     pub fn bus(&self) -> &Bus {
         &self.bus
@@ -75,43 +85,47 @@ impl Context {
         &self.group
     }
 
-    /// All CloudEvents attributes of the message, borrowed.
-    pub fn attributes(&self) -> Attributes<'_> {
-        // The worker parsed this payload before calling the handler.
-        Attributes::parse(&self.payload).unwrap_or_else(|e| unreachable_attrs(&e))
+    /// The message and its attributes, as the worker read them.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
     }
 
     /// The CloudEvents `id`.
-    pub fn id(&self) -> Cow<'_, str> {
-        self.attributes().id
+    pub fn id(&self) -> &str {
+        self.envelope.id()
     }
 
     /// The CloudEvents `type` as published (an old name for an upcast event).
-    pub fn event_type(&self) -> Cow<'_, str> {
-        self.attributes().ty
+    pub fn event_type(&self) -> &str {
+        self.envelope.event_type()
     }
 
     /// The CloudEvents `source`.
-    pub fn source(&self) -> Cow<'_, str> {
-        self.attributes().source
+    pub fn source(&self) -> &str {
+        self.envelope.source()
     }
 
     /// The CloudEvents `subject`, if any.
-    pub fn subject(&self) -> Option<Cow<'_, str>> {
-        self.attributes().subject
+    pub fn subject(&self) -> Option<&str> {
+        self.envelope.subject()
     }
 
-    /// The CloudEvents `time`, if present and valid.
+    /// The CloudEvents `time`, if present and valid RFC 3339.
     pub fn time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.attributes()
-            .time
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        self.envelope
+            .time()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
+    /// The extension attribute `name` (e.g. `traceparent`), if the event has it.
+    pub fn extension(&self, name: &str) -> Option<&crate::cloudevents::event::ExtensionValue> {
+        self.envelope.extension(name)
     }
 
     /// The message exactly as received (structured CloudEvents JSON).
     pub fn raw(&self) -> &[u8] {
-        &self.payload
+        self.envelope.payload()
     }
 
     /// The app state of type `T` given to [`BusBuilder::state`](crate::BusBuilder::state).
@@ -126,9 +140,4 @@ impl Context {
     pub fn try_state<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.bus.try_state()
     }
-}
-
-#[cold]
-fn unreachable_attrs(e: &crate::codec::DecodeError) -> ! {
-    panic!("context payload was validated before the handler ran: {e}")
 }

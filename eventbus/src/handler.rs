@@ -11,10 +11,13 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::CloudEvent;
-use crate::codec::{Attributes, DecodeError};
-use crate::context::Context;
-use crate::event::{Event, Upcast};
+use bytes::Bytes;
+
+use crate::Envelope;
+use crate::codec::DecodeError;
+use crate::context::{Context, ContextSeed};
+pub use eventbus_core::arg::{HandlerArg, Incoming};
+use crate::event::Upcast;
 
 /// Options of a handler, from `#[handler(...)]` or the [`HandlerDef`] builder.
 #[derive(Debug, Clone)]
@@ -55,16 +58,6 @@ impl HandlerMeta {
     }
 }
 
-/// What a handler is given besides its payload.
-#[doc(hidden)]
-#[allow(missing_debug_implementations)]
-pub struct Incoming<'a> {
-    /// The message, as received.
-    pub payload: &'a [u8],
-    /// Old types whose `replaced_by` is this handler's type, with their conversion.
-    pub upcasts: &'a [(&'static str, Upcast)],
-}
-
 /// Why a handler run did not succeed.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -79,14 +72,35 @@ pub type HandlerFuture = BoxFuture<'static, Result<(), Failure>>;
 /// A type-erased handler.
 #[doc(hidden)]
 pub trait ErasedHandler: Send + Sync + 'static {
-    /// Decodes the message (in one pass) and starts the handler.
-    fn call<'a>(
-        &self,
-        incoming: Incoming<'a>,
-        ctx: Context,
-    ) -> Result<(Attributes<'a>, HandlerFuture), DecodeError>;
+    /// Decodes the message (in one pass), builds its [`Envelope`] and starts
+    /// the handler; the envelope is also returned for the worker (tracing,
+    /// dead letters).
+    fn call(&self, call: Call<'_>) -> Result<(Envelope, HandlerFuture), DecodeError>;
     /// The CloudEvents type it takes; `None` for a global handler.
     fn event_type(&self) -> Option<&'static str>;
+}
+
+/// One delivery, as the worker hands it to a handler.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct Call<'a> {
+    /// The message, as received.
+    pub payload: &'a Bytes,
+    /// Old types whose `replaced_by` is this handler's type, with their conversion.
+    pub upcasts: &'a [(&'static str, Upcast)],
+    /// Everything but the envelope for the handler's `Context`.
+    pub context: ContextSeed,
+}
+
+impl Call<'_> {
+    fn decode<A: HandlerArg>(&self) -> Result<(Envelope, A), DecodeError> {
+        let incoming = Incoming {
+            payload: self.payload,
+            upcasts: self.upcasts,
+        };
+        let (attrs, arg) = A::decode(&incoming)?;
+        Ok((Envelope::new(Bytes::clone(self.payload), &attrs), arg))
+    }
 }
 
 /// A handler ready to be given to the bus.
@@ -188,73 +202,6 @@ pub trait IntoHandler<Args>: Send + Sync + Sized + 'static {
     fn into_erased(self) -> std::sync::Arc<dyn ErasedHandler>;
 }
 
-/// The first argument of a handler: an [`Event`] type, or [`CloudEvent`] for `#[handler(all)]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not an event type",
-    label = "not an event",
-    note = "derive `eventbus::Event` for `{Self}` with `#[event(\"type_name\")]`, or take `eventbus::CloudEvent` in a `#[handler(all)]`"
-)]
-pub trait HandlerArg: Send + Sized + 'static {
-    #[doc(hidden)]
-    const GLOBAL: bool;
-    #[doc(hidden)]
-    fn event_type() -> Option<&'static str>;
-    #[doc(hidden)]
-    fn decode<'a>(incoming: &Incoming<'a>) -> Result<(Attributes<'a>, Self), DecodeError>;
-}
-
-impl<E: Event> HandlerArg for E {
-    const GLOBAL: bool = false;
-
-    fn event_type() -> Option<&'static str> {
-        Some(E::TYPE)
-    }
-
-    fn decode<'a>(incoming: &Incoming<'a>) -> Result<(Attributes<'a>, Self), DecodeError> {
-        let aliases = E::info().aliases;
-        let (attrs, value) = crate::codec::parse_typed::<E, _>(incoming.payload, |ty| {
-            ty == E::TYPE || aliases.contains(&ty)
-        })?;
-        if let Some(value) = value {
-            return Ok((attrs, value));
-        }
-        let ty = &*attrs.ty;
-        if let Some((_, upcast)) = incoming.upcasts.iter().find(|(old, _)| *old == ty) {
-            let raw = attrs.data.unwrap_or(serde_json::value::RawValue::NULL);
-            let boxed = upcast(raw)?;
-            let value = boxed.downcast::<E>().map(|b| *b).map_err(|_| {
-                DecodeError::new(
-                    Some(ty),
-                    format!("`{ty}` is declared `replaced_by` `{}`, but its conversion produced another type", E::TYPE),
-                )
-            })?;
-            return Ok((attrs, value));
-        }
-        Err(DecodeError::new(
-            Some(ty),
-            format!(
-                "a handler of `{}` received an event of type `{ty}`",
-                E::TYPE
-            ),
-        ))
-    }
-}
-
-impl HandlerArg for CloudEvent {
-    const GLOBAL: bool = true;
-
-    fn event_type() -> Option<&'static str> {
-        None
-    }
-
-    fn decode<'a>(incoming: &Incoming<'a>) -> Result<(Attributes<'a>, Self), DecodeError> {
-        let attrs = Attributes::parse(incoming.payload)?;
-        let event = serde_json::from_slice(incoming.payload)
-            .map_err(|e| DecodeError::new(Some(&attrs.ty), format!("invalid CloudEvent: {e}")))?;
-        Ok((attrs, event))
-    }
-}
-
 /// What a handler may return: `()` or `Result<(), E>` with `E: Display`.
 #[diagnostic::on_unimplemented(
     message = "a handler must return `()` or `Result<(), E>` where `E: Display`, not `{Self}`",
@@ -330,13 +277,9 @@ where
     A: HandlerArg,
     R: HandlerReturn,
 {
-    fn call<'a>(
-        &self,
-        incoming: Incoming<'a>,
-        _ctx: Context,
-    ) -> Result<(Attributes<'a>, HandlerFuture), DecodeError> {
-        let (attrs, arg) = A::decode(&incoming)?;
-        Ok((attrs, guard((self.f)(arg))))
+    fn call(&self, call: Call<'_>) -> Result<(Envelope, HandlerFuture), DecodeError> {
+        let (envelope, arg) = call.decode::<A>()?;
+        Ok((envelope, guard((self.f)(arg))))
     }
 
     fn event_type(&self) -> Option<&'static str> {
@@ -352,13 +295,10 @@ where
     C: ContextArg,
     R: HandlerReturn,
 {
-    fn call<'a>(
-        &self,
-        incoming: Incoming<'a>,
-        ctx: Context,
-    ) -> Result<(Attributes<'a>, HandlerFuture), DecodeError> {
-        let (attrs, arg) = A::decode(&incoming)?;
-        Ok((attrs, guard((self.f)(arg, C::from_context(ctx)))))
+    fn call(&self, call: Call<'_>) -> Result<(Envelope, HandlerFuture), DecodeError> {
+        let (envelope, arg) = call.decode::<A>()?;
+        let ctx = call.context.into_context(envelope.clone());
+        Ok((envelope, guard((self.f)(arg, C::from_context(ctx)))))
     }
 
     fn event_type(&self) -> Option<&'static str> {

@@ -1,12 +1,8 @@
 #![doc = include_str!("../../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod bus;
-pub mod codec;
-pub mod context;
-pub mod docs;
-pub mod error;
-pub mod event;
+mod bus;
+mod context;
 pub mod handler;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
@@ -19,19 +15,24 @@ pub mod testing;
 pub mod transport;
 mod worker;
 
-pub use bus::{Bus, BusBuilder};
+pub use bus::{Bus, BusBuilder, DEFAULT_CONCURRENCY, DEFAULT_RETRIES, Running};
 pub use context::Context;
-pub use error::{Error, Result};
-pub use event::{Event, EventInfo};
+/// Structured-mode CloudEvents JSON (`eventbus-core`'s codec).
+pub use eventbus_core::codec;
+/// The one error type (`eventbus-core`'s).
+pub use eventbus_core::error;
+/// The [`Event`] trait and [`EventInfo`] (`eventbus-core`'s).
+pub use eventbus_core::event;
+pub use eventbus_core::{Envelope, Error, Event, EventInfo, Result, RetryPolicy};
 pub use handler::HandlerDef;
 pub use schedule::ScheduleDef;
 pub use transport::DeadLetter;
 
 /// The CloudEvents SDK (`cloudevents-sdk`), re-exported for its attribute traits.
-pub use cloudevents;
+pub use eventbus_core::cloudevents;
 
 /// The CloudEvents 1.0 event of `cloudevents-sdk`, as global handlers receive it.
-pub type CloudEvent = cloudevents::Event;
+pub use eventbus_core::CloudEvent;
 
 /// `#[derive(Event)]`: see [`Event`].
 pub use eventbus_macros::Event;
@@ -42,6 +43,11 @@ pub use eventbus_macros::Event;
 pub use eventbus_macros::handler;
 /// `#[schedule(every = "1h")]` / `#[schedule(cron = "0 9 * * MON")]`: publishes the
 /// returned event on every tick, once across all instances.
+///
+/// A cron expression is evaluated in UTC unless `tz = "Europe/Berlin"` names an
+/// IANA zone. Options: `every`, `cron`, `tz`, `name = "..."`, `crate = path`;
+/// all checked at compile time. For a schedule read from configuration at run
+/// time, see [`ScheduleDef::every`] and [`ScheduleDef::cron`].
 pub use eventbus_macros::schedule;
 
 /// Used by the generated code; not a public API.

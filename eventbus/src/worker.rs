@@ -33,10 +33,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bus::{Bus, RetryPolicy};
-use crate::context::Context;
+use crate::RetryPolicy;
+use crate::bus::Bus;
+use crate::Envelope;
+use crate::context::ContextSeed;
 use crate::event::Upcast;
-use crate::handler::{Failure, HandlerDef, Incoming};
+use crate::handler::{Call, Failure, HandlerDef};
 use crate::transport::{DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Subscriber};
 
 /// Everything a worker needs to know about its group.
@@ -175,7 +177,7 @@ pub(crate) async fn run(
         {
             match start(&bus, &spec, delivery, prefetching) {
                 Ok(fut) => in_flight.push(fut),
-                Err((delivery, reason)) => settler.push(dead(&spec, delivery, reason)),
+                Err((delivery, reason)) => settler.push(dead(&spec, delivery, None, reason)),
             }
         }
         // Room for the handler slots and the prefetch, minus what is held.
@@ -192,13 +194,13 @@ pub(crate) async fn run(
         settler.flush().await;
         tokio::select! {
             biased;
-            Some((delivery, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((delivery, envelope, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
                 run_time.record(took);
-                settler.push(settle(&spec, &retry, delivery, outcome));
+                settler.push(settle(&spec, &retry, delivery, envelope, outcome));
                 // Collect everything else that is done before settling.
-                while let Some(Some((delivery, outcome, took))) = in_flight.next().now_or_never() {
+                while let Some(Some((delivery, envelope, outcome, took))) = in_flight.next().now_or_never() {
                     run_time.record(took);
-                    settler.push(settle(&spec, &retry, delivery, outcome));
+                    settler.push(settle(&spec, &retry, delivery, envelope, outcome));
                 }
             }
             got = async { read.as_mut().expect("guarded").await }, if read.is_some() => {
@@ -258,7 +260,7 @@ fn start(
     delivery: Delivery,
     timed: bool,
 ) -> Result<
-    impl std::future::Future<Output = (Delivery, Outcome, Option<Duration>)> + Send + 'static,
+    impl std::future::Future<Output = (Delivery, Envelope, Outcome, Option<Duration>)> + Send + 'static,
     (Delivery, String),
 > {
     if delivery.attempt > spec.max_attempts {
@@ -269,32 +271,29 @@ fn start(
         );
         return Err((delivery, reason));
     }
-    let ctx = Context::new(
-        bus.clone(),
-        delivery.payload.clone(),
-        delivery.attempt,
-        spec.group_name.clone(),
-    );
-    let incoming = Incoming {
+    let call = Call {
         payload: &delivery.payload,
         upcasts: &spec.upcasts,
+        context: ContextSeed {
+            bus: bus.clone(),
+            attempt: delivery.attempt,
+            group: spec.group_name.clone(),
+        },
     };
-    let (fut, span) = match spec.handler.handler.call(incoming, ctx) {
-        Ok((attrs, fut)) => {
-            let span = tracing::info_span!(
-                "eventbus.handle",
-                event_id = %attrs.id,
-                event_type = %attrs.ty,
-                handler = %spec.group.handler,
-                attempt = delivery.attempt,
-            );
-            (fut, span)
-        }
+    let (envelope, fut) = match spec.handler.handler.call(call) {
+        Ok(started) => started,
         Err(e) => {
             let reason = e.to_string();
             return Err((delivery, reason));
         }
     };
+    let span = tracing::info_span!(
+        "eventbus.handle",
+        event_id = %envelope.id(),
+        event_type = %envelope.event_type(),
+        handler = %spec.group.handler,
+        attempt = delivery.attempt,
+    );
     let timeout = spec.timeout;
     // Timed only where the prefetch needs it (two clock reads per event).
     let begun = timed.then(tokio::time::Instant::now);
@@ -306,11 +305,17 @@ fn start(
                 Err(_) => Err(Failure::Error(format!("handler timed out after {t:?}"))),
             },
         };
-        (delivery, outcome, begun.map(|b| b.elapsed()))
+        (delivery, envelope, outcome, begun.map(|b| b.elapsed()))
     })
 }
 
-fn settle(spec: &WorkerSpec, retry: &RetryPolicy, delivery: Delivery, outcome: Outcome) -> Settle {
+fn settle(
+    spec: &WorkerSpec,
+    retry: &RetryPolicy,
+    delivery: Delivery,
+    envelope: Envelope,
+    outcome: Outcome,
+) -> Settle {
     match outcome {
         Ok(()) => Settle::Ack(delivery.id),
         Err(Failure::Error(error)) => {
@@ -324,20 +329,37 @@ fn settle(spec: &WorkerSpec, retry: &RetryPolicy, delivery: Delivery, outcome: O
                 );
                 Settle::Retry(delivery.id, delay)
             } else {
-                dead(spec, delivery, error)
+                dead(spec, delivery, Some(&envelope), error)
             }
         }
     }
 }
 
-fn dead(spec: &WorkerSpec, delivery: Delivery, error: String) -> Settle {
+/// Dead-letters `delivery`, with the type and id from its envelope, or, when
+/// the message could not be decoded for the handler, from whatever of it
+/// can be read (a rare path: the one place a payload is parsed twice).
+fn dead(spec: &WorkerSpec, delivery: Delivery, envelope: Option<&Envelope>, error: String) -> Settle {
+    let read;
+    let envelope = match envelope {
+        Some(e) => Some(e),
+        None => {
+            read = Envelope::parse(delivery.payload.clone()).ok();
+            read.as_ref()
+        }
+    };
+    let event_type = envelope.map_or(delivery.event_type.as_str(), |e| e.event_type());
+    let event_id = envelope.map(|e| e.id().to_owned());
     tracing::error!(
         handler = %spec.group.handler,
         group = %spec.group.group,
+        event_type = %event_type,
+        event_id = event_id.as_deref().unwrap_or(""),
         attempts = delivery.attempt,
         "event moved to the dead-letter queue: {error}"
     );
     let info = DeadLetterInfo {
+        event_type: event_type.to_owned(),
+        event_id,
         handler: spec.group.handler.clone(),
         attempts: delivery.attempt,
         error,

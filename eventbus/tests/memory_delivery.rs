@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventbus::bus::RetryPolicy;
+use eventbus::RetryPolicy;
 use eventbus::testing::TestBus;
 use eventbus::transport::memory::MemoryTransport;
 use eventbus::transport::{Outgoing, Transport};
@@ -563,8 +563,8 @@ async fn context_carries_metadata_and_state() {
         let g = g.clone();
         async move {
             *g.lock() = Some((
-                ctx.event_type().into_owned(),
-                ctx.source().into_owned(),
+                ctx.event_type().to_owned(),
+                ctx.source().to_owned(),
                 ctx.group().to_owned(),
                 ctx.attempt(),
                 ctx.state::<Db>().0,

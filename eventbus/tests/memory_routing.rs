@@ -62,7 +62,7 @@ impl Log {
     fn push(&self, handler: &str, ctx: &Context, detail: String) {
         self.0
             .lock()
-            .push((handler.into(), ctx.event_type().into_owned(), detail));
+            .push((handler.into(), ctx.event_type().to_owned(), detail));
     }
     fn of(&self, handler: &str) -> Vec<(String, String)> {
         self.0

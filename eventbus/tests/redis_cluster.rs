@@ -64,7 +64,7 @@ async fn cluster_ticker() -> Tick {
 #[handler]
 async fn on_tick(_t: Tick, ctx: Context) {
     ctx.state::<Arc<Log>>()
-        .push("on_tick", ctx.id().into_owned());
+        .push("on_tick", ctx.id().to_owned());
 }
 
 #[handler]

@@ -80,7 +80,7 @@ fn handlers(log: &Log) -> Vec<HandlerDef> {
                 async move {
                     log.lock().push((
                         "on_review_created",
-                        ctx.event_type().into_owned(),
+                        ctx.event_type().to_owned(),
                         format!("{} from {}", e.id, ctx.source()),
                     ));
                 }
@@ -94,7 +94,7 @@ fn handlers(log: &Log) -> Vec<HandlerDef> {
                 async move {
                     log.lock().push((
                         "on_moderate_action",
-                        ctx.event_type().into_owned(),
+                        ctx.event_type().to_owned(),
                         format!("{} status {} {}", e.id, e.status, e.model_name),
                     ));
                 }
@@ -107,7 +107,7 @@ fn handlers(log: &Log) -> Vec<HandlerDef> {
                 async move {
                     log.lock().push((
                         "legacy_on_review_approved",
-                        ctx.event_type().into_owned(),
+                        ctx.event_type().to_owned(),
                         e.id.to_string(),
                     ));
                 }
@@ -416,7 +416,7 @@ async fn the_django_broadcaster_layout_round_trips_through_the_bus() {
                 async move {
                     use eventbus::cloudevents::AttributesReader;
                     log.lock()
-                        .push(("audit", ctx.event_type().into_owned(), e.id().to_owned()));
+                        .push(("audit", ctx.event_type().to_owned(), e.id().to_owned()));
                 }
             },
         ));

@@ -70,7 +70,7 @@ impl Log {
     fn push(&self, handler: &str, ctx: &Context, detail: String) {
         self.0
             .lock()
-            .push((handler.into(), ctx.event_type().into_owned(), detail));
+            .push((handler.into(), ctx.event_type().to_owned(), detail));
     }
     fn of(&self, handler: &str) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = self
@@ -136,7 +136,7 @@ async fn ticker() -> Tick {
 #[handler]
 async fn on_tick(_e: Tick, ctx: Context) {
     ctx.state::<Arc<Log>>()
-        .push("on_tick", &ctx, ctx.id().into_owned());
+        .push("on_tick", &ctx, ctx.id().to_owned());
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {

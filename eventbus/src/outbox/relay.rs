@@ -14,7 +14,8 @@ use super::postgres;
 #[cfg(feature = "sqlite")]
 use super::sqlite;
 use super::{Claimed, Database, Failure, db_error};
-use crate::bus::{Bus, RetryPolicy};
+use crate::RetryPolicy;
+use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::transport::Outgoing;
 

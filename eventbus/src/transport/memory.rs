@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
+    EventType,
     DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing, Subscriber, Topics,
     Transport,
 };
@@ -80,9 +81,16 @@ enum TimerKind {
     Publish(Outgoing),
     Retry {
         group: Arc<Group>,
-        payload: Bytes,
+        payload: Msg,
         attempt: u32,
     },
+}
+
+/// A message waiting in (or handed out from) a group: its type and bytes.
+#[derive(Clone)]
+struct Msg {
+    event_type: EventType,
+    payload: Bytes,
 }
 
 impl PartialEq for Timer {
@@ -115,7 +123,7 @@ struct Group {
 
 #[derive(Default)]
 struct GroupQueue {
-    ready: VecDeque<(Bytes, u32)>,
+    ready: VecDeque<(Msg, u32)>,
     /// Retries waiting for their delay.
     delayed: usize,
 }
@@ -123,13 +131,13 @@ struct GroupQueue {
 #[derive(Default)]
 struct InFlight {
     /// id -> (payload, attempt, subscriber).
-    map: HashMap<u64, (Bytes, u32, u64), std::hash::BuildHasherDefault<IdHasher>>,
+    map: HashMap<u64, (Msg, u32, u64), std::hash::BuildHasherDefault<IdHasher>>,
     next_id: u64,
 }
 
 impl InFlight {
     /// Removes a delivery that subscriber `me` holds.
-    fn take(&mut self, id: DeliveryId, me: u64) -> Option<(Bytes, u32)> {
+    fn take(&mut self, id: DeliveryId, me: u64) -> Option<(Msg, u32)> {
         let id = id.0 as u64;
         match self.map.get(&id) {
             Some((_, _, owner)) if *owner == me => self.map.remove(&id).map(|(p, a, _)| (p, a)),
@@ -157,7 +165,7 @@ impl std::hash::Hasher for IdHasher {
 }
 
 impl Group {
-    fn push(&self, payload: Bytes, attempt: u32) {
+    fn push(&self, payload: Msg, attempt: u32) {
         self.queue.lock().ready.push_back((payload, attempt));
         self.notify.notify_one();
     }
@@ -263,13 +271,17 @@ impl MemoryTransport {
     }
 
     fn route(st: &State, message: &Outgoing) {
+        let msg = Msg {
+            event_type: EventType::from(&message.event_type),
+            payload: message.payload.clone(),
+        };
         if let Some(groups) = st.by_type.get(&*message.event_type) {
             for g in groups {
-                g.push(message.payload.clone(), 1);
+                g.push(msg.clone(), 1);
             }
         }
         for g in &st.all {
-            g.push(message.payload.clone(), 1);
+            g.push(msg.clone(), 1);
         }
     }
 
@@ -407,7 +419,14 @@ impl Transport for MemoryTransport {
             .and_then(|dl| st.groups.get(&dl.group).map(|g| (g.clone(), dl)));
         Box::pin(std::future::ready(Ok(match found {
             Some((group, dl)) => {
-                group.push(dl.payload, 1);
+                let event_type = dl.event_type.map_or(EventType::from_static(""), EventType::from);
+                group.push(
+                    Msg {
+                        event_type,
+                        payload: dl.payload,
+                    },
+                    1,
+                );
                 true
             }
             None => false,
@@ -441,15 +460,16 @@ impl Subscriber for MemorySubscriber {
                         let n = q.ready.len().min(max);
                         let mut out = Vec::with_capacity(n);
                         for _ in 0..n {
-                            let Some((payload, attempt)) = q.ready.pop_front() else {
+                            let Some((msg, attempt)) = q.ready.pop_front() else {
                                 break;
                             };
                             let id = f.next_id;
                             f.next_id += 1;
-                            f.map.insert(id, (payload.clone(), attempt, self.me));
+                            f.map.insert(id, (msg.clone(), attempt, self.me));
                             out.push(Delivery {
                                 id: DeliveryId(u128::from(id)),
-                                payload,
+                                event_type: msg.event_type,
+                                payload: msg.payload,
                                 attempt,
                             });
                         }
@@ -547,7 +567,7 @@ impl Drop for MemorySubscriber {
         if mine.is_empty() {
             return;
         }
-        let mut back: Vec<(u64, Bytes, u32)> = mine
+        let mut back: Vec<(u64, Msg, u32)> = mine
             .into_iter()
             .filter_map(|id| f.map.remove(&id).map(|(p, a, _)| (id, p, a)))
             .collect();

@@ -205,6 +205,8 @@ impl Transport for RedisTransport {
                         d.id.to_string(),
                         d.group,
                         DeadLetterInfo {
+                            event_type: d.event_type.clone(),
+                            event_id: None,
                             handler: d.handler,
                             attempts: d.attempts,
                             error: d.error,
@@ -280,6 +282,7 @@ impl Subscriber for RedisSubscriber {
                             .into_iter()
                             .map(|e| Delivery {
                                 id: DeliveryId(e.id.to_bits()),
+                                event_type: e.event_type.into(),
                                 payload: e.payload,
                                 attempt: e.delivery_count.max(1),
                             })

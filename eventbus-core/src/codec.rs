@@ -34,7 +34,8 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    pub(crate) fn new(event_type: Option<&str>, message: impl Into<String>) -> Self {
+    /// An error about a message of type `event_type` (when it is known).
+    pub fn new(event_type: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             event_type: event_type.map(str::to_owned),
             message: message.into(),
@@ -49,50 +50,81 @@ impl DecodeError {
 
 /// The attributes of a structured CloudEvent, borrowed from the message.
 ///
-/// Unknown members (extensions, `dataschema`) are skipped without allocation.
-#[derive(Debug, Deserialize)]
+/// Extension attributes are kept as their undecoded JSON; a member that
+/// appears twice is an error, never "the last one wins".
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct Attributes<'a> {
     /// `specversion`; always `1.0` once [`Attributes::parse`] returned it.
-    #[serde(borrow)]
     pub specversion: Cow<'a, str>,
     /// `id`.
-    #[serde(borrow)]
     pub id: Cow<'a, str>,
     /// `type`.
-    #[serde(rename = "type", borrow)]
     pub ty: Cow<'a, str>,
     /// `source`.
-    #[serde(borrow)]
     pub source: Cow<'a, str>,
     /// `subject`.
-    #[serde(borrow, default)]
     pub subject: Option<Cow<'a, str>>,
     /// `time` as RFC 3339 text.
-    #[serde(borrow, default)]
     pub time: Option<Cow<'a, str>>,
     /// `datacontenttype`.
-    #[serde(borrow, default)]
     pub datacontenttype: Option<Cow<'a, str>>,
+    /// `dataschema`.
+    pub dataschema: Option<Cow<'a, str>>,
+    /// Extension attributes: names and undecoded JSON values, in message order.
+    pub extensions: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// `data`, undecoded.
-    #[serde(borrow, default)]
     pub data: Option<&'a RawValue>,
+}
+
+/// The derive-based reading of the required attributes, used only to explain
+/// why a message is not a CloudEvent (its errors name the missing or
+/// mistyped member).
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Explain<'a> {
+    #[serde(borrow)]
+    specversion: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(borrow, default)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    datacontenttype: Option<Cow<'a, str>>,
 }
 
 impl<'a> Attributes<'a> {
     /// Reads the attributes of a structured-mode CloudEvent.
     ///
     /// Fails on anything that is not JSON, not a CloudEvent (no `id`, `type`
-    /// or `source`) or of a spec version other than 1.0.
+    /// or `source`, a member twice) or of a spec version other than 1.0.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        let attrs: Attributes<'a> = serde_json::from_slice(bytes).map_err(|e| {
-            let what = if e.is_syntax() || e.is_eof() {
-                "message is not JSON"
-            } else {
-                "message is not a CloudEvent"
-            };
-            DecodeError::new(None, format!("{what}: {e}"))
-        })?;
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(DecodeError::new(
+                None,
+                "message is not JSON: it is not valid UTF-8",
+            ));
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let read = serde::de::DeserializeSeed::deserialize(
+            TypedSeed::<serde::de::IgnoredAny, _> {
+                direct: |_: &str| false,
+                _t: std::marker::PhantomData,
+            },
+            &mut de,
+        )
+        .and_then(|v| de.end().map(|()| v));
+        let attrs = match read {
+            Ok(Some((attrs, _))) => attrs,
+            Ok(None) => return Err(explain(bytes, None)),
+            Err(e) => return Err(explain(bytes, Some(e))),
+        };
         if attrs.specversion != SPEC_VERSION {
             return Err(DecodeError::new(
                 Some(&attrs.ty),
@@ -111,13 +143,34 @@ impl<'a> Attributes<'a> {
     }
 }
 
+/// Why `bytes` is not a structured CloudEvent: the error of the general
+/// reader when it had one, otherwise the derive's (which names the missing
+/// member).
+#[cold]
+fn explain(bytes: &[u8], err: Option<serde_json::Error>) -> DecodeError {
+    let err = match (serde_json::from_slice::<Explain<'_>>(bytes), err) {
+        (Err(e), None) => e,
+        (Err(e), Some(first)) if first.is_data() && !e.is_data() => e,
+        (_, Some(first)) => first,
+        (Ok(_), None) => {
+            return DecodeError::new(None, "message is not a CloudEvent");
+        }
+    };
+    let what = if err.is_syntax() || err.is_eof() {
+        "message is not JSON"
+    } else {
+        "message is not a CloudEvent"
+    };
+    DecodeError::new(None, format!("{what}: {err}"))
+}
+
 /// Reads a structured CloudEvent in one pass. When `direct(type)` is true
 /// for the message's type (and `type` comes before `data`, as every SDK
 /// writes it), `data` is decoded straight into `T` and the returned
 /// attributes carry no `data`; otherwise `data` is kept raw and `T` is `None`.
 ///
 /// Errors are produced by the slow, explaining path.
-pub(crate) fn parse_typed<'a, T, F>(
+pub fn parse_typed<'a, T, F>(
     bytes: &'a [u8],
     direct: F,
 ) -> Result<(Attributes<'a>, Option<T>), DecodeError>
@@ -214,6 +267,8 @@ fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
         subject,
         time: Some(Cow::Borrowed(time)),
         datacontenttype: Some(Cow::Borrowed("application/json")),
+        dataschema: None,
+        extensions: Vec::new(),
         data: None,
     };
     Some((attrs, data))
@@ -275,26 +330,65 @@ where
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let (mut specversion, mut id, mut ty, mut source) = (None, None, None, None);
-        let (mut subject, mut time, mut datacontenttype) = (None, None, None);
+        let (mut subject, mut time, mut datacontenttype, mut dataschema) = (None, None, None, None);
+        let mut extensions = Vec::new();
         let mut data: Option<&'de RawValue> = None;
         let mut value: Option<T> = None;
+        let mut seen_data = false;
+        /// Sets an attribute once; a second occurrence is an error.
+        fn once<T, E: serde::de::Error>(slot: &mut Option<T>, v: T, name: &str) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::custom(format_args!("duplicate attribute `{name}`")));
+            }
+            *slot = Some(v);
+            Ok(())
+        }
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             match &*key {
-                "specversion" => specversion = Some(map.next_value::<Str<'de>>()?.0),
-                "id" => id = Some(map.next_value::<Str<'de>>()?.0),
-                "type" => ty = Some(map.next_value::<Str<'de>>()?.0),
-                "source" => source = Some(map.next_value::<Str<'de>>()?.0),
-                "subject" => subject = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
-                "time" => time = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
-                "datacontenttype" => {
-                    datacontenttype = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0)
+                "specversion" => once(&mut specversion, map.next_value::<Str<'de>>()?.0, &key)?,
+                "id" => once(&mut id, map.next_value::<Str<'de>>()?.0, &key)?,
+                "type" => once(&mut ty, map.next_value::<Str<'de>>()?.0, &key)?,
+                "source" => once(&mut source, map.next_value::<Str<'de>>()?.0, &key)?,
+                "subject" => once(
+                    &mut subject,
+                    map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
+                    &key,
+                )?,
+                "time" => once(
+                    &mut time,
+                    map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
+                    &key,
+                )?,
+                "datacontenttype" => once(
+                    &mut datacontenttype,
+                    map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
+                    &key,
+                )?,
+                "dataschema" => once(
+                    &mut dataschema,
+                    map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
+                    &key,
+                )?,
+                "data" => {
+                    if std::mem::replace(&mut seen_data, true) {
+                        return Err(serde::de::Error::custom("duplicate attribute `data`"));
+                    }
+                    match &ty {
+                        Some(t) if (self.direct)(t) => value = Some(map.next_value::<T>()?),
+                        _ => data = Some(map.next_value::<&'de RawValue>()?),
+                    }
                 }
-                "data" => match &ty {
-                    Some(t) if (self.direct)(t) => value = Some(map.next_value::<T>()?),
-                    _ => data = Some(map.next_value::<&'de RawValue>()?),
-                },
-                _ => {
+                "data_base64" => {
                     map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                _ => {
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    if extensions.iter().any(|(k, _): &(Cow<'de, str>, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate attribute `{key}`"
+                        )));
+                    }
+                    extensions.push((key, raw));
                 }
             }
         }
@@ -312,9 +406,11 @@ where
             id,
             ty,
             source,
-            subject,
-            time,
-            datacontenttype,
+            subject: subject.flatten(),
+            time: time.flatten(),
+            datacontenttype: datacontenttype.flatten(),
+            dataschema: dataschema.flatten(),
+            extensions,
             data,
         };
         Ok(Some((attrs, value)))
@@ -374,8 +470,10 @@ fn short_type_name<T>() -> &'static str {
 /// The attributes a publish sets besides the event's own (`source` is
 /// written as `/source` unless it starts with `/` or is an absolute URI).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stamp<'a> {
+pub struct Stamp<'a> {
+    /// The CloudEvents `id` ([`new_event_id`]).
     pub id: uuid::Uuid,
+    /// The `source` as given (a bare name is written as `/name`).
     pub source: &'a str,
     /// The RFC 3339 `time` ([`Rfc3339::write`]); formatted once for a batch.
     pub time: &'a [u8; 27],
@@ -391,7 +489,7 @@ impl<D: fmt::Display> Serialize for AsStr<D> {
 }
 
 /// The current time, and the same formatted for a CloudEvent's `time`.
-pub(crate) fn now_stamped() -> (SystemTime, [u8; 27]) {
+pub fn now_stamped() -> (SystemTime, [u8; 27]) {
     let now = SystemTime::now();
     let mut time = [0u8; 27];
     Rfc3339(now).write(&mut time);
@@ -399,13 +497,14 @@ pub(crate) fn now_stamped() -> (SystemTime, [u8; 27]) {
 }
 
 /// RFC 3339 UTC time with microseconds (`2026-11-27T11:01:30.123456Z`).
-pub(crate) struct Rfc3339(pub SystemTime);
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub SystemTime);
 
 impl Rfc3339 {
     /// Formats into a fixed buffer without touching the heap. The date and
     /// time of day are computed once per second per thread, only the
     /// microseconds for every call.
-    pub(crate) fn write(&self, buf: &mut [u8; 27]) {
+    pub fn write(&self, buf: &mut [u8; 27]) {
         thread_local! {
             static PREFIX: std::cell::Cell<(u64, [u8; 19])> =
                 const { std::cell::Cell::new((u64::MAX, [0; 19])) };
@@ -474,7 +573,7 @@ impl fmt::Display for Rfc3339 {
 
 /// A UUIDv7 (RFC 9562): the Unix time in milliseconds, then 74 random bits
 /// from a fast thread-local generator (no system call per id).
-pub(crate) fn new_event_id(now: SystemTime) -> uuid::Uuid {
+pub fn new_event_id(now: SystemTime) -> uuid::Uuid {
     let ms = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -506,7 +605,7 @@ fn put_str(buf: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
 /// Writes `event` as structured-mode CloudEvents JSON: the same members in
 /// the same order as cloudevents-sdk, attributes copied without an escaping
 /// pass when they need none, `data` from the payload's own `Serialize`.
-pub(crate) fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json::Error> {
+pub fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json::Error> {
     // Attributes take ~230 bytes; most payloads fit in the rest.
     let mut buf = Vec::with_capacity(512);
     buf.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
@@ -564,6 +663,20 @@ pub fn decode<E: Event>(bytes: &[u8]) -> Result<E, DecodeError> {
     }
 }
 
+/// RFC 3339 UTC with microseconds (`2026-11-27T11:01:30.123456Z`), as this
+/// crate and the CloudEvents SDKs write `time`.
+pub fn format_time(t: SystemTime) -> String {
+    Rfc3339(t).to_string()
+}
+
+/// Parses an RFC 3339 time with an offset (what [`format_time`] writes, and
+/// any other valid CloudEvents `time`).
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| SystemTime::from(t.with_timezone(&chrono::Utc)))
+}
+
 /// `source` as written on the wire: `/service` for a bare name (a URI or a
 /// path is kept as it is).
 pub fn normalize_source(source: &str) -> Cow<'_, str> {
@@ -614,23 +727,46 @@ mod tests {
         assert_ne!(new_event_id(t), new_event_id(t));
     }
 
-    #[derive(
-        Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, crate::Event,
-    )]
-    #[event("codec.note")]
+    /// `Event` by hand: this crate cannot use the derive, which names `::eventbus`.
+    macro_rules! event {
+        ($ty:ident, $name:literal, $subject:expr) => {
+            impl Event for $ty {
+                const TYPE: &'static str = $name;
+                fn info() -> &'static crate::EventInfo {
+                    static INFO: crate::EventInfo = crate::EventInfo::__new(
+                        $name,
+                        concat!(module_path!(), "::", stringify!($ty)),
+                        None,
+                        "",
+                        None,
+                        None,
+                        &[],
+                        None,
+                        crate::event::schema_of::<$ty>,
+                        None,
+                    );
+                    &INFO
+                }
+                fn subject(&self) -> Option<impl fmt::Display + '_> {
+                    #[allow(clippy::redundant_closure_call)]
+                    ($subject)(self)
+                }
+            }
+        };
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
     struct Note {
-        #[event(subject)]
         key: String,
         text: String,
     }
+    event!(Note, "codec.note", |n: &Note| Some(n.key.clone()));
 
-    #[derive(
-        Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, crate::Event,
-    )]
-    #[event("codec.plain")]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
     struct Plain {
         n: u32,
     }
+    event!(Plain, "codec.plain", |_: &Plain| None::<String>);
 
     fn encoded<E: Event>(event: &E, source: &str) -> Bytes {
         let now = SystemTime::now();

@@ -12,8 +12,10 @@ use crate::codec::DecodeError;
 ///
 /// Implement it with `#[derive(Event)]` and `#[event("type_name")]`; the
 /// derive also fills [`EventInfo`] from the attribute and the doc comments.
+/// The derive lives in `eventbus`, whose README compiles an example like
+/// this one:
 ///
-/// ```
+/// ```ignore
 /// use eventbus::Event;
 /// use serde::{Deserialize, Serialize};
 ///
