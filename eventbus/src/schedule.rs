@@ -125,32 +125,7 @@ pub(crate) fn parse_cron(expr: &str) -> std::result::Result<croner::Cron, String
         .map_err(|e| e.to_string())
 }
 
-/// What a `#[schedule]` function may return: an event, or `Result<E, Err>`.
-#[diagnostic::on_unimplemented(
-    message = "a schedule must return an event (or `Result<E, Err>`), not `{Self}`",
-    label = "not an event",
-    note = "derive `eventbus::Event` for the returned type"
-)]
-pub trait ScheduleOutput: Send + 'static {
-    /// The event type published.
-    type Event: Event;
-    #[doc(hidden)]
-    fn into_event(self) -> std::result::Result<Self::Event, String>;
-}
-
-impl<E: Event> ScheduleOutput for E {
-    type Event = E;
-    fn into_event(self) -> std::result::Result<E, String> {
-        Ok(self)
-    }
-}
-
-impl<E: Event, X: fmt::Display + Send + 'static> ScheduleOutput for std::result::Result<E, X> {
-    type Event = E;
-    fn into_event(self) -> std::result::Result<E, String> {
-        self.map_err(|e| format!("{e:#}"))
-    }
-}
+pub use eventbus_core::arg::ScheduleOutput;
 
 /// Publishes what a schedule function produced.
 #[doc(hidden)]
