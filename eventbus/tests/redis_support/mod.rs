@@ -9,6 +9,7 @@ use std::time::Duration;
 use eventbus::bus::RetryPolicy;
 use eventbus::transport::redis::RedisTransport;
 use eventbus_redis::{ConsumerOptions, RedisConfig};
+#[allow(unused_imports)] // not every test binary uses every wait
 pub use testkit::{DEADLINE, wait_until, wait_until_async};
 use testkit::{RedisOptions, RedisServer};
 
