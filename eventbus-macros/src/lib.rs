@@ -117,6 +117,11 @@ pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
 /// fn weekly() -> Report {
 ///     Report::now()
 /// }
+///
+/// #[schedule(cron = "0 9 * * *", tz = "Europe/Berlin")]
+/// fn morning() -> Reminder {
+///     Reminder::default()
+/// }
 /// ```
 ///
 /// The function (async or not) takes no arguments and returns an `Event` or
@@ -129,6 +134,8 @@ pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   syntax (`"30s"`, `"5m"`, `"1h 30m"`), aligned to the Unix epoch;
 /// - `cron = "0 9 * * MON"`: a cron expression, 5 fields or 6 with seconds
 ///   first, evaluated in UTC; checked at compile time;
+/// - `tz = "Europe/Berlin"` (with `cron`): the IANA time zone the expression
+///   is evaluated in, daylight-saving changes included; checked at compile time;
 /// - `name = "name"`: the schedule's name, under which ticks are claimed
 ///   (default: the function name);
 /// - `crate = path`: where the `eventbus` crate is, if it is renamed.

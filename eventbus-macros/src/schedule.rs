@@ -1,5 +1,9 @@
-//! `#[schedule(every = "1h")]` / `#[schedule(cron = "0 9 * * MON")]` on a fn
-//! that returns the event to publish.
+//! `#[schedule(every = "1h")]` / `#[schedule(cron = "0 9 * * MON", tz = "Europe/Berlin")]`
+//! on a fn that returns the event to publish.
+//!
+//! The interval, cron expression and zone are checked here, each error under
+//! its literal; the interval is handed over in milliseconds, so the running
+//! schedule never parses it again.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
@@ -16,18 +20,21 @@ const SPEC: Spec = Spec {
     keys: &[
         Key::new("every", Kind::Str, "every = \"1h\""),
         Key::new("cron", Kind::Str, "cron = \"0 9 * * MON\""),
+        Key::new("tz", Kind::Str, "tz = \"Europe/Berlin\""),
         Key::new("name", Kind::Str, "name = \"hourly_digest\""),
         Key::new("crate", Kind::Path, "crate = ::eventbus"),
     ],
     positional: false,
 };
 
-const USAGE: &str = "a schedule needs `every = \"1h\"` (an interval) or `cron = \"0 9 * * MON\"` (a cron expression, UTC)";
+const USAGE: &str = "a schedule needs `every = \"1h\"` (an interval) or `cron = \"0 9 * * MON\"` (a cron expression, UTC unless `tz = \"...\"` names a zone)";
 
 /// When the schedule fires, as validated.
 enum When<'a> {
-    Every(&'a LitStr),
-    Cron(&'a LitStr),
+    /// The interval as written, and in milliseconds.
+    Every(&'a LitStr, u64),
+    /// The cron expression and the zone, if one is named.
+    Cron(&'a LitStr, Option<&'a LitStr>),
 }
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
@@ -98,9 +105,15 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
         Some(_) => quote!(#ident().await),
         None => quote!(#ident()),
     };
-    let when = match when {
-        When::Every(lit) => quote!(#krate::__private::When::Every(#lit)),
-        When::Cron(lit) => quote!(#krate::__private::When::Cron(#lit)),
+    let (constructor, when) = match when {
+        When::Every(lit, ms) => (quote!(__every), quote!(#lit, #ms)),
+        When::Cron(lit, tz) => {
+            let tz = match tz {
+                Some(tz) => quote!(::core::option::Option::Some(#tz)),
+                None => quote!(::core::option::Option::None),
+            };
+            (quote!(__cron), quote!(#lit, #tz))
+        }
     };
     // Both uses of the return type are spanned at it and live in one body, so
     // that rustc reports "a schedule must return an event" once, under it.
@@ -124,7 +137,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
 
             fn __eventbus_def() -> #krate::__private::ScheduleDef {
-                #krate::__private::ScheduleDef::__new(
+                #krate::__private::ScheduleDef::#constructor(
                     #name,
                     ::core::module_path!(),
                     #when,
@@ -144,7 +157,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
     })
 }
 
-/// Checks `every` / `cron`: exactly one, and valid.
+/// Checks `every` / `cron` / `tz`: exactly one of `every` and `cron`, `tz`
+/// only with `cron`, each valid.
 fn check_when<'a>(args: &'a Args, errors: &mut Errors) -> Option<When<'a>> {
     let mut given = args
         .entries
@@ -157,7 +171,14 @@ fn check_when<'a>(args: &'a Args, errors: &mut Errors) -> Option<When<'a>> {
         );
         return None;
     }
+    let tz = args.get("tz").map(|entry| (entry, args.str("tz")));
     if let Some(lit) = args.str("every") {
+        if let Some((entry, _)) = tz {
+            errors.at(
+                &entry.key,
+                "`tz` goes with `cron`: an `every` interval is aligned to the Unix epoch, the same in every zone",
+            );
+        }
         match humantime::parse_duration(&lit.value()) {
             Err(e) => errors.at(
                 lit,
@@ -167,11 +188,30 @@ fn check_when<'a>(args: &'a Args, errors: &mut Errors) -> Option<When<'a>> {
                 ),
             ),
             Ok(d) if d.is_zero() => errors.at(lit, "the interval must be longer than zero"),
-            Ok(_) => return Some(When::Every(lit)),
+            Ok(d) => match u64::try_from(d.as_millis()) {
+                Ok(0) => errors.at(
+                    lit,
+                    "the interval must be at least 1 ms: ticks are counted in milliseconds",
+                ),
+                Ok(ms) => return Some(When::Every(lit, ms)),
+                Err(_) => errors.at(lit, "the interval is too long"),
+            },
         }
         return None;
     }
     if let Some(lit) = args.str("cron") {
+        let tz = match tz {
+            Some((_, Some(tz))) => match check_tz(&tz.value()) {
+                Ok(()) => Some(Some(tz)),
+                Err(e) => {
+                    errors.at(tz, e);
+                    None
+                }
+            },
+            // Not a string: already reported.
+            Some((_, None)) => None,
+            None => Some(None),
+        };
         let parsed = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
             .build()
@@ -184,7 +224,7 @@ fn check_when<'a>(args: &'a Args, errors: &mut Errors) -> Option<When<'a>> {
                     lit.value()
                 ),
             ),
-            Ok(_) => return Some(When::Cron(lit)),
+            Ok(_) => return tz.map(|tz| When::Cron(lit, tz)),
         }
         return None;
     }
@@ -192,4 +232,23 @@ fn check_when<'a>(args: &'a Args, errors: &mut Errors) -> Option<When<'a>> {
         errors.at_span(Span::call_site(), USAGE);
     }
     None
+}
+
+/// Checks an IANA zone name the way the running schedule parses it.
+fn check_tz(name: &str) -> Result<(), String> {
+    if name.parse::<chrono_tz::Tz>().is_ok() {
+        return Ok(());
+    }
+    match chrono_tz::TZ_VARIANTS
+        .iter()
+        .find(|tz| tz.name().eq_ignore_ascii_case(name))
+    {
+        Some(tz) => Err(format!(
+            "unknown time zone {name:?}; did you mean {:?}?",
+            tz.name()
+        )),
+        None => Err(format!(
+            "unknown time zone {name:?}; write an IANA zone name such as \"Europe/Berlin\" or \"UTC\""
+        )),
+    }
 }
