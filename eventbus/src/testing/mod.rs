@@ -1,5 +1,7 @@
-//! Test helpers: a bus on a private in-memory transport that records what
-//! was published and runs handlers until everything settled.
+//! Test helpers (feature `test-util`): [`TestBus`], a bus on a private
+//! in-memory transport that records what was published and runs handlers
+//! until everything settled; and [`conformance`], the transport contract as
+//! code, which every transport runs from its tests.
 //!
 //! Works on tokio's paused clock (`#[tokio::test(start_paused = true)]`):
 //! retry backoff, `publish_after` and recurring schedules then take no real time.
@@ -28,6 +30,8 @@ use crate::error::Result;
 use crate::event::Event;
 use crate::transport::memory::MemoryTransport;
 use crate::transport::{DeadLetter, GroupSpec, Outgoing, Subscriber, Transport};
+
+pub mod conformance;
 
 /// A running bus on a private in-memory transport that records every publish.
 #[derive(Debug)]
