@@ -46,7 +46,7 @@ echo "==> the example runs on the default transport"
 cargo run --quiet --example reviews > /dev/null
 
 echo "==> every feature builds on its own"
-for features in "" memory redis redis-tls postgres sqlite cli; do
+for features in "" memory redis redis-tls postgres sqlite; do
   cargo check --quiet -p eventbus --no-default-features ${features:+--features "$features"}
 done
 echo "all checks passed"

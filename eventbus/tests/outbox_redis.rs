@@ -1,11 +1,11 @@
-//! The outbox relay from a real PostgreSQL to real Redis Streams: two
-//! `eventbus relay` processes over 10,000 rows, and redis-server stopped
-//! while rows keep coming.
+//! The outbox relay from a real PostgreSQL to real Redis Streams:
+//! redis-server stopped while rows keep coming. (Two `eventbus relay`
+//! processes over 10,000 rows: `eventbus-cli/tests/outbox_cli.rs`.)
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
 mod outbox_common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use eventbus::Bus;
@@ -119,71 +119,4 @@ async fn redis_down_rows_stay_pending_without_locks_then_all_go_out() {
     for id in &ids[1..] {
         assert_eq!(seen.get(id.to_string().as_str()), Some(&1), "{id}");
     }
-}
-
-/// Two `eventbus relay` processes (the CLI) over 10,000 rows written while
-/// they run: every event reaches Redis, none twice.
-#[cfg(feature = "cli")]
-#[tokio::test]
-async fn two_cli_relays_deliver_10000_rows_to_redis_once_each() {
-    use std::process::{Command, Stdio};
-
-    let db = Db::postgres().await;
-    let server = redis();
-    let relay = |name: &str| {
-        Command::new(env!("CARGO_BIN_EXE_eventbus"))
-            .args(["relay", "--database-url", db.url(), "--transport-url"])
-            .arg(server.url())
-            .args([
-                "--batch-size",
-                "200",
-                "--poll-interval-ms",
-                "200",
-                "--service",
-            ])
-            .arg(name)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start `eventbus relay`")
-    };
-    let mut a = relay("relay-a");
-    let mut b = relay("relay-b");
-
-    let bus = bus_on(Recorder::default()).await;
-    const ROWS: u64 = 10_000;
-    let mut ids = HashSet::new();
-    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(100) {
-        let items: Vec<Item> = chunk.iter().map(|n| Item::Note(*n)).collect();
-        ids.extend(
-            db.publish(&bus, &items, true)
-                .await
-                .into_iter()
-                .map(|i| i.to_string()),
-        );
-    }
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            db.counts().await.pending == 0
-        })
-        .await,
-        "rows left pending: {:?}",
-        db.counts().await
-    );
-
-    // SIGTERM: both stop cleanly.
-    for child in [&mut a, &mut b] {
-        let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    }
-    for child in [&mut a, &mut b] {
-        let status = child.wait().unwrap();
-        assert!(status.success(), "relay exited with {status}");
-    }
-
-    let in_stream = stream_ids(&server, "outbox_test.note");
-    let distinct: HashSet<String> = in_stream.iter().cloned().collect();
-    assert_eq!(distinct, ids, "every event reached Redis");
-    assert_eq!(in_stream.len(), ROWS as usize, "no event published twice");
-    assert_eq!(db.counts().await.published, ROWS);
 }
