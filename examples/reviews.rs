@@ -228,7 +228,7 @@ fn published(ty: &str, note: &str) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo run --example reviews -- docs --help`: the event catalogue, from this code.
-    eventbus::docs::main_if_requested("reviews");
+    eventbus_catalog::main_if_requested("reviews");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

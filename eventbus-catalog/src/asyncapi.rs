@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::catalog::{Catalog, EventDoc};
-use super::schema::{self, example_uuid};
+use crate::catalog::{Catalog, EventDoc};
+use crate::schema::{self, example_uuid};
 
 pub(crate) const VERSION: &str = "3.0.0";
 

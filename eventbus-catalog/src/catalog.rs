@@ -5,13 +5,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::bus::{Bus, DEFAULT_CONCURRENCY, DEFAULT_RETRIES};
-use crate::codec::normalize_source;
-use crate::error::{Error, Result};
-use crate::registry::Registry;
-use crate::schedule::When;
+use eventbus::codec::normalize_source;
+use eventbus::registry::Registry;
+use eventbus::schedule::When;
+use eventbus::{Bus, Error, Result};
+use eventbus::{DEFAULT_CONCURRENCY, DEFAULT_RETRIES};
 
-use super::schema::{self, Doc};
+use crate::schema::{self, Doc};
 
 /// The value of [`Catalog::format`] this version writes and reads.
 pub const FORMAT: &str = "eventbus-catalog/1";
@@ -24,12 +24,12 @@ pub const FORMAT: &str = "eventbus-catalog/1";
 /// [`to_asyncapi_json`](Catalog::to_asyncapi_json),
 /// [`to_asyncapi_yaml`](Catalog::to_asyncapi_yaml), [`to_json`](Catalog::to_json)),
 /// or read a committed one back ([`Catalog::load`]) to check compatibility
-/// with [`compare`](super::compare). The same code always renders the same
+/// with [`compare`](crate::compare). The same code always renders the same
 /// bytes: everything is sorted, nothing depends on the clock or on the order
 /// in which the linker registered things.
 ///
 /// ```
-/// use eventbus::docs::Catalog;
+/// use eventbus_catalog::Catalog;
 ///
 /// /// Triggered when the review is created.
 /// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, eventbus::Event)]
@@ -166,6 +166,8 @@ impl Catalog {
                 let (every, cron, when) = match s.when {
                     When::Every(e) => (Some(e.to_owned()), None, format!("every {e}")),
                     When::Cron(c) => (None, Some(c.to_owned()), format!("cron {c} (UTC)")),
+                    // A kind of schedule this version does not know: its own words.
+                    other => (None, None, other.to_string()),
                 };
                 ScheduleDoc {
                     name: s.name.to_owned(),
@@ -267,7 +269,7 @@ impl Catalog {
     }
 
     /// The catalogue of a bus: its registry (including handlers given to
-    /// [`BusBuilder::handler`](crate::BusBuilder::handler)) and service name.
+    /// [`BusBuilder::handler`](eventbus::BusBuilder::handler)) and service name.
     pub fn from_bus(bus: &Bus) -> Catalog {
         Catalog::from_registry(bus.registry(), bus.service())
     }

@@ -7,8 +7,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::catalog::Catalog;
-use super::compat::compare;
+use crate::catalog::Catalog;
+use crate::compat::compare;
 
 /// An output format of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,13 +110,13 @@ Exit status: 0 on success, 1 when --check finds a breaking change, 2 on a usage 
 /// ```no_run
 /// #[tokio::main]
 /// async fn main() -> eventbus::Result<()> {
-///     eventbus::docs::main_if_requested("reviews");
+///     eventbus_catalog::main_if_requested("reviews");
 ///     let bus = eventbus::Bus::builder().service("reviews").connect_env().await?;
 ///     bus.run().await
 /// }
 /// ```
 ///
-/// For handlers given to [`BusBuilder::handler`](crate::BusBuilder::handler)
+/// For handlers given to [`BusBuilder::handler`](eventbus::BusBuilder::handler)
 /// rather than registered with `#[handler]`, build the catalogue with
 /// [`Catalog::from_bus`] and call [`cli`].
 pub fn main_if_requested(service: &str) {
@@ -145,10 +145,10 @@ pub fn main_if_requested(service: &str) {
 /// `catalog`; returns the exit status. See `--help` for the options.
 ///
 /// ```
-/// # let catalog = eventbus::docs::Catalog::from_registry(
+/// # let catalog = eventbus_catalog::Catalog::from_registry(
 /// #     &eventbus::registry::Registry::build(vec![], vec![], vec![])?, "demo");
 /// let mut out = Vec::new();
-/// let status = eventbus::docs::cli(&catalog, ["--format", "json"], &mut out, &mut std::io::sink());
+/// let status = eventbus_catalog::cli(&catalog, ["--format", "json"], &mut out, &mut std::io::sink());
 /// assert_eq!(status, 0);
 /// assert!(String::from_utf8(out).unwrap().contains("\"service\": \"demo\""));
 /// # Ok::<(), eventbus::Error>(())
@@ -266,7 +266,7 @@ fn run(
                     known.join(", ")
                 )
             })?;
-            super::schema::pretty(&event.schema)
+            crate::schema::pretty(&event.schema)
         }
         (Some(_), _) => return Err("`--event` goes with `--format json-schema`".into()),
     };
@@ -299,8 +299,8 @@ fn write_files(catalog: &Catalog, dir: &Path) -> io::Result<()> {
 /// ```no_run
 /// #[test]
 /// fn event_catalogue_is_up_to_date() {
-///     let catalog = eventbus::docs::Catalog::global("reviews").unwrap();
-///     eventbus::docs::assert_up_to_date(&catalog, concat!(env!("CARGO_MANIFEST_DIR"), "/docs"));
+///     let catalog = eventbus_catalog::Catalog::global("reviews").unwrap();
+///     eventbus_catalog::assert_up_to_date(&catalog, concat!(env!("CARGO_MANIFEST_DIR"), "/docs"));
 /// }
 /// ```
 #[track_caller]

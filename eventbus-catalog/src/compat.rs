@@ -19,8 +19,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::catalog::{Catalog, EventDoc};
-use super::schema::{self, Doc};
+use crate::catalog::{Catalog, EventDoc};
+use crate::schema::{self, Doc};
 
 /// What changed between two catalogues, breaking or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -279,13 +279,13 @@ pub fn compare(committed: &Catalog, current: &Catalog) -> Compatibility {
 
 /// Panics, listing every breaking change, unless `current` is compatible
 /// with the catalogue committed at `committed` (a file written by
-/// `<service> docs --format json` or [`assert_up_to_date`](super::assert_up_to_date)).
+/// `<service> docs --format json` or [`assert_up_to_date`](crate::assert_up_to_date)).
 ///
 /// ```no_run
 /// #[test]
 /// fn events_stay_compatible() {
-///     let catalog = eventbus::docs::Catalog::global("reviews").unwrap();
-///     eventbus::docs::assert_compatible("docs/catalog.json", &catalog);
+///     let catalog = eventbus_catalog::Catalog::global("reviews").unwrap();
+///     eventbus_catalog::assert_compatible("docs/catalog.json", &catalog);
 /// }
 /// ```
 #[track_caller]

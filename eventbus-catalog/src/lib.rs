@@ -1,47 +1,5 @@
-//! The event catalogue, generated from the code.
-//!
-//! The [`Registry`](crate::registry::Registry) knows every event type,
-//! handler, consumer group, schedule, alias and deprecation in a binary. A
-//! [`Catalog`] is that knowledge as plain sorted data, with the JSON Schema
-//! of each event's `data` (from `schemars`; doc comments on the struct and
-//! its fields become descriptions) and an example payload valid against it.
-//! It renders as:
-//!
-//! - **Markdown** for people ([`Catalog::to_markdown`]): one section per
-//!   event type with its description, deprecation ("Deprecated, use X
-//!   instead."), old names, CloudEvents attributes, fields, example, schema,
-//!   consumers and schedules;
-//! - **AsyncAPI 3.0**, JSON or YAML ([`Catalog::to_asyncapi_json`],
-//!   [`Catalog::to_asyncapi_yaml`]), for AsyncAPI tooling;
-//! - **JSON** ([`Catalog::to_json`]), read back by the compatibility check
-//!   ([`compare`], [`assert_compatible`], `docs --check`);
-//! - **JSON Schema** of each event's data ([`Catalog::to_json_schemas`]),
-//!   for services in other languages that validate what they receive.
-//!
-//! A service prints its catalogue without extra code through
-//! [`main_if_requested`]: `my-service docs --format asyncapi`. A test keeps
-//! a committed copy fresh and compatible with [`assert_up_to_date`].
-//!
-//! Example payloads: a schema's own example wins, so give one where the
-//! generated placeholder says too little:
-//!
-//! ```
-//! /// Triggered when a record is created.
-//! #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, eventbus::Event)]
-//! #[event("record_create")]
-//! struct RecordCreate {
-//!     /// The record.
-//!     id: uuid::Uuid,
-//!     /// Its model.
-//!     #[schemars(example = &"Review")]
-//!     model_name: String,
-//! }
-//! # use eventbus::Event as _;
-//! let registry = eventbus::registry::Registry::build(vec![RecordCreate::info()], vec![], vec![])?;
-//! let catalog = eventbus::docs::Catalog::from_registry(&registry, "reviews");
-//! assert_eq!(catalog.events[0].example["model_name"], "Review");
-//! # Ok::<(), eventbus::Error>(())
-//! ```
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 mod asyncapi;
 mod catalog;

@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::catalog::{Catalog, EventDoc, HandlerDoc};
-use super::schema::{self, Doc};
+use crate::catalog::{Catalog, EventDoc, HandlerDoc};
+use crate::schema::{self, Doc};
 
 pub(crate) fn render(c: &Catalog) -> String {
     let mut md = String::new();

@@ -3,12 +3,12 @@
 //! says what the hand-written catalogue it replaces said.
 //!
 //! Regenerate it after changing an event or handler:
-//! `EVENTBUS_BLESS=1 cargo test -p examples --test docs_reviews`
+//! `EVENTBUS_BLESS=1 cargo test -p examples --test catalog_reviews`
 //! (or `cargo run --example reviews -- docs --out-dir examples/reviews/docs`).
 
 use std::path::{Path, PathBuf};
 
-use eventbus::docs::{Catalog, Format};
+use eventbus_catalog::{Catalog, Format};
 
 // The whole example, so that this binary registers exactly its events,
 // handlers and schedules.
@@ -16,8 +16,8 @@ use eventbus::docs::{Catalog, Format};
 #[allow(dead_code)]
 mod reviews;
 
-#[path = "../../eventbus/tests/docs_support/mod.rs"]
-mod docs_support;
+#[path = "../../eventbus-catalog/tests/catalog/support.rs"]
+mod support;
 
 fn docs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("reviews/docs")
@@ -29,7 +29,7 @@ fn catalog() -> Catalog {
 
 #[test]
 fn committed_catalogue_is_up_to_date() {
-    eventbus::docs::assert_up_to_date(&catalog(), docs_dir());
+    eventbus_catalog::assert_up_to_date(&catalog(), docs_dir());
 }
 
 #[test]
@@ -37,8 +37,8 @@ fn committed_asyncapi_validates() {
     let dir = docs_dir();
     let json = dir.join(Format::AsyncApiJson.file_name());
     let yaml = dir.join(Format::AsyncApiYaml.file_name());
-    docs_support::validate_asyncapi(&[&json, &yaml]);
-    docs_support::assert_yaml_equals_json(&yaml, &json);
+    support::validate_asyncapi(&[&json, &yaml]);
+    support::assert_yaml_equals_json(&yaml, &json);
 }
 
 /// DESIGN.md, "Who uses it": the hand-written catalogue this one replaces.

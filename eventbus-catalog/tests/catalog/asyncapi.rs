@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use eventbus::docs::{Catalog, Format};
 use eventbus::{CloudEvent, Context, Event, handler, schedule};
+use eventbus_catalog::{Catalog, Format};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-mod docs_support;
+use crate::support;
 
 mod billing {
     /// The customer, as billing knows them.
@@ -140,7 +140,7 @@ fn nightly_report() -> ReportDue {
 }
 
 fn catalog() -> Catalog {
-    Catalog::global("shop").expect("the test registry is valid")
+    Catalog::from_registry(&support::registry_of(module_path!()), "shop")
 }
 
 /// Every `$ref` in `value`, with where it is.
@@ -302,13 +302,13 @@ fn yaml_and_json_say_the_same() {
 #[test]
 fn the_document_validates_against_the_official_parser() {
     let c = catalog();
-    let dir = docs_support::TempDir::new("docs-asyncapi");
+    let dir = support::TempDir::new("docs-asyncapi");
     let json = dir.path().join("asyncapi.json");
     let yaml = dir.path().join("asyncapi.yaml");
     std::fs::write(&json, c.to_asyncapi_json()).unwrap();
     std::fs::write(&yaml, c.to_asyncapi_yaml()).unwrap();
-    docs_support::validate_asyncapi(&[&json, &yaml]);
-    docs_support::assert_yaml_equals_json(&yaml, &json);
+    support::validate_asyncapi(&[&json, &yaml]);
+    support::assert_yaml_equals_json(&yaml, &json);
 }
 
 #[test]
@@ -316,10 +316,10 @@ fn the_validator_rejects_an_invalid_document() {
     let mut doc = catalog().to_asyncapi();
     doc["operations"]["fulfilment"]["action"] = "publish".into();
     doc["components"]["messages"]["order_shipped"]["examples"][0]["payload"]["id"] = 7.into();
-    let dir = docs_support::TempDir::new("docs-asyncapi-bad");
+    let dir = support::TempDir::new("docs-asyncapi-bad");
     let path = dir.path().join("asyncapi.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    let failure = std::panic::catch_unwind(|| docs_support::validate_asyncapi(&[&path]))
+    let failure = std::panic::catch_unwind(|| support::validate_asyncapi(&[&path]))
         .expect_err("the document is invalid");
     let message = failure
         .downcast_ref::<String>()

@@ -7,10 +7,12 @@
 //! built from an explicit `Registry::build`.
 
 use eventbus::EventInfo;
-use eventbus::docs::{Catalog, ChangeKind, Compatibility, assert_compatible, cli, compare};
 use eventbus::registry::Registry;
+use eventbus_catalog::{
+    Catalog, ChangeKind, Compatibility, assert_compatible, assert_up_to_date, cli, compare,
+};
 
-mod docs_support;
+use crate::support;
 
 fn catalog(events: Vec<&'static EventInfo>) -> Catalog {
     Catalog::from_registry(&Registry::build(events, vec![], vec![]).unwrap(), "orders")
@@ -396,7 +398,7 @@ fn integer_enum_values_are_variants() {
 
 #[test]
 fn assert_compatible_panics_with_the_list() {
-    let dir = docs_support::TempDir::new("docs-compat");
+    let dir = support::TempDir::new("docs-compat");
     let committed = dir.path().join("catalog.json");
     std::fs::write(&committed, catalog(v1::all()).to_json()).unwrap();
 
@@ -427,7 +429,7 @@ fn assert_compatible_panics_with_the_list() {
 
 #[test]
 fn assert_up_to_date_refuses_a_breaking_change_and_names_the_fix() {
-    let dir = docs_support::TempDir::new("docs-fresh");
+    let dir = support::TempDir::new("docs-fresh");
     let old = catalog(v1::all());
     let code = cli(
         &old,
@@ -436,25 +438,25 @@ fn assert_up_to_date_refuses_a_breaking_change_and_names_the_fix() {
         &mut std::io::sink(),
     );
     assert_eq!(code, 0);
-    eventbus::docs::assert_up_to_date(&old, dir.path());
+    assert_up_to_date(&old, dir.path());
 
     if std::env::var_os("EVENTBUS_BLESS").is_some() {
         return; // blessing rewrites instead of failing
     }
     let stale = std::panic::catch_unwind(|| {
-        eventbus::docs::assert_up_to_date(&catalog(additive::all()), dir.path());
+        assert_up_to_date(&catalog(additive::all()), dir.path());
     })
     .expect_err("a stale catalogue fails");
     let message = stale.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("is stale"), "{message}");
     assert!(message.contains("events.md: line"), "{message}");
     assert!(
-        message.contains("EVENTBUS_BLESS=1 cargo test -p eventbus --test docs_compat"),
+        message.contains("EVENTBUS_BLESS=1 cargo test -p eventbus-catalog --test catalog"),
         "{message}"
     );
 
     let broken = std::panic::catch_unwind(|| {
-        eventbus::docs::assert_up_to_date(&catalog(breaking::all()), dir.path());
+        assert_up_to_date(&catalog(breaking::all()), dir.path());
     })
     .expect_err("a breaking change fails");
     let message = broken.downcast_ref::<String>().cloned().unwrap_or_default();
@@ -464,7 +466,7 @@ fn assert_up_to_date_refuses_a_breaking_change_and_names_the_fix() {
 
 #[test]
 fn the_check_command_exits_1_on_a_breaking_change() {
-    let dir = docs_support::TempDir::new("docs-check");
+    let dir = support::TempDir::new("docs-check");
     let committed = dir.path().join("catalog.json");
     std::fs::write(&committed, catalog(v1::all()).to_json()).unwrap();
     let check = |current: &Catalog| {

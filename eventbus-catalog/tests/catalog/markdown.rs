@@ -2,17 +2,18 @@
 //! aliases, handlers with their groups and retries, schedules, field
 //! descriptions, examples, determinism, and the `docs` command line.
 //!
-//! Everything registered in this test binary forms one consistent registry,
-//! so the tests use `Registry::global()`.
+//! Everything registered with the macros in this module forms one consistent
+//! registry, read as `Registry::global()` reads it (see
+//! [`support::registry_of`]).
 
-use eventbus::bus::{DEFAULT_CONCURRENCY, DEFAULT_RETRIES};
-use eventbus::docs::{Catalog, Format, cli};
 use eventbus::registry::Registry;
 use eventbus::{CloudEvent, Context, Event, handler, schedule};
+use eventbus::{DEFAULT_CONCURRENCY, DEFAULT_RETRIES};
+use eventbus_catalog::{Catalog, Format, assert_up_to_date, cli};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-mod docs_support;
+use crate::support;
 
 /// Triggered when the review is created.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Event)]
@@ -131,7 +132,7 @@ fn weekly_stats() -> StatsDue {
 }
 
 fn catalog() -> Catalog {
-    Catalog::global("reviews").expect("the test registry is valid")
+    Catalog::from_registry(&support::registry_of(module_path!()), "reviews")
 }
 
 fn section<'a>(md: &'a str, ty: &str) -> &'a str {
@@ -475,7 +476,7 @@ fn the_docs_command_prints_each_format() {
     assert_eq!(code, 2);
     assert!(err.contains("unexpected argument `--bogus`"), "{err}");
 
-    let dir = docs_support::TempDir::new("docs-cli");
+    let dir = support::TempDir::new("docs-cli");
     let out_dir = dir.path().join("docs");
     let (code, _, err) = run(&["--out-dir", out_dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -483,5 +484,5 @@ fn the_docs_command_prints_each_format() {
         let written = std::fs::read_to_string(out_dir.join(format.file_name())).unwrap();
         assert_eq!(written, c.render(format));
     }
-    eventbus::docs::assert_up_to_date(&c, &out_dir);
+    assert_up_to_date(&c, &out_dir);
 }

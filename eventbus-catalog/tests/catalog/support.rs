@@ -1,9 +1,42 @@
 #![allow(dead_code)]
-//! Shared by the docs tests (and `examples/tests/docs_reviews.rs`): runs the
-//! official AsyncAPI parser on generated documents.
+//! Shared by the catalogue tests (and `examples/tests/catalog_reviews.rs`):
+//! the registry of one test module, and the official AsyncAPI parser run on
+//! generated documents.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use eventbus::__private::{
+    EventRegistration, HandlerRegistration, ScheduleRegistration, inventory,
+};
+use eventbus::registry::Registry;
+
+/// What the macros registered in `module` and the modules inside it, checked
+/// the way [`Registry::global`] checks the whole binary.
+///
+/// The areas of this test binary each register their own service (and the
+/// compatibility tests several versions of the same types on purpose), so
+/// the binary's global registry is not one service's: each area reads its own.
+pub fn registry_of(module: &str) -> Registry {
+    let inside = |path: &str| {
+        path.strip_prefix(module)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    };
+    let events = inventory::iter::<EventRegistration>()
+        .map(|r| r.0)
+        .filter(|info| inside(info.rust_path))
+        .collect();
+    let handlers = inventory::iter::<HandlerRegistration>()
+        .map(|r| (r.0)())
+        .filter(|h| inside(h.meta().module_path))
+        .collect();
+    let schedules = inventory::iter::<ScheduleRegistration>()
+        .map(|r| (r.0)())
+        .filter(|s| inside(s.module_path))
+        .collect();
+    Registry::build(events, handlers, schedules)
+        .unwrap_or_else(|e| panic!("the registry of `{module}` is invalid: {e}"))
+}
 
 /// `scripts/asyncapi` at the root of the workspace.
 pub fn asyncapi_dir() -> PathBuf {
