@@ -22,7 +22,7 @@
 //!
 //! The relay runs inside [`Bus::run`] with
 //! [`BusBuilder::outbox_relay`], on its own with [`Relay::run`], or as
-//! `eventbus relay --database-url ... --transport-url ...` (feature `cli`).
+//! `eventbus relay --database-url ... --transport-url ...` (the `eventbus-cli` crate).
 //!
 //! # The table
 //!
