@@ -121,6 +121,9 @@ pub(crate) fn document(c: &Catalog) -> Value {
                 if let Some(cron) = &s.cron {
                     m.insert("cron".into(), json!(cron));
                 }
+                if let Some(tz) = &s.tz {
+                    m.insert("tz".into(), json!(tz));
+                }
                 Value::Object(m)
             })
             .collect();

@@ -144,14 +144,20 @@ pub struct HandlerDoc {
 pub struct ScheduleDoc {
     /// The schedule's name (its function's).
     pub name: String,
-    /// When it fires, for people: `every 1h`, `cron 0 9 * * MON (UTC)`.
+    /// When it fires, for people: `every 1h`, `cron 0 9 * * MON (UTC)`,
+    /// `cron 0 9 * * MON (Europe/Berlin)`.
     pub when: String,
-    /// `every = "..."`.
+    /// The interval: `every = "..."`, or [`ScheduleDef::every`](eventbus::ScheduleDef::every)'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
-    /// `cron = "..."` (evaluated in UTC).
+    /// The cron expression: `cron = "..."`, evaluated in UTC unless
+    /// [`tz`](ScheduleDoc::tz) names another zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// The IANA time zone of the cron expression (`tz = "Europe/Berlin"`);
+    /// `None` for UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
     /// The CloudEvents type it publishes.
     pub event_type: String,
 }
@@ -163,9 +169,20 @@ impl Catalog {
             .schedules()
             .iter()
             .map(|s| {
+                let zone = s.when.tz().filter(|tz| *tz != "UTC").map(str::to_owned);
                 let (every, cron, when) = match s.when {
                     When::Every(e) => (Some(e.to_owned()), None, format!("every {e}")),
-                    When::Cron(c) => (None, Some(c.to_owned()), format!("cron {c} (UTC)")),
+                    When::Interval(_) => {
+                        // eventbus's own words for the interval (`every 1h 30m`).
+                        let text = s.when.to_string();
+                        let every = text.strip_prefix("every ").map(str::to_owned);
+                        (every, None, text)
+                    }
+                    When::Cron(c) | When::CronIn { expr: c, .. } => (
+                        None,
+                        Some(c.to_owned()),
+                        format!("cron {c} ({})", zone.as_deref().unwrap_or("UTC")),
+                    ),
                     // A kind of schedule this version does not know: its own words.
                     other => (None, None, other.to_string()),
                 };
@@ -174,6 +191,7 @@ impl Catalog {
                     when,
                     every,
                     cron,
+                    tz: zone,
                     event_type: s.event_type.to_owned(),
                 }
             })

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::catalog::{Catalog, EventDoc, HandlerDoc};
+use crate::catalog::{Catalog, EventDoc, HandlerDoc, ScheduleDoc};
 use crate::schema::{self, Doc};
 
 pub(crate) fn render(c: &Catalog) -> String {
@@ -94,7 +94,7 @@ pub(crate) fn render(c: &Catalog) -> String {
                 w,
                 "| `{}` | {} | {} |",
                 s.name,
-                cell(&when(s.every.as_deref(), s.cron.as_deref(), &s.when)),
+                cell(&when(s)),
                 link(&s.event_type)
             );
         }
@@ -211,12 +211,7 @@ fn event_section(w: &mut String, c: &Catalog, e: &EventDoc) {
         let _ = writeln!(w, "**Published by schedule**");
         let _ = writeln!(w);
         for s in schedules {
-            let _ = writeln!(
-                w,
-                "- `{}`: {}",
-                s.name,
-                when(s.every.as_deref(), s.cron.as_deref(), &s.when)
-            );
+            let _ = writeln!(w, "- `{}`: {}", s.name, when(s));
         }
         let _ = writeln!(w);
     }
@@ -260,11 +255,11 @@ fn receives(c: &Catalog, h: &HandlerDoc) -> String {
     parts.join(", ")
 }
 
-fn when(every: Option<&str>, cron: Option<&str>, text: &str) -> String {
-    match (every, cron) {
+fn when(s: &ScheduleDoc) -> String {
+    match (&s.every, &s.cron) {
         (Some(e), _) => format!("every {e}"),
-        (None, Some(c)) => format!("cron `{c}` (UTC)"),
-        (None, None) => text.to_owned(),
+        (None, Some(c)) => format!("cron `{c}` ({})", s.tz.as_deref().unwrap_or("UTC")),
+        (None, None) => s.when.clone(),
     }
 }
 

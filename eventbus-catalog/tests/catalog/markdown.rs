@@ -6,8 +6,10 @@
 //! registry, read as `Registry::global()` reads it (see
 //! [`support::registry_of`]).
 
+use std::time::Duration;
+
 use eventbus::registry::Registry;
-use eventbus::{CloudEvent, Context, Event, handler, schedule};
+use eventbus::{CloudEvent, Context, Event, ScheduleDef, handler, schedule};
 use eventbus::{DEFAULT_CONCURRENCY, DEFAULT_RETRIES};
 use eventbus_catalog::{Catalog, Format, assert_up_to_date, cli};
 use serde::{Deserialize, Serialize};
@@ -128,6 +130,11 @@ async fn audit(_event: CloudEvent) {}
 
 #[schedule(cron = "0 9 * * MON")]
 fn weekly_stats() -> StatsDue {
+    StatsDue { tick_ms: 0 }
+}
+
+#[schedule(cron = "0 9 * * MON", tz = "Europe/Berlin")]
+fn weekly_stats_berlin() -> StatsDue {
     StatsDue { tick_ms: 0 }
 }
 
@@ -253,6 +260,100 @@ fn schedules_show_when_and_what_they_publish() {
         "its source is the service"
     );
     assert!(!c.event("moderate_action").unwrap().published);
+}
+
+#[test]
+fn schedules_name_their_time_zone() {
+    let md = catalog().to_markdown();
+    assert_contains(
+        &md,
+        "| `weekly_stats_berlin` | cron `0 9 * * MON` (Europe/Berlin) | [`stats_due`](#stats_due) |",
+    );
+    assert_contains(
+        section(&md, "stats_due"),
+        "- `weekly_stats`: cron `0 9 * * MON` (UTC)\n- `weekly_stats_berlin`: cron `0 9 * * MON` (Europe/Berlin)\n",
+    );
+    let c = catalog();
+    let zones: Vec<(&str, Option<&str>, &str)> = c
+        .schedules
+        .iter()
+        .map(|s| (s.name.as_str(), s.tz.as_deref(), s.when.as_str()))
+        .collect();
+    assert_eq!(
+        zones,
+        [
+            ("weekly_stats", None, "cron 0 9 * * MON (UTC)"),
+            (
+                "weekly_stats_berlin",
+                Some("Europe/Berlin"),
+                "cron 0 9 * * MON (Europe/Berlin)"
+            ),
+        ]
+    );
+    let json = c.to_json();
+    assert_contains(&json, "\"tz\": \"Europe/Berlin\"");
+    assert_eq!(
+        json.matches("\"tz\"").count(),
+        1,
+        "UTC is the default: {json}"
+    );
+    assert_eq!(Catalog::from_json(&json).unwrap(), c);
+    let asyncapi = c.to_asyncapi();
+    let schedules = &asyncapi["operations"]["publish.stats_due"]["x-eventbus-schedules"];
+    assert_eq!(schedules[1]["tz"], "Europe/Berlin");
+    assert!(schedules[0].get("tz").is_none(), "{schedules}");
+}
+
+/// Schedules made at run time (`ScheduleDef::every`, `ScheduleDef::cron`,
+/// e.g. from configuration) are described like the macro's.
+#[test]
+fn schedules_from_configuration_are_listed_too() {
+    let every = ScheduleDef::every("hourly_stats", Duration::from_secs(90 * 60), || async {
+        StatsDue { tick_ms: 0 }
+    });
+    let cron = ScheduleDef::cron(
+        "nightly_stats",
+        "0 2 * * *",
+        Some("Europe/Berlin"),
+        || async { StatsDue { tick_ms: 0 } },
+    )
+    .unwrap();
+    let registry = Registry::build(vec![StatsDue::info()], vec![], vec![every, cron]).unwrap();
+    let c = Catalog::from_registry(&registry, "reviews");
+    let listed: Vec<_> = c
+        .schedules
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.every.as_deref(),
+                s.cron.as_deref(),
+                s.tz.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("hourly_stats", Some("1h 30m"), None, None),
+            (
+                "nightly_stats",
+                None,
+                Some("0 2 * * *"),
+                Some("Europe/Berlin")
+            ),
+        ]
+    );
+    let md = c.to_markdown();
+    assert_contains(
+        &md,
+        "| `hourly_stats` | every 1h 30m | [`stats_due`](#stats_due) |",
+    );
+    assert_contains(
+        &md,
+        "| `nightly_stats` | cron `0 2 * * *` (Europe/Berlin) | [`stats_due`](#stats_due) |",
+    );
+    assert!(c.event("stats_due").unwrap().published);
 }
 
 #[test]
