@@ -91,3 +91,27 @@ impl Error {
         }
     }
 }
+
+impl Error {
+    /// Displays the error followed by each of its sources (`a: b: c`), for
+    /// logs: an error's own message never repeats its source's.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+}
+
+/// The error and its chain of sources; see [`Error::report`].
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

@@ -206,11 +206,25 @@ pub struct DeadLetterInfo {
     pub error: String,
 }
 
+impl DeadLetterInfo {
+    /// Info for `handler`'s give-up after `attempts`; the event's type and id
+    /// are left for the transport to fill from the delivery.
+    pub fn new(handler: impl Into<String>, attempts: u32, error: impl Into<String>) -> Self {
+        Self {
+            event_type: String::new(),
+            event_id: None,
+            handler: handler.into(),
+            attempts,
+            error: error.into(),
+        }
+    }
+}
+
 /// An entry of the dead-letter queue.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DeadLetter {
-    /// The entry's id in the DLQ (for [`Bus::replay_dead_letter`](crate::Bus::replay_dead_letter)).
+    /// The entry's id in the DLQ (for [`Transport::replay`] and `Bus::replay_dead_letter`).
     pub id: String,
     /// The group whose handler failed.
     pub group: String,
@@ -220,6 +234,9 @@ pub struct DeadLetter {
     pub event_type: Option<String>,
     /// The CloudEvents id, if the message could be read.
     pub event_id: Option<String>,
+    /// Where it was received from: the stream, channel or queue, when the
+    /// transport has more than one.
+    pub origin: Option<String>,
     /// Attempts made.
     pub attempts: u32,
     /// The last error or the decoding problem.
@@ -245,6 +262,7 @@ impl DeadLetter {
             handler: info.handler,
             event_type: (!info.event_type.is_empty()).then_some(info.event_type),
             event_id: info.event_id,
+            origin: None,
             attempts: info.attempts,
             error: info.error,
             time,

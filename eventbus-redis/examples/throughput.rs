@@ -12,7 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use eventbus_redis::{Client, ConsumerOptions, RedisConfig, Types};
+use eventbus_redis::{Client, ConsumerOptions, RedisConfig};
+use eventbus_core::transport::{Topics};
 use redis::AsyncCommands;
 use testkit::RedisServer;
 
@@ -51,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = ConsumerOptions::default();
     opts.start = eventbus_redis::StartFrom::Earliest;
     let consumer = client
-        .consumer("bench", Types::Only(vec!["review_created".into()]), opts)
+        .consumer("bench", Topics::Types(vec!["review_created".into()]), opts)
         .await?;
     let batch: Vec<(&str, &[u8])> = (0..BATCH).map(|_| ("review_created", &p[..])).collect();
 

@@ -12,7 +12,8 @@ use redis::Cmd;
 use crate::codec;
 use crate::config::{Codec, Layout, Mode, RedisConfig};
 use crate::conn::{self, ClientOptions, Conn, Connector};
-use crate::consumer::{Consumer, ConsumerOptions, Kind, Types};
+use crate::consumer::{Consumer, ConsumerOptions, Kind};
+use eventbus_core::transport::Topics;
 use crate::error::Result;
 use crate::keys::{Keys, check_name};
 use crate::publisher::Publisher;
@@ -304,7 +305,7 @@ impl Client {
                             .unwrap_or_else(|| codec::format_time(SystemTime::now())),
                     ),
                     None => (
-                        uuid::Uuid::now_v7().to_string(),
+                        eventbus_core::codec::new_event_id(SystemTime::now()).to_string(),
                         String::new(),
                         codec::format_time(SystemTime::now()),
                     ),
@@ -326,18 +327,18 @@ impl Client {
     /// A consumer of `group` reading `types`.
     ///
     /// Streams: creates the group on every stream it reads (`MKSTREAM`), at
-    /// [`ConsumerOptions::start`]; a [`Types::All`] consumer also creates it,
+    /// [`ConsumerOptions::start`]; a [`Topics::All`] consumer also creates it,
     /// at `0`, on the streams of types first published later. Pub/sub:
     /// subscribes to the types' channels (or the prefix pattern for `All`)
     /// before returning, so nothing published after this call is missed.
     pub async fn consumer(
         &self,
         group: &str,
-        types: Types,
+        types: Topics,
         opts: ConsumerOptions,
     ) -> Result<Consumer> {
         check_name("group", group)?;
-        if let Types::Only(list) = &types {
+        if let Topics::Types(list) = &types {
             for t in list {
                 check_name("event type", t)?;
             }

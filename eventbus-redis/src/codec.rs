@@ -17,10 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 
-/// The content type of a structured-mode CloudEvent in JSON.
-pub const CONTENT_TYPE: &str = "application/cloudevents+json";
-/// The CloudEvents version written by [`wrap_legacy`].
-pub const SPEC_VERSION: &str = "1.0";
+pub use eventbus_core::codec::{CONTENT_TYPE, SPEC_VERSION};
 
 /// Encodes a `cloudevents::Event` as structured-mode JSON.
 pub fn encode_event(event: &cloudevents::Event) -> Result<Bytes> {
@@ -67,13 +64,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// unchanged, so the consumer reports it as malformed instead of it vanishing).
 pub fn wrap_legacy(event_type: &str, source: &str, data: &[u8]) -> Option<Bytes> {
     let data: &RawValue = serde_json::from_slice(data).ok()?;
-    let id = uuid::Uuid::now_v7();
-    let time = format_time(SystemTime::now());
+    let now = SystemTime::now();
+    let id = eventbus_core::codec::new_event_id(now);
+    let time = format_time(now);
     let mut out = Vec::with_capacity(data.get().len() + event_type.len() + source.len() + 160);
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
     out.extend_from_slice(
         id.hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .encode_lower(&mut [0u8; 36])
             .as_bytes(),
     );
     out.extend_from_slice(b"\",\"source\":");
@@ -151,17 +149,7 @@ pub(crate) fn header_attrs(payload: &[u8]) -> Option<HeaderAttrs<'_>> {
     serde_json::from_slice(payload).ok()
 }
 
-/// RFC 3339 UTC with microseconds, as CloudEvents SDKs write `time`.
-pub fn format_time(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-/// Parses RFC 3339 (what [`format_time`] writes).
-pub fn parse_time(s: &str) -> Option<SystemTime> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| SystemTime::from(t.with_timezone(&chrono::Utc)))
-}
+pub use eventbus_core::codec::{format_time, parse_time};
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@
 //! The password is kept in a [`Secret`] whose `Debug` and `Display` print
 //! `***`; [`RedisConfig`]'s `Display` is the URL with the password redacted.
 
+use eventbus_core::transport::redact;
 use std::fmt;
 use std::time::Duration;
 
@@ -236,7 +237,7 @@ impl RedisConfig {
     /// Every error names the URL (password redacted) and says what to change.
     pub fn from_url(url: &str) -> Result<Self> {
         parse(url).map_err(|reason| Error::Config {
-            url: redact_url(url),
+            url: redact(url),
             reason,
         })
     }
@@ -619,28 +620,6 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The URL with the password (if any) replaced by `***`. Works on URLs that do not parse.
-pub fn redact_url(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[start..];
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..auth_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => {
-                    format!("{}{}:***{}", &url[..start], &userinfo[..colon], &rest[at..])
-                }
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,8 +763,8 @@ mod tests {
 
     #[test]
     fn redacts_unparseable_urls() {
-        assert_eq!(redact_url("redis://u:pw@h:x/0"), "redis://u:***@h:x/0");
-        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
-        assert_eq!(redact_url("redis://h/0"), "redis://h/0");
+        assert_eq!(redact("redis://u:pw@h:x/0"), "redis://u:***@h:x/0");
+        assert_eq!(redact("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact("redis://h/0"), "redis://h/0");
     }
 }

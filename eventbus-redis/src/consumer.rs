@@ -1,26 +1,19 @@
-//! What every consumer hands out, whatever the mode: [`Entry`]s with an
-//! opaque, `Copy` [`EntryId`], acked, retried later or dead-lettered through
-//! the [`Consumer`] that read them.
+//! What every consumer hands out, whatever the mode: eventbus-core's
+//! [`Delivery`]s, acked, retried later or dead-lettered through the
+//! [`Consumer`] that read them. A delivery id packs the Redis entry id (and
+//! which of the consumer's streams it came from); it is only meaningful to
+//! the consumer that handed it out.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
+use eventbus_core::transport::{DeadLetterInfo, Delivery, DeliveryId};
 
-use crate::dlq::DlqId;
 use crate::error::Result;
 use crate::pubsub::PubSubConsumer;
 use crate::streams::StreamConsumer;
-
-/// Which event types a consumer reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Types {
-    /// These types only.
-    Only(Vec<String>),
-    /// Every type, including types first published after the consumer started.
-    All,
-}
 
 /// Where a consumer group starts when this consumer creates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,12 +82,11 @@ impl Default for ConsumerOptions {
     }
 }
 
-/// Identifies an entry handed out by a [`Consumer`]; only meaningful to that consumer.
-///
-/// For Streams it is the stream (an index into the consumer's streams) and
-/// the entry id (`ms-seq`); for pub/sub a sequence number.
+/// Identifies an entry inside a consumer: for Streams the stream (an index
+/// into the consumer's streams) and the entry id (`ms-seq`); for pub/sub a
+/// sequence number. Travels as a [`DeliveryId`] (its 128 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EntryId {
+pub(crate) struct EntryId {
     pub(crate) stream: u32,
     pub(crate) ms: u64,
     pub(crate) seq: u64,
@@ -111,9 +103,9 @@ impl EntryId {
         })
     }
 
-    /// Packs the id into 128 bits (for callers that carry ids as numbers);
-    /// [`EntryId::from_bits`] unpacks it. The layout is not a stable format.
-    pub fn to_bits(&self) -> u128 {
+    /// Packs the id into 128 bits; [`EntryId::from_bits`] unpacks it. The
+    /// layout is not a stable format.
+    pub(crate) fn to_bits(self) -> u128 {
         // ms < 2^48 until the year 10889; at most 2^16 streams per consumer.
         (u128::from(self.ms & 0xFFFF_FFFF_FFFF) << 80)
             | (u128::from(self.stream & 0xFFFF) << 64)
@@ -121,7 +113,7 @@ impl EntryId {
     }
 
     /// The id packed by [`EntryId::to_bits`].
-    pub fn from_bits(bits: u128) -> Self {
+    pub(crate) fn from_bits(bits: u128) -> Self {
         EntryId {
             ms: (bits >> 80) as u64,
             stream: ((bits >> 64) & 0xFFFF) as u32,
@@ -129,14 +121,8 @@ impl EntryId {
         }
     }
 
-    /// The Redis stream entry id's milliseconds part (0 for pub/sub).
-    pub fn ms(&self) -> u64 {
-        self.ms
-    }
-
-    /// The Redis stream entry id's sequence part (the message number for pub/sub).
-    pub fn seq(&self) -> u64 {
-        self.seq
+    pub(crate) fn of(id: DeliveryId) -> Self {
+        Self::from_bits(id.0)
     }
 }
 
@@ -147,51 +133,38 @@ impl fmt::Display for EntryId {
     }
 }
 
-/// One event handed out by a consumer.
+/// One entry read by a consumer, before it is handed out as a [`Delivery`].
 #[derive(Debug, Clone)]
-pub struct Entry {
-    /// Pass it back to `ack`, `retry_later`.
-    pub id: EntryId,
+pub(crate) struct Entry {
+    pub(crate) id: EntryId,
     /// The CloudEvents type (the stream's or channel's type; in the django
     /// layout the `event_type` field).
-    pub event_type: Arc<str>,
+    pub(crate) event_type: Arc<str>,
     /// Structured-mode CloudEvent JSON (legacy payloads already wrapped). Not
     /// validated: a malformed entry is handed out as it is, so the caller can
     /// dead-letter it with the reason.
-    pub payload: Bytes,
+    pub(crate) payload: Bytes,
     /// How many times the entry has been delivered, this time included
     /// (1 on first delivery; Redis counts it, so crashes count too).
-    pub delivery_count: u32,
+    pub(crate) delivery_count: u32,
 }
 
 impl Entry {
-    /// Decodes the payload with cloudevents-sdk.
-    pub fn to_event(&self) -> Result<cloudevents::Event> {
-        crate::codec::decode_event(&self.payload)
+    fn into_delivery(self) -> Delivery {
+        Delivery {
+            id: DeliveryId(self.id.to_bits()),
+            event_type: self.event_type.into(),
+            payload: self.payload,
+            attempt: self.delivery_count.max(1),
+        }
     }
-}
 
-/// Why an entry is dead-lettered.
-#[derive(Debug, Clone)]
-pub struct DeadLetterInfo {
-    /// The handler that gave up (a function path, or any label).
-    pub handler: String,
-    /// How many attempts were made.
-    pub attempts: u32,
-    /// The last error.
-    pub error: String,
-    /// When it gave up.
-    pub time: SystemTime,
-}
-
-impl DeadLetterInfo {
-    /// Info with `time` now.
-    pub fn new(handler: impl Into<String>, attempts: u32, error: impl Into<String>) -> Self {
-        DeadLetterInfo {
-            handler: handler.into(),
-            attempts,
-            error: error.into(),
-            time: SystemTime::now(),
+    fn of(delivery: &Delivery) -> Self {
+        Entry {
+            id: EntryId::of(delivery.id),
+            event_type: Arc::from(delivery.event_type.as_str()),
+            payload: Bytes::clone(&delivery.payload),
+            delivery_count: delivery.attempt,
         }
     }
 }
@@ -242,16 +215,17 @@ impl Consumer {
     ///
     /// Cancel-safe: entries read by a cancelled call are handed out again by
     /// a later one.
-    pub async fn read(&self, max: usize) -> Result<Vec<Entry>> {
-        match &self.kind {
-            Kind::Streams(c) => c.read(max).await,
-            Kind::PubSub(c) => c.read(max).await,
-        }
+    pub async fn read(&self, max: usize) -> Result<Vec<Delivery>> {
+        let entries = match &self.kind {
+            Kind::Streams(c) => c.read(max).await?,
+            Kind::PubSub(c) => c.read(max).await?,
+        };
+        Ok(entries.into_iter().map(Entry::into_delivery).collect())
     }
 
     /// Acknowledges handled entries, in one round trip (a no-op on Redis for
     /// pub/sub, where it only releases the entries kept for `retry_later`).
-    pub async fn ack(&self, ids: &[EntryId]) -> Result<()> {
+    pub async fn ack(&self, ids: &[DeliveryId]) -> Result<()> {
         match &self.kind {
             Kind::Streams(c) => c.ack(ids).await,
             Kind::PubSub(c) => {
@@ -265,7 +239,7 @@ impl Consumer {
     /// entries whose handler did not finish): on Streams they become
     /// claimable by the group's other consumers at their next claim pass
     /// instead of after `claim_idle`. Pub/sub: forgets them.
-    pub async fn release(&self, ids: &[EntryId]) -> Result<()> {
+    pub async fn release(&self, ids: &[DeliveryId]) -> Result<()> {
         match &self.kind {
             Kind::Streams(c) => c.release(ids).await,
             Kind::PubSub(c) => {
@@ -297,18 +271,23 @@ impl Consumer {
     /// bumped; other entries keep flowing meanwhile. On Streams the entry
     /// stays pending in Redis and any consumer of the group may take it when
     /// due, so the retry survives this process.
-    pub async fn retry_later(&self, id: EntryId, delay: Duration) -> Result<()> {
+    pub async fn retry_later(&self, id: DeliveryId, delay: Duration) -> Result<()> {
+        let id = EntryId::of(id);
         match &self.kind {
             Kind::Streams(c) => c.retry_later(id, delay).await,
             Kind::PubSub(c) => c.retry_later(id, delay),
         }
     }
 
-    /// Moves the entry to the dead-letter stream (and acks it), atomically.
-    pub async fn dead_letter(&self, entry: &Entry, info: DeadLetterInfo) -> Result<DlqId> {
+    /// Moves the delivery to the dead-letter stream (and acks it),
+    /// atomically; returns its id in the DLQ. The record keeps the event's
+    /// type (from `info`, else the delivery's), its id when known, the
+    /// stream or channel it came from, and the payload as received.
+    pub async fn dead_letter(&self, delivery: &Delivery, info: &DeadLetterInfo) -> Result<String> {
+        let entry = Entry::of(delivery);
         match &self.kind {
-            Kind::Streams(c) => c.dead_letter(entry, info).await,
-            Kind::PubSub(c) => c.dead_letter(entry, info).await,
+            Kind::Streams(c) => c.dead_letter(&entry, info).await,
+            Kind::PubSub(c) => c.dead_letter(&entry, info).await,
         }
     }
 
@@ -334,6 +313,16 @@ impl Consumer {
             Kind::Streams(c) => c.stats(),
             Kind::PubSub(c) => c.stats(),
         }
+    }
+}
+
+/// The type a dead letter is recorded under: what the worker read from the
+/// message, else the stream's or channel's.
+pub(crate) fn dead_type<'a>(entry: &'a Entry, info: &'a DeadLetterInfo) -> &'a str {
+    if info.event_type.is_empty() {
+        &entry.event_type
+    } else {
+        &info.event_type
     }
 }
 

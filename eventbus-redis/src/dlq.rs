@@ -2,14 +2,15 @@
 //! group that gave up, deleted or purged.
 //!
 //! Each entry's fields: `type`, `id` (the original stream entry id),
+//! `event_id` (the CloudEvents id, when the message could be read),
 //! `stream` (the stream or channel it came from), `group`, `handler`,
-//! `attempts`, `error`, `time` (RFC 3339), `payload` (the CloudEvent JSON).
+//! `attempts`, `error`, `time` (RFC 3339), `payload` (the message as
+//! received). Listed as eventbus-core's [`DeadLetter`]s.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use eventbus_core::transport::{DeadLetter, DeadLetterInfo};
 use redis::Value;
 
 use crate::client::Client;
@@ -19,66 +20,20 @@ use crate::error::{Error, Result};
 use crate::scripts;
 use crate::streams::{entries_of, for_each_field};
 
-/// The id of a dead letter (its entry id in the DLQ stream, `ms-seq`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DlqId(pub(crate) String);
-
-impl DlqId {
-    /// The id as Redis writes it.
-    pub fn as_str(&self) -> &str {
-        &self.0
+/// Checks that `id` looks like a DLQ entry id (`ms-seq`).
+fn check_id(id: &str) -> Result<()> {
+    let ok = id
+        .split_once('-')
+        .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: "dead-letter id",
+            value: id.chars().take(64).collect(),
+            reason: "expected a stream id like `1700000000000-0`",
+        })
     }
-}
-
-impl fmt::Display for DlqId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for DlqId {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let ok = s
-            .split_once('-')
-            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
-        if ok {
-            Ok(DlqId(s.to_owned()))
-        } else {
-            Err(Error::InvalidName {
-                what: "dead-letter id",
-                value: s.to_owned(),
-                reason: "expected a stream id like `1700000000000-0`",
-            })
-        }
-    }
-}
-
-/// One dead-lettered event.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// Its id in the DLQ.
-    pub id: DlqId,
-    /// The CloudEvents type.
-    pub event_type: String,
-    /// The original entry id in its stream (a sequence number for pub/sub).
-    pub entry_id: String,
-    /// The stream (or pub/sub channel) it came from.
-    pub stream: String,
-    /// The consumer group that gave up.
-    pub group: String,
-    /// The handler that gave up.
-    pub handler: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last error.
-    pub error: String,
-    /// When it was dead-lettered.
-    pub time: Option<SystemTime>,
-    /// The CloudEvent JSON.
-    pub payload: Bytes,
 }
 
 impl Client {
@@ -99,14 +54,15 @@ impl Client {
     }
 
     /// One dead letter by id.
-    pub async fn dead_letter(&self, id: &DlqId) -> Result<Option<DeadLetter>> {
+    pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>> {
+        check_id(id)?;
         let reply: Value = self
             .run(
                 "XRANGE",
                 redis::cmd("XRANGE")
                     .arg(self.keys().dlq())
-                    .arg(id.as_str())
-                    .arg(id.as_str()),
+                    .arg(id)
+                    .arg(id),
             )
             .await?;
         Ok(parse_dead_letters(reply).into_iter().next())
@@ -125,18 +81,20 @@ impl Client {
     /// published again on its channel (every subscriber gets it).
     ///
     /// Returns the group, or `None` when the id is not in the DLQ.
-    pub async fn replay(&self, id: &DlqId) -> Result<Option<String>> {
+    pub async fn replay(&self, id: &str) -> Result<Option<String>> {
+        check_id(id)?;
         if self.config().mode() == Mode::PubSub {
             let Some(dl) = self.dead_letter(id).await? else {
                 return Ok(None);
             };
-            self.publish_one(&dl.event_type, &dl.payload).await?;
+            let event_type = dl.event_type.as_deref().unwrap_or_default();
+            self.publish_one(event_type, &dl.payload).await?;
             self.delete_dead_letter(id).await?;
             return Ok(Some(dl.group));
         }
         let mut inv = scripts::REPLAY.prepare_invoke();
         inv.key(self.keys().dlq())
-            .arg(id.as_str())
+            .arg(id)
             .arg(self.keys().base());
         let group: Option<String> = self.run_script("replay script", &inv).await?;
         if let Some(g) = &group {
@@ -146,11 +104,12 @@ impl Client {
     }
 
     /// Deletes one dead letter. Returns whether it existed.
-    pub async fn delete_dead_letter(&self, id: &DlqId) -> Result<bool> {
+    pub async fn delete_dead_letter(&self, id: &str) -> Result<bool> {
+        check_id(id)?;
         let n: u64 = self
             .run(
                 "XDEL",
-                redis::cmd("XDEL").arg(self.keys().dlq()).arg(id.as_str()),
+                redis::cmd("XDEL").arg(self.keys().dlq()).arg(id),
             )
             .await?;
         Ok(n > 0)
@@ -170,33 +129,33 @@ fn parse_dead_letters(reply: Value) -> Vec<DeadLetter> {
     entries_of(reply)
         .into_iter()
         .map(|(id, fields)| {
-            let mut dl = DeadLetter {
-                id: DlqId(String::from_utf8_lossy(&id).into_owned()),
-                event_type: String::new(),
-                entry_id: String::new(),
-                stream: String::new(),
-                group: String::new(),
-                handler: String::new(),
-                attempts: 0,
-                error: String::new(),
-                time: None,
-                payload: Bytes::new(),
-            };
+            let mut info = DeadLetterInfo::new(String::new(), 0, String::new());
+            let (mut group, mut origin, mut time) = (String::new(), None, None);
+            let mut payload = Bytes::new();
             for_each_field(fields, |name, value| {
                 let text = || String::from_utf8_lossy(&value).into_owned();
                 match name {
-                    b"type" => dl.event_type = text(),
-                    b"id" => dl.entry_id = text(),
-                    b"stream" => dl.stream = text(),
-                    b"group" => dl.group = text(),
-                    b"handler" => dl.handler = text(),
-                    b"attempts" => dl.attempts = text().parse().unwrap_or(0),
-                    b"error" => dl.error = text(),
-                    b"time" => dl.time = codec::parse_time(&text()),
-                    b"payload" => dl.payload = Bytes::from(value),
+                    b"type" => info.event_type = text(),
+                    b"event_id" if !value.is_empty() => info.event_id = Some(text()),
+                    b"stream" => origin = Some(text()),
+                    b"group" => group = text(),
+                    b"handler" => info.handler = text(),
+                    b"attempts" => info.attempts = text().parse().unwrap_or(0),
+                    b"error" => info.error = text(),
+                    b"time" => time = codec::parse_time(&text()),
+                    b"payload" => payload = Bytes::from(value),
                     _ => {}
                 }
             });
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let mut dl = DeadLetter::new(
+                id,
+                group,
+                info,
+                time.unwrap_or(SystemTime::UNIX_EPOCH),
+                payload,
+            );
+            dl.origin = origin;
             dl
         })
         .collect()

@@ -73,3 +73,28 @@ impl Error {
         }
     }
 }
+
+/// Into eventbus-core's error, keeping the cause as its source: a wrong URL
+/// or name is a configuration error (one sentence to act on), an unreachable
+/// server at connect time too; a failed command is a transport error whose
+/// source is the `redis` crate's error.
+impl From<Error> for eventbus_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Redis { op, source } => eventbus_core::Error::Transport {
+                transport: "redis",
+                message: format!("Redis {op} failed"),
+                source: Some(Box::new(source)),
+            },
+            Error::Codec(_) => eventbus_core::Error::Transport {
+                transport: "redis",
+                message: "a payload is not a CloudEvent".into(),
+                source: Some(Box::new(e)),
+            },
+            e @ (Error::Config { .. }
+            | Error::Connect { .. }
+            | Error::InvalidName { .. }
+            | Error::Unsupported(_)) => eventbus_core::Error::Config(e.to_string()),
+        }
+    }
+}

@@ -15,17 +15,16 @@ pub mod pubsub;
 pub mod schedule;
 mod scripts;
 pub mod streams;
+mod transport;
 
 pub use client::Client;
 pub use config::{Codec, Layout, Mode, RedisConfig, Secret, TlsFiles};
 pub use conn::ClientOptions;
-pub use consumer::{
-    Consumer, ConsumerOptions, ConsumerStats, DeadLetterInfo, Entry, EntryId, StartFrom, Types,
-};
-pub use dlq::{DeadLetter, DlqId};
+pub use consumer::{Consumer, ConsumerOptions, ConsumerStats, StartFrom};
 pub use error::{Error, Result};
 pub use keys::Keys;
 pub use schedule::{SchedulerHandle, SchedulerOptions, TrimReport};
+pub use transport::RedisTransport;
 
 /// The `cloudevents` crate (cloudevents-sdk) this crate speaks at its edges.
-pub use cloudevents;
+pub use eventbus_core::cloudevents;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use crate::client::{Client, source_of};
 use crate::codec;
 use crate::consumer::{
-    ConsumerOptions, ConsumerStats, DeadLetterInfo, Entry, EntryId, Types, default_consumer_name,
+    ConsumerOptions, ConsumerStats, Entry, EntryId, dead_type, default_consumer_name,
 };
-use crate::dlq::DlqId;
+use eventbus_core::transport::{DeadLetterInfo, DeliveryId, Topics};
 use crate::error::{Error, Result};
 use crate::scripts;
 
@@ -89,20 +89,20 @@ impl PubSubConsumer {
     pub(crate) async fn new(
         client: Client,
         group: &str,
-        types: Types,
+        types: Topics,
         opts: ConsumerOptions,
     ) -> Result<Self> {
         let keys = client.keys();
-        if matches!(&types, Types::Only(list) if list.is_empty()) {
+        if matches!(&types, Topics::Types(list) if list.is_empty()) {
             return Err(Error::Unsupported(
-                "a pub/sub consumer needs at least one event type, or Types::All".into(),
+                "a pub/sub consumer needs at least one event type, or Topics::All".into(),
             ));
         }
         let sub = match &types {
-            Types::Only(list) => {
+            Topics::Types(list) => {
                 Subscription::Channels(list.iter().map(|t| keys.channel(t)).collect())
             }
-            Types::All => Subscription::Pattern(keys.channel_pattern()),
+            Topics::All => Subscription::Pattern(keys.channel_pattern()),
         };
         // Subscribe before returning: whatever is published from now on arrives.
         let first = subscribe(&client, &sub).await?;
@@ -206,10 +206,10 @@ impl PubSubConsumer {
         Ok(out)
     }
 
-    pub(crate) fn ack(&self, ids: &[crate::consumer::EntryId]) {
+    pub(crate) fn ack(&self, ids: &[DeliveryId]) {
         let mut held = self.held.lock().expect("not poisoned");
         for id in ids {
-            held.remove(&id.seq);
+            held.remove(&EntryId::of(*id).seq);
         }
     }
 
@@ -244,7 +244,7 @@ impl PubSubConsumer {
         Ok(())
     }
 
-    pub(crate) async fn dead_letter(&self, entry: &Entry, info: DeadLetterInfo) -> Result<DlqId> {
+    pub(crate) async fn dead_letter(&self, entry: &Entry, info: &DeadLetterInfo) -> Result<String> {
         self.held
             .lock()
             .expect("not poisoned")
@@ -257,18 +257,19 @@ impl PubSubConsumer {
             .key(&dlq)
             .arg(&self.group)
             .arg(entry.id.to_string())
-            .arg(&*entry.event_type)
+            .arg(dead_type(entry, info))
             .arg(&entry.payload[..])
             .arg(&info.handler)
             .arg(info.attempts)
             .arg(&info.error)
-            .arg(codec::format_time(info.time))
+            .arg(codec::format_time(SystemTime::now()))
             .arg("0")
             .arg("0")
-            .arg(&channel);
+            .arg(&channel)
+            .arg(info.event_id.as_deref().unwrap_or(""));
         let id: String = self.client.run_script("dead-letter script", &inv).await?;
         tracing::warn!(group = %self.group, handler = %info.handler, event_type = %entry.event_type, error = %info.error, dlq_id = %id, "event dead-lettered");
-        Ok(DlqId(id))
+        Ok(id)
     }
 }
 

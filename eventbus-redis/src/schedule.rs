@@ -80,7 +80,12 @@ impl Client {
     pub async fn publish_at(&self, event_type: &str, payload: &[u8], at: SystemTime) -> Result<()> {
         check_name("event type", event_type)?;
         let mut member = Vec::with_capacity(payload.len() + 96);
-        push_part(&mut member, uuid::Uuid::now_v7().to_string().as_bytes());
+        push_part(
+            &mut member,
+            eventbus_core::codec::new_event_id(SystemTime::now())
+                .to_string()
+                .as_bytes(),
+        );
         match self.write(event_type, payload) {
             Write::Xadd { key, fields } => {
                 push_part(&mut member, b"x");

@@ -83,11 +83,11 @@ return {nxt, out}
 /// KEYS[1] = dlq, KEYS[2] = source stream (or the dlq again for pub/sub),
 /// KEYS[3] = retry zset (or the dlq again);
 /// ARGV = group, entry id, type, payload, handler, attempts, error, time,
-/// ack (`1`/`0`), delete (`1`/`0`), source name.
+/// ack (`1`/`0`), delete (`1`/`0`), source name, CloudEvents id (or empty).
 pub(crate) static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local dlq_id = redis.call('XADD', KEYS[1], '*', 'type', ARGV[3], 'id', ARGV[2], 'stream', ARGV[11], 'group', ARGV[1], 'handler', ARGV[5], 'attempts', ARGV[6], 'error', ARGV[7], 'time', ARGV[8], 'payload', ARGV[4])
+local dlq_id = redis.call('XADD', KEYS[1], '*', 'type', ARGV[3], 'id', ARGV[2], 'event_id', ARGV[12], 'stream', ARGV[11], 'group', ARGV[1], 'handler', ARGV[5], 'attempts', ARGV[6], 'error', ARGV[7], 'time', ARGV[8], 'payload', ARGV[4])
 if ARGV[9] == '1' then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   redis.call('ZREM', KEYS[3], KEYS[2] .. '\n' .. ARGV[2])

@@ -22,10 +22,10 @@ use crate::codec;
 use crate::config::Layout;
 use crate::conn::{self, Conn};
 use crate::consumer::{
-    ConsumerOptions, ConsumerStats, DeadLetterInfo, Entry, EntryId, StartFrom, Types,
-    default_consumer_name,
+    ConsumerOptions, ConsumerStats, Entry, EntryId, StartFrom, 
+    dead_type, default_consumer_name,
 };
-use crate::dlq::DlqId;
+use eventbus_core::transport::{DeadLetterInfo, DeliveryId, Topics};
 use crate::error::{Error, Result};
 use crate::scripts;
 
@@ -97,7 +97,7 @@ pub(crate) struct StreamConsumer {
     group: String,
     name: String,
     all: bool,
-    /// Django layout with `Types::Only`: the wanted types.
+    /// Django layout with `Topics::Types`: the wanted types.
     filter: Option<HashSet<String>>,
     opts: ConsumerOptions,
     retry_key: String,
@@ -137,19 +137,19 @@ impl StreamConsumer {
     pub(crate) async fn new(
         client: Client,
         group: &str,
-        types: Types,
+        types: Topics,
         opts: ConsumerOptions,
     ) -> Result<Self> {
         let keys = client.keys().clone();
         let mut table = Table::default();
         table.add(keys.replay(group), SlotKind::Replay, true);
-        let all = types == Types::All;
+        let all = types == Topics::All;
         let mut filter = None;
         match client.config().layout() {
             Layout::PerType => {
                 let list = match types {
-                    Types::Only(list) => list,
-                    Types::All => {
+                    Topics::Types(list) => list,
+                    Topics::All => {
                         let mut known: Vec<String> = client
                             .run("SMEMBERS", redis::cmd("SMEMBERS").arg(keys.types()))
                             .await?;
@@ -163,7 +163,7 @@ impl StreamConsumer {
             }
             Layout::Django { stream } => {
                 table.add(stream.clone(), SlotKind::Django, true);
-                if let Types::Only(list) = types {
+                if let Topics::Types(list) = types {
                     filter = Some(list.into_iter().collect());
                 }
             }
@@ -533,7 +533,7 @@ impl StreamConsumer {
             .add(key.to_owned(), kind, false)
     }
 
-    /// A [`Types::All`] consumer: start reading the streams of types first
+    /// A [`Topics::All`] consumer: start reading the streams of types first
     /// published since the last look, from their first entry.
     async fn refresh_types(&self) -> Result<(), Failure> {
         let keys = self.client.keys();
@@ -770,7 +770,7 @@ impl StreamConsumer {
         Ok(())
     }
 
-    pub(crate) async fn ack(&self, ids: &[EntryId]) -> Result<()> {
+    pub(crate) async fn ack(&self, ids: &[DeliveryId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -783,14 +783,14 @@ impl StreamConsumer {
         self.client.run_pipe::<()>("XACK", &pipe).await?;
         let mut outstanding = self.outstanding.lock().expect("not poisoned");
         for id in ids {
-            outstanding.remove(id);
+            outstanding.remove(&EntryId::of(*id));
         }
         Ok(())
     }
 
     /// Hands entries back to the group without acking them: they become
     /// claimable by any consumer at its next claim pass (used at shutdown).
-    pub(crate) async fn release(&self, ids: &[EntryId]) -> Result<()> {
+    pub(crate) async fn release(&self, ids: &[DeliveryId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -810,7 +810,7 @@ impl StreamConsumer {
         self.client.run_pipe::<()>("XCLAIM", &pipe).await?;
         let mut outstanding = self.outstanding.lock().expect("not poisoned");
         for id in ids {
-            outstanding.remove(id);
+            outstanding.remove(&EntryId::of(*id));
         }
         Ok(())
     }
@@ -841,12 +841,13 @@ impl StreamConsumer {
 
     fn per_stream_pipe(
         &self,
-        ids: &[EntryId],
+        ids: &[DeliveryId],
         mut add: impl FnMut(&mut redis::Pipeline, &str, bool, &[StreamId]),
     ) -> Result<redis::Pipeline> {
         let mut by_stream: HashMap<u32, Vec<StreamId>> = HashMap::new();
         for id in ids {
-            by_stream.entry(id.stream).or_default().push(StreamId(*id));
+            let id = EntryId::of(*id);
+            by_stream.entry(id.stream).or_default().push(StreamId(id));
         }
         let table = self.table();
         let mut pipe = redis::pipe();
@@ -892,7 +893,7 @@ impl StreamConsumer {
         Ok(())
     }
 
-    pub(crate) async fn dead_letter(&self, entry: &Entry, info: DeadLetterInfo) -> Result<DlqId> {
+    pub(crate) async fn dead_letter(&self, entry: &Entry, info: &DeadLetterInfo) -> Result<String> {
         let (key, replay) = {
             let table = self.table();
             let slot = table.slots.get(entry.id.stream as usize).ok_or_else(|| {
@@ -910,22 +911,23 @@ impl StreamConsumer {
             .key(&self.retry_key)
             .arg(&self.group)
             .arg(entry.id.to_string())
-            .arg(&*entry.event_type)
+            .arg(dead_type(entry, info))
             .arg(&entry.payload[..])
             .arg(&info.handler)
             .arg(info.attempts)
             .arg(&info.error)
-            .arg(codec::format_time(info.time))
+            .arg(codec::format_time(SystemTime::now()))
             .arg("1")
             .arg(if replay { "1" } else { "0" })
-            .arg(&key);
+            .arg(&key)
+            .arg(info.event_id.as_deref().unwrap_or(""));
         let id: String = self.client.run_script("dead-letter script", &inv).await?;
         self.outstanding
             .lock()
             .expect("not poisoned")
             .remove(&entry.id);
         tracing::warn!(group = %self.group, handler = %info.handler, event_type = %entry.event_type, attempts = info.attempts, error = %info.error, dlq_id = %id, "event dead-lettered");
-        Ok(DlqId(id))
+        Ok(id)
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use eventbus_redis::{DeadLetterInfo, Types};
+use eventbus_core::transport::{DeadLetterInfo, Topics};
 use serde_json::json;
 use testkit::RedisCluster;
 
@@ -18,11 +18,11 @@ async fn streams_schedule_and_dlq_on_a_cluster() {
     assert!(client.config().is_cluster());
 
     let a = client
-        .consumer("g", Types::Only(vec!["a".into(), "b".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["a".into(), "b".into()]), fast_opts())
         .await
         .unwrap();
     let all = client
-        .consumer("audit", Types::All, fast_opts())
+        .consumer("audit", Topics::All, fast_opts())
         .await
         .unwrap();
     let pa = event("a", json!(1));
@@ -45,13 +45,13 @@ async fn streams_schedule_and_dlq_on_a_cluster() {
         .await
         .unwrap();
     let again = read_n(&a, 1, Duration::from_secs(10)).await.remove(0);
-    assert_eq!(again.delivery_count, 2);
+    assert_eq!(again.attempt, 2);
 
     // Dead-letter atomically, list, replay to the group.
     let id = a
         .dead_letter(
             &again,
-            DeadLetterInfo::new("h", 2, "fails on a cluster too"),
+            &DeadLetterInfo::new("h", 2, "fails on a cluster too"),
         )
         .await
         .unwrap();
@@ -107,7 +107,7 @@ async fn pubsub_on_a_cluster() {
     let cluster = RedisCluster::start(3).unwrap();
     let client = client(&with(&cluster.url(), "mode=pubsub")).await;
     let sub = client
-        .consumer("g", Types::Only(vec!["t".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["t".into()]), fast_opts())
         .await
         .unwrap();
     client

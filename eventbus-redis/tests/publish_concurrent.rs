@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eventbus_redis::{StartFrom, Types};
+use eventbus_redis::{StartFrom};
+use eventbus_core::transport::{Topics};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +17,7 @@ async fn many_concurrent_publishers_each_see_every_event_arrive_once_in_order() 
     let mut opts = fast_opts();
     opts.start = StartFrom::Earliest;
     let consumer = client
-        .consumer("g", Types::Only(vec!["tick".into()]), opts)
+        .consumer("g", Topics::Types(vec!["tick".into()]), opts)
         .await
         .unwrap();
     const TASKS: u64 = 32;
@@ -102,7 +103,7 @@ async fn concurrent_pubsub_publishes_all_reach_a_subscriber() {
     let server = server();
     let client = client(&with(&server.url(), "mode=pubsub")).await;
     let consumer = client
-        .consumer("g", Types::Only(vec!["ping".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["ping".into()]), fast_opts())
         .await
         .unwrap();
     let mut tasks = Vec::new();

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use common::*;
 use eventbus_redis::cloudevents::AttributesReader;
-use eventbus_redis::{ConsumerOptions, DeadLetterInfo, Types};
+use eventbus_redis::{ConsumerOptions};
+use eventbus_core::transport::{DeadLetterInfo, Topics};
 use serde_json::json;
 
-fn only(t: &[&str]) -> Types {
-    Types::Only(t.iter().map(|s| s.to_string()).collect())
+fn only(t: &[&str]) -> Topics {
+    Topics::Types(t.iter().map(|s| s.to_string()).collect())
 }
 
 #[tokio::test]
@@ -31,7 +32,7 @@ async fn cloudevents_on_the_type_channel() {
     let got = read_n(&consumer, 1, Duration::from_secs(5)).await;
     assert_eq!(&*got[0].event_type, "review_created");
     assert_eq!(&got[0].payload[..], &p[..]);
-    assert_eq!(got[0].delivery_count, 1);
+    assert_eq!(got[0].attempt, 1);
     consumer.ack(&[got[0].id]).await.unwrap();
     assert_eq!(consumer.stats().delivered, 1);
     assert_eq!(consumer.stats().dropped, 0);
@@ -51,7 +52,7 @@ async fn raw_legacy_publish_arrives_wrapped() {
         .unwrap();
     assert_eq!(n, "1");
     let got = read_n(&consumer, 1, Duration::from_secs(5)).await;
-    let e = got[0].to_event().unwrap();
+    let e = eventbus_redis::codec::decode_event(&got[0].payload).unwrap();
     assert_eq!(e.ty(), "review_approved");
     assert_eq!(e.source().as_str(), "/redis/review_approved");
     assert_eq!(e.datacontenttype(), Some("application/json"));
@@ -92,7 +93,7 @@ async fn legacy_codec_publishes_bare_data() {
     let got = read_n(&consumer, 1, Duration::from_secs(5)).await;
     // Wrapped on arrival, so data is the bare payload that was on the wire.
     assert_eq!(data(&got[0]), json!({"id": "x"}));
-    let e = got[0].to_event().unwrap();
+    let e = eventbus_redis::codec::decode_event(&got[0].payload).unwrap();
     assert_eq!(e.source().as_str(), "/redis/review_created");
 }
 
@@ -101,7 +102,7 @@ async fn pattern_subscription_for_all_types_with_prefix() {
     let server = server();
     let client = client(&with(&server.url(), "mode=pubsub&prefix=svc")).await;
     let all = client
-        .consumer("audit", Types::All, fast_opts())
+        .consumer("audit", Topics::All, fast_opts())
         .await
         .unwrap();
     client
@@ -164,15 +165,15 @@ async fn retry_later_and_dead_letter_in_pubsub_mode() {
         .await
         .unwrap();
     let again = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
-    assert_eq!(again.delivery_count, 2);
+    assert_eq!(again.attempt, 2);
     assert_eq!(again.payload, e.payload);
     let id = consumer
-        .dead_letter(&again, DeadLetterInfo::new("h", 2, "nope"))
+        .dead_letter(&again, &DeadLetterInfo::new("h", 2, "nope"))
         .await
         .unwrap();
     let dl = client.dead_letters(10).await.unwrap();
     assert_eq!(dl.len(), 1);
-    assert_eq!(dl[0].stream, "t");
+    assert_eq!(dl[0].origin.as_deref(), Some("t"));
     assert_eq!(dl[0].group, "g");
     // Replay publishes on the channel again.
     assert_eq!(client.replay(&id).await.unwrap().as_deref(), Some("g"));

@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use eventbus_redis::{SchedulerOptions, Types};
+use eventbus_redis::{SchedulerOptions};
+use eventbus_core::transport::{Topics};
 use serde_json::json;
 
-fn only(t: &str) -> Types {
-    Types::Only(vec![t.to_owned()])
+fn only(t: &str) -> Topics {
+    Topics::Types(vec![t.to_owned()])
 }
 
 #[tokio::test]

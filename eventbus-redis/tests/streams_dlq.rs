@@ -6,11 +6,11 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use eventbus_redis::{DeadLetterInfo, DlqId, Types};
+use eventbus_core::transport::{DeadLetterInfo, Topics};
 use serde_json::json;
 
-fn only(t: &str) -> Types {
-    Types::Only(vec![t.to_owned()])
+fn only(t: &str) -> Topics {
+    Topics::Types(vec![t.to_owned()])
 }
 
 #[tokio::test]
@@ -33,18 +33,9 @@ async fn dead_letter_list_replay_to_one_group_purge() {
     other.ack(&[o.id]).await.unwrap();
 
     let when = SystemTime::now();
-    let dlq_id = failing
-        .dead_letter(
-            &e,
-            DeadLetterInfo {
-                handler: "svc::failing".into(),
-                attempts: 6,
-                error: "database is down".into(),
-                time: when,
-            },
-        )
-        .await
-        .unwrap();
+    let mut info = DeadLetterInfo::new("svc::failing", 6, "database is down");
+    info.event_id = Some("ev-7".into());
+    let dlq_id = failing.dead_letter(&e, &info).await.unwrap();
     // Acked in the same step.
     assert_eq!(pending(&server, "{eventbus}:stream:t", "svc.failing"), 0);
 
@@ -52,19 +43,21 @@ async fn dead_letter_list_replay_to_one_group_purge() {
     assert_eq!(listed.len(), 1);
     let dl = &listed[0];
     assert_eq!(dl.id, dlq_id);
-    assert_eq!(dl.event_type, "t");
-    assert_eq!(dl.entry_id, e.id.to_string());
-    assert_eq!(dl.stream, "{eventbus}:stream:t");
+    assert_eq!(dl.event_type.as_deref(), Some("t"), "the stream's type");
+    assert_eq!(dl.event_id.as_deref(), Some("ev-7"));
+    assert_eq!(dl.origin.as_deref(), Some("{eventbus}:stream:t"));
     assert_eq!(dl.group, "svc.failing");
     assert_eq!(dl.handler, "svc::failing");
     assert_eq!(dl.attempts, 6);
     assert_eq!(dl.error, "database is down");
     assert_eq!(&dl.payload[..], &payload[..]);
-    let t = dl.time.unwrap();
-    let skew = t.duration_since(when).unwrap_or_else(|e| e.duration());
-    assert!(skew < Duration::from_millis(1));
+    let skew = dl.time.duration_since(when).unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_secs(1), "dead-lettered at {:?}", dl.time);
     assert_eq!(client.dead_letter_count().await.unwrap(), 1);
-    assert_eq!(dlq_id.to_string().parse::<DlqId>().unwrap(), dlq_id);
+    assert!(
+        client.replay("not-an-id").await.is_err(),
+        "a malformed id is refused"
+    );
 
     // Replay reaches the group that gave up, and only it.
     assert_eq!(
@@ -80,7 +73,7 @@ async fn dead_letter_list_replay_to_one_group_purge() {
     let replayed = read_n(&failing, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(&replayed.payload[..], &payload[..]);
     assert_eq!(&*replayed.event_type, "t");
-    assert_eq!(replayed.delivery_count, 1);
+    assert_eq!(replayed.attempt, 1);
     assert!(
         read_for(&other, Duration::from_millis(600))
             .await
@@ -102,13 +95,13 @@ async fn dead_letter_list_replay_to_one_group_purge() {
         .unwrap();
     let again = read_n(&failing, 1, Duration::from_secs(5)).await.remove(0);
     let id2 = failing
-        .dead_letter(&again, DeadLetterInfo::new("h", 1, "e"))
+        .dead_letter(&again, &DeadLetterInfo::new("h", 1, "e"))
         .await
         .unwrap();
     client.replay(&id2).await.unwrap();
     let r = read_n(&failing, 1, Duration::from_secs(5)).await.remove(0);
     let id3 = failing
-        .dead_letter(&r, DeadLetterInfo::new("h", 2, "again"))
+        .dead_letter(&r, &DeadLetterInfo::new("h", 2, "again"))
         .await
         .unwrap();
     assert_eq!(
@@ -129,7 +122,7 @@ async fn dead_letter_list_replay_to_one_group_purge() {
     }
     for e in read_n(&failing, 3, Duration::from_secs(5)).await {
         failing
-            .dead_letter(&e, DeadLetterInfo::new("h", 1, "x"))
+            .dead_letter(&e, &DeadLetterInfo::new("h", 1, "x"))
             .await
             .unwrap();
     }
@@ -148,7 +141,7 @@ async fn replay_reaches_a_group_that_restarted() {
         .unwrap();
     let e = read_n(&c, 1, Duration::from_secs(5)).await.remove(0);
     let id = c
-        .dead_letter(&e, DeadLetterInfo::new("h", 1, "x"))
+        .dead_letter(&e, &DeadLetterInfo::new("h", 1, "x"))
         .await
         .unwrap();
     drop(c);

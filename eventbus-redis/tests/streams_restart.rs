@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use eventbus_redis::Types;
+use eventbus_core::transport::Topics;
 use serde_json::json;
 use testkit::{RedisOptions, RedisServer};
 
@@ -20,7 +20,7 @@ async fn restart_keeps_published_and_pending_entries() {
     .unwrap();
     let client = client(&server.url()).await;
     let consumer = client
-        .consumer("g", Types::Only(vec!["t".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["t".into()]), fast_opts())
         .await
         .unwrap();
     for i in 0..50 {
@@ -71,7 +71,7 @@ async fn publish_waits_for_redis_to_come_back() {
     .unwrap();
     let client = client(&server.url()).await;
     let consumer = client
-        .consumer("g", Types::Only(vec!["t".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["t".into()]), fast_opts())
         .await
         .unwrap();
     server.stop();
@@ -100,7 +100,7 @@ async fn consumer_recreates_its_group_when_redis_lost_everything() {
     let server = server();
     let client = client(&server.url()).await;
     let consumer = client
-        .consumer("g", Types::Only(vec!["t".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["t".into()]), fast_opts())
         .await
         .unwrap();
     server.cmd(&["FLUSHALL"]).unwrap();

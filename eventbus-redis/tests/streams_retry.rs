@@ -6,11 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use eventbus_redis::{DeadLetterInfo, Types};
+use eventbus_core::transport::{DeadLetterInfo, Topics};
 use serde_json::json;
 
-fn only(t: &str) -> Types {
-    Types::Only(vec![t.to_owned()])
+fn only(t: &str) -> Topics {
+    Topics::Types(vec![t.to_owned()])
 }
 
 #[tokio::test]
@@ -23,7 +23,7 @@ async fn retry_later_bumps_the_delivery_count_without_blocking_others() {
         .await
         .unwrap();
     let first = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
-    assert_eq!(first.delivery_count, 1);
+    assert_eq!(first.attempt, 1);
     let scheduled = Instant::now();
     consumer
         .retry_later(first.id, Duration::from_millis(1500))
@@ -53,13 +53,13 @@ async fn retry_later_bumps_the_delivery_count_without_blocking_others() {
     );
     assert_eq!(again.id, first.id);
     assert_eq!(again.payload, first.payload);
-    assert_eq!(again.delivery_count, 2);
+    assert_eq!(again.attempt, 2);
     consumer
         .retry_later(again.id, Duration::ZERO)
         .await
         .unwrap();
     let third = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
-    assert_eq!(third.delivery_count, 3);
+    assert_eq!(third.attempt, 3);
     consumer.ack(&[third.id]).await.unwrap();
     assert_eq!(server.cmd(&["ZCARD", "{eventbus}:retry:g"]).unwrap(), "0");
     assert_eq!(pending(&server, "{eventbus}:stream:t", "g"), 0);
@@ -82,7 +82,7 @@ async fn a_retry_survives_the_consumer_that_scheduled_it() {
     let b = client.consumer("g", only("t"), fast_opts()).await.unwrap();
     let again = read_n(&b, 1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(again.payload, e.payload);
-    assert_eq!(again.delivery_count, 2);
+    assert_eq!(again.attempt, 2);
 }
 
 #[tokio::test]
@@ -111,7 +111,7 @@ async fn entries_of_a_dead_consumer_are_reclaimed() {
     let mut seen: Vec<i64> = got.iter().map(|e| data(e).as_i64().unwrap()).collect();
     seen.sort();
     assert_eq!(seen, [0, 1, 2, 3]);
-    assert!(got.iter().all(|e| e.delivery_count == 2), "{got:?}");
+    assert!(got.iter().all(|e| e.attempt == 2), "{got:?}");
     assert_eq!(survivor.stats().reclaimed_or_released, 4);
     let ids: Vec<_> = got.iter().map(|e| e.id).collect();
     survivor.ack(&ids).await.unwrap();
@@ -164,7 +164,7 @@ async fn a_survivor_takes_over_only_as_many_entries_as_it_reads() {
         .collect();
     all.sort();
     assert_eq!(all, [0, 1, 2, 3, 4]);
-    assert!(first.iter().chain(&rest).all(|e| e.delivery_count == 2));
+    assert!(first.iter().chain(&rest).all(|e| e.attempt == 2));
 }
 
 #[tokio::test]
@@ -219,11 +219,11 @@ async fn poison_message_ends_in_the_dlq() {
             if data(&e) == json!("fine") {
                 c.ack(&[e.id]).await.unwrap();
                 handled_fine = true;
-            } else if e.delivery_count > retries + 1 {
+            } else if e.attempt > retries + 1 {
                 let id = c
                     .dead_letter(
                         &e,
-                        DeadLetterInfo::new("tests::handler", e.delivery_count, "boom"),
+                        &DeadLetterInfo::new("tests::handler", e.attempt, "boom"),
                     )
                     .await
                     .unwrap();

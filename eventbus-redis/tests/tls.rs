@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eventbus_redis::{Client, Error, RedisConfig, Types};
+use eventbus_redis::{Client, Error, RedisConfig};
+use eventbus_core::transport::{Topics};
 use serde_json::json;
 use testkit::{RedisOptions, RedisServer};
 
@@ -37,7 +38,7 @@ async fn streams_and_pubsub_work_over_tls_with_the_ca_in_the_url() {
 
     let client = connect(&url).await.expect("connect over TLS");
     let consumer = client
-        .consumer("g", Types::Only(vec!["t".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["t".into()]), fast_opts())
         .await
         .unwrap();
     client
@@ -52,7 +53,7 @@ async fn streams_and_pubsub_work_over_tls_with_the_ca_in_the_url() {
 
     let pubsub = connect(&with(&url, "mode=pubsub")).await.unwrap();
     let sub = pubsub
-        .consumer("g", Types::Only(vec!["p".into()]), fast_opts())
+        .consumer("g", Topics::Types(vec!["p".into()]), fast_opts())
         .await
         .unwrap();
     pubsub

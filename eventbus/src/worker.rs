@@ -254,13 +254,17 @@ pub(crate) async fn run(
 
 type Outcome = Result<(), Failure>;
 
+/// What a started handler run ends with: its delivery and envelope, how it
+/// went, and how long it took (when timed).
+type Finished = (Delivery, Envelope, Outcome, Option<Duration>);
+
 fn start(
     bus: &Bus,
     spec: &Arc<WorkerSpec>,
     delivery: Delivery,
     timed: bool,
 ) -> Result<
-    impl std::future::Future<Output = (Delivery, Envelope, Outcome, Option<Duration>)> + Send + 'static,
+    impl std::future::Future<Output = Finished> + Send + 'static,
     (Delivery, String),
 > {
     if delivery.attempt > spec.max_attempts {

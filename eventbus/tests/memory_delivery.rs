@@ -569,7 +569,7 @@ async fn context_carries_metadata_and_state() {
                 ctx.attempt(),
                 ctx.state::<Db>().0,
                 ctx.time().is_some(),
-                uuid::Uuid::parse_str(&ctx.id()).is_ok(),
+                uuid::Uuid::parse_str(ctx.id()).is_ok(),
             ));
         }
     });

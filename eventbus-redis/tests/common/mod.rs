@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use eventbus_redis::cloudevents::{EventBuilder, EventBuilderV10};
-use eventbus_redis::{Client, Consumer, ConsumerOptions, Entry, RedisConfig};
+use eventbus_redis::{Client, Consumer, ConsumerOptions, RedisConfig};
+use eventbus_core::transport::{Delivery};
 use testkit::RedisServer;
 
 pub fn server() -> RedisServer {
@@ -42,7 +43,7 @@ pub fn event(ty: &str, data: serde_json::Value) -> Vec<u8> {
 }
 
 /// The `data` of an entry's CloudEvent.
-pub fn data(entry: &Entry) -> serde_json::Value {
+pub fn data(entry: &Delivery) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_slice(&entry.payload).expect("entry is JSON");
     v["data"].clone()
 }
@@ -57,7 +58,7 @@ pub fn fast_opts() -> ConsumerOptions {
 }
 
 /// Reads until `n` entries arrived (or panics after `within`).
-pub async fn read_n(c: &Consumer, n: usize, within: Duration) -> Vec<Entry> {
+pub async fn read_n(c: &Consumer, n: usize, within: Duration) -> Vec<Delivery> {
     let deadline = Instant::now() + within;
     let mut out = Vec::new();
     while out.len() < n {
@@ -66,7 +67,7 @@ pub async fn read_n(c: &Consumer, n: usize, within: Duration) -> Vec<Entry> {
             "got {} of {n} entries: {:?}",
             out.len(),
             out.iter()
-                .map(|e: &Entry| e.event_type.clone())
+                .map(|e: &Delivery| e.event_type.clone())
                 .collect::<Vec<_>>()
         );
         out.extend(c.read(n - out.len()).await.expect("read"));
@@ -75,7 +76,7 @@ pub async fn read_n(c: &Consumer, n: usize, within: Duration) -> Vec<Entry> {
 }
 
 /// Reads for `d` and returns whatever arrived.
-pub async fn read_for(c: &Consumer, d: Duration) -> Vec<Entry> {
+pub async fn read_for(c: &Consumer, d: Duration) -> Vec<Delivery> {
     let deadline = Instant::now() + d;
     let mut out = Vec::new();
     while Instant::now() < deadline {

@@ -15,10 +15,11 @@ use crate::error::Result;
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
 
-/// Redis Streams and pub/sub: the `eventbus-redis` transport.
+/// Redis Streams and pub/sub: the `eventbus-redis` crate, whose
+/// [`RedisTransport`](eventbus_redis::RedisTransport) implements [`Transport`].
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub mod redis;
+pub use eventbus_redis as redis;
 
 /// Opens the transport named by `url`: `memory://[name]`, or (feature
 /// `redis`) `redis://`, `rediss://`, `redis+cluster://`.
@@ -40,7 +41,9 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Transport>> {
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             #[cfg(feature = "redis")]
             {
-                redis::connect(url).await
+                Ok(std::sync::Arc::new(
+                    eventbus_redis::RedisTransport::connect(url).await?,
+                ))
             }
             #[cfg(not(feature = "redis"))]
             {
