@@ -35,6 +35,11 @@
 //! delays and backoff always hold, their upper bounds are checked on the
 //! paused clock only.
 //!
+//! The suite relies on one promise of [`Transport::subscribe`]: it returns
+//! once the subscription is in place, so that whatever is published from
+//! then on reaches it. A scenario publishes only after every worker of an
+//! instance subscribed.
+//!
 //! [`Features`] names the real differences between transports. A scenario
 //! whose feature a transport lacks asserts the behaviour it has instead
 //! (pub/sub: every instance of a group gets every event; a replay reaches
@@ -176,8 +181,6 @@ pub struct Conformance {
     features: Features,
     connect: Box<dyn Connect>,
     tag: String,
-    /// Handlers made but not yet part of a started instance.
-    unclaimed: Mutex<Vec<Arc<Warm>>>,
 }
 
 impl fmt::Debug for Conformance {
@@ -261,9 +264,6 @@ macro_rules! conformance_tests {
 /// How long any awaited condition may take on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A probe's `n` that only says "this subscriber is listening".
-const WARMUP: u32 = u32::MAX;
-
 impl Conformance {
     /// A scenario on the backend `connect` reaches, with a fresh run tag.
     pub fn new(features: Features, connect: impl Connect) -> Self {
@@ -271,7 +271,6 @@ impl Conformance {
             features,
             connect: Box::new(connect),
             tag: format!("conf{:08x}", fastrand::u32(..)),
-            unclaimed: Mutex::new(Vec::new()),
         }
     }
 
@@ -310,24 +309,27 @@ impl Conformance {
 
     /// Builds `builder` on a new connection (its groups declared, not running).
     async fn instance(&self, builder: BusBuilder) -> Instance {
-        let transport = self.connect().await;
+        let subscribed = Arc::new(AtomicUsize::new(0));
+        let transport = Connection {
+            inner: self.connect().await,
+            subscribed: subscribed.clone(),
+        };
         let bus = builder
-            .transport(Connection(transport))
+            .transport(transport)
             .build()
             .await
             .unwrap_or_else(|e| panic!("cannot build the bus: {e}"));
-        let warm = std::mem::take(&mut *self.unclaimed.lock());
         Instance {
             bus,
             running: Mutex::new(None),
-            warm,
+            subscribed,
         }
     }
 
-    /// [`instance`](Self::instance), running and listening.
+    /// [`instance`](Self::instance), running and subscribed.
     async fn start(&self, builder: BusBuilder) -> Instance {
         let instance = self.instance(builder).await;
-        instance.run(self).await;
+        instance.run().await;
         instance
     }
 
@@ -339,21 +341,9 @@ impl Conformance {
         F: Fn(E, Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
     {
-        let warm = Arc::new(Warm {
-            seen: AtomicBool::new(false),
-            publish: warm_up::<E>,
-        });
-        self.unclaimed.lock().push(warm.clone());
         let tag = self.tag.clone();
         HandlerDef::new(name, move |event: E, ctx: Context| {
-            let run = if event.run() != tag {
-                None
-            } else if event.n() == WARMUP {
-                warm.seen.store(true, Ordering::SeqCst);
-                None
-            } else {
-                Some(f(event, ctx))
-            };
+            let run = (event.run() == tag).then(|| f(event, ctx));
             async move {
                 match run {
                     Some(fut) => fut.await,
@@ -396,28 +386,19 @@ impl Conformance {
 struct Instance {
     bus: Bus,
     running: Mutex<Option<Running>>,
-    /// Its handlers: whether each has seen its warm-up event.
-    warm: Vec<Arc<Warm>>,
+    /// How many of its workers' subscriptions are in place.
+    subscribed: Arc<AtomicUsize>,
 }
 
 impl Instance {
-    /// Runs the bus; on a transport that keeps nothing for a group before it
-    /// subscribes, returns once every handler is listening.
-    async fn run(&self, c: &Conformance) {
+    /// Runs the bus; returns once every worker has subscribed, so that
+    /// whatever is published from then on reaches it (on any transport:
+    /// a pub/sub one keeps nothing for a group before it subscribes).
+    async fn run(&self) {
         *self.running.lock() = Some(self.bus.spawn());
-        if c.features.durable {
-            return;
-        }
-        let bus = &self.bus;
-        let warm = &self.warm;
-        wait_for_async("every handler of the instance is listening", || async {
-            for w in warm.iter().filter(|w| !w.seen.load(Ordering::SeqCst)) {
-                (w.publish)(bus.clone(), c.tag.clone())
-                    .await
-                    .unwrap_or_else(|e| panic!("cannot publish a warm-up event: {e}"));
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            warm.iter().all(|w| w.seen.load(Ordering::SeqCst))
+        let groups = self.bus.groups().count();
+        wait_for("every worker of the instance subscribed", || {
+            self.subscribed.load(Ordering::SeqCst) >= groups
         })
         .await;
     }
@@ -440,65 +421,64 @@ impl Drop for Instance {
     }
 }
 
-/// A handler's warm-up state, and how to publish its warm-up event.
-struct Warm {
-    seen: AtomicBool,
-    publish: fn(Bus, String) -> BoxFuture<'static, Result<()>>,
+/// A scenario's transport connection, given to a [`BusBuilder`]; counts
+/// the subscriptions that are in place (a [`Transport::subscribe`] that
+/// returned).
+struct Connection {
+    inner: Arc<dyn Transport>,
+    subscribed: Arc<AtomicUsize>,
 }
-
-fn warm_up<E: Probe>(bus: Bus, tag: String) -> BoxFuture<'static, Result<()>> {
-    Box::pin(async move { bus.publish(E::new(&tag, WARMUP)).await })
-}
-
-/// A scenario's transport connection, given to a [`BusBuilder`].
-struct Connection(Arc<dyn Transport>);
 
 impl Transport for Connection {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.inner.name()
     }
 
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
-        self.0.publish(batch)
+        self.inner.publish(batch)
     }
 
     fn publish_now(&self, batch: &[Outgoing]) -> Option<Result<()>> {
-        self.0.publish_now(batch)
+        self.inner.publish_now(batch)
     }
 
     fn publish_at(&self, message: Outgoing, at: SystemTime) -> BoxFuture<'_, Result<()>> {
-        self.0.publish_at(message, at)
+        self.inner.publish_at(message, at)
     }
 
     fn declare<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<()>> {
-        self.0.declare(group)
+        self.inner.declare(group)
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>> {
-        self.0.subscribe(group)
+        Box::pin(async move {
+            let sub = self.inner.subscribe(group).await?;
+            self.subscribed.fetch_add(1, Ordering::SeqCst);
+            Ok(sub)
+        })
     }
 
     fn claim_tick<'a>(&'a self, schedule: &'a str, tick_ms: u64) -> BoxFuture<'a, Result<bool>> {
-        self.0.claim_tick(schedule, tick_ms)
+        self.inner.claim_tick(schedule, tick_ms)
     }
 
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
-        self.0.dead_letters(limit)
+        self.inner.dead_letters(limit)
     }
 
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
-        self.0.replay(dead_letter_id)
+        self.inner.replay(dead_letter_id)
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
-        self.0.ping()
+        self.inner.ping()
     }
 
     fn run_background(
         &self,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> BoxFuture<'static, Result<()>> {
-        self.0.run_background(shutdown)
+        self.inner.run_background(shutdown)
     }
 }
 
@@ -814,7 +794,7 @@ pub async fn events_published_before_the_bus_runs_are_kept(c: &Conformance) {
             "at-most-once: nothing is kept for a group before it subscribes",
         );
     }
-    instance.run(c).await;
+    instance.run().await;
     wait_for("the early event handled", || !seen.lock().is_empty()).await;
     instance.stop().await;
     assert_eq!(
@@ -1483,17 +1463,6 @@ pub async fn a_global_group_sees_every_type_even_new_ones(c: &Conformance) {
         );
         crate::codec::decode_cloudevent(json.as_bytes()).expect("a valid CloudEvent")
     };
-    if !c.features.durable {
-        // Nothing is kept before the subscription: wait until it listens.
-        let warm = format!("{tag}.warm_up");
-        wait_for_async("the global handler is listening", || async {
-            bus.publish_cloudevent(&foreign(&warm, "w")).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            seen.lock().iter().any(|(t, _)| *t == warm)
-        })
-        .await;
-        seen.lock().retain(|(t, _)| *t != warm);
-    }
     bus.publish(c.probe::<Global>(1)).await.unwrap();
     wait_for("the global handler saw the typed event", || {
         seen.lock().iter().any(|(t, _)| t == Global::TYPE)
