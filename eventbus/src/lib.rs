@@ -9,8 +9,8 @@ pub mod handler;
 pub mod outbox;
 pub mod registry;
 pub mod schedule;
-#[cfg(feature = "memory")]
-#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 pub mod transport;
 mod worker;
