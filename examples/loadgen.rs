@@ -1015,7 +1015,7 @@ async fn main() -> anyhow::Result<()> {
         .without_registered()
         .connect("memory://")
         .await?;
-    let template = encoder.encode(&tick(0))?.payload.to_vec();
+    let template = encoder.encode(&tick(0))?.1.payload.to_vec();
     let stamp_at = {
         const KEY: &[u8] = b"\"sent_ns\":";
         template

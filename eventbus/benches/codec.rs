@@ -38,7 +38,7 @@ fn codec_benches(c: &mut Criterion) {
         .unwrap();
     let event = sample();
     let payload_json = serde_json::to_vec(&event).unwrap();
-    let envelope = bus.encode(&event).unwrap().payload;
+    let envelope = bus.encode(&event).unwrap().1.payload;
 
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
@@ -73,7 +73,7 @@ fn codec_benches(c: &mut Criterion) {
         BenchmarkId::new("roundtrip", "cloudevent (eventbus)"),
         |b| {
             b.iter(|| {
-                let out = bus.encode(black_box(&event)).unwrap();
+                let (_, out) = bus.encode(black_box(&event)).unwrap();
                 codec::decode::<ModerateAction>(&out.payload).unwrap()
             })
         },

@@ -52,7 +52,7 @@ fn main() {
         id: uuid::Uuid::now_v7(),
     };
     let payload = serde_json::to_vec(&event).unwrap();
-    let envelope = bus.encode(&event).unwrap().payload;
+    let envelope = bus.encode(&event).unwrap().1.payload;
     let review = ReviewCreated {
         id: uuid::Uuid::now_v7(),
         author_id: uuid::Uuid::now_v7(),
@@ -62,7 +62,7 @@ fn main() {
         tags: vec!["dinner".into(), "family".into(), "downtown".into()],
     };
     let review_payload = serde_json::to_vec(&review).unwrap();
-    let review_envelope = bus.encode(&review).unwrap().payload;
+    let review_envelope = bus.encode(&review).unwrap().1.payload;
     if op == "bus" {
         // publish -> typed handler -> ack on the memory bus, n events.
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -121,32 +121,36 @@ impl Bus {
         self.inner.retry
     }
 
-    /// Encodes `event` as a structured CloudEvent, stamped with a fresh UUIDv7 id and the time.
-    pub fn encode<E: Event>(&self, event: &E) -> Result<Outgoing> {
+    /// Encodes `event` as a structured CloudEvent, stamped with a fresh UUIDv7
+    /// id and the time; returns the id with the message.
+    pub fn encode<E: Event>(&self, event: &E) -> Result<(uuid::Uuid, Outgoing)> {
         let (now, time) = codec::now_stamped();
         self.encode_at(event, now, &time)
     }
 
     /// [`Bus::encode`] at `now`, already formatted as `time`.
-    fn encode_at<E: Event>(&self, event: &E, now: SystemTime, time: &[u8; 27]) -> Result<Outgoing> {
+    fn encode_at<E: Event>(
+        &self,
+        event: &E,
+        now: SystemTime,
+        time: &[u8; 27],
+    ) -> Result<(uuid::Uuid, Outgoing)> {
         let info = E::info();
         if info.is_deprecated() {
             self.warn_deprecated(info);
         }
         let source = info.source.unwrap_or(&self.inner.source);
-        let stamp = Stamp {
-            id: codec::new_event_id(now),
-            source,
-            time,
-        };
+        let id = codec::new_event_id(now);
+        let stamp = Stamp { id, source, time };
         let payload = codec::encode(event, stamp).map_err(|source| Error::Encode {
             event_type: E::TYPE.to_owned(),
             source,
         })?;
-        Ok(Outgoing {
+        let message = Outgoing {
             event_type: std::borrow::Cow::Borrowed(E::TYPE),
             payload,
-        })
+        };
+        Ok((id, message))
     }
 
     fn warn_deprecated(&self, info: &'static crate::EventInfo) {
@@ -167,8 +171,9 @@ impl Bus {
     /// Publishes an event; returns once the transport accepted it.
     ///
     /// Handlers run later, on their own workers, never inside this call.
+    /// ([`Bus::encode`] and [`Bus::publish_encoded`] give the event's id.)
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        let message = self.encode(&event)?;
+        let (_, message) = self.encode(&event)?;
         self.send(std::slice::from_ref(&message))
             .instrument(tracing::debug_span!(
                 "eventbus.publish",
@@ -193,7 +198,7 @@ impl Bus {
         let (now, time) = codec::now_stamped();
         let batch = events
             .into_iter()
-            .map(|e| self.encode_at(&e, now, &time))
+            .map(|e| self.encode_at(&e, now, &time).map(|(_, m)| m))
             .collect::<Result<Vec<_>>>()?;
         if batch.is_empty() {
             return Ok(());
@@ -226,7 +231,7 @@ impl Bus {
 
     /// Publishes `event` at `at`; durable on durable transports.
     pub async fn publish_at<E: Event>(&self, event: E, at: SystemTime) -> Result<()> {
-        let message = self.encode(&event)?;
+        let (_, message) = self.encode(&event)?;
         self.inner.transport.publish_at(message, at).await
     }
 
@@ -433,6 +438,7 @@ pub struct BusBuilder {
     state: StateMap,
     transport: Option<Arc<dyn Transport>>,
     handlers: Vec<HandlerDef>,
+    events: Vec<&'static crate::EventInfo>,
     schedules: Vec<ScheduleDef>,
     registered: bool,
     retry: RetryPolicy,
@@ -448,6 +454,7 @@ impl Default for BusBuilder {
             state: StateMap::default(),
             transport: None,
             handlers: Vec::new(),
+            events: Vec::new(),
             schedules: Vec::new(),
             registered: true,
             retry: RetryPolicy::default(),
@@ -488,6 +495,14 @@ impl BusBuilder {
     /// Adds a handler explicitly (besides those registered with `#[handler]`).
     pub fn handler(mut self, handler: HandlerDef) -> Self {
         self.handlers.push(handler);
+        self
+    }
+
+    /// Adds an event type besides those `#[derive(Event)]` registers in the
+    /// binary: one whose [`Event`] impl is written by hand, so that it is
+    /// known to this bus only.
+    pub fn event<E: Event>(mut self) -> Self {
+        self.events.push(E::info());
         self
     }
 
@@ -588,6 +603,7 @@ impl BusBuilder {
         }
         let events: Vec<_> = inventory::iter::<EventRegistration>()
             .map(|r| r.0)
+            .chain(self.events)
             .collect();
         let mut handlers: Vec<HandlerDef> = Vec::new();
         let mut schedules: Vec<ScheduleDef> = Vec::new();

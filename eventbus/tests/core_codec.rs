@@ -37,7 +37,7 @@ async fn bus() -> Bus {
 async fn typed_encoding_is_read_by_cloudevents_sdk() {
     let bus = bus().await;
     let event = sample();
-    let out = bus.encode(&event).unwrap();
+    let (_, out) = bus.encode(&event).unwrap();
     assert_eq!(out.event_type, "codec.review_created");
     let sdk: cloudevents::Event = serde_json::from_slice(&out.payload).unwrap();
     assert_eq!(sdk.specversion(), cloudevents::event::SpecVersion::V10);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use eventbus::bus::RetryPolicy;
+use eventbus::RetryPolicy;
 use eventbus::{Bus, Context, Event, HandlerDef};
 use parking_lot::Mutex;
 use redis_support::*;
@@ -560,7 +560,7 @@ async fn a_stopping_instance_hands_back_events_it_never_saw() {
     const STEAL: &str = "for i = 1, #ARGV - 2 do redis.call('XADD', KEYS[1], '*', 'cloud_event', ARGV[i + 2]) end \
         return #redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 100, 'STREAMS', KEYS[1], '>')[1][2]";
     let payloads: Vec<_> = (1..=3)
-        .map(|n| bus.encode(&Ping { n }).unwrap().payload)
+        .map(|n| bus.encode(&Ping { n }).unwrap().1.payload)
         .collect();
     let mut args: Vec<&[u8]> = vec![
         b"EVAL",

@@ -433,12 +433,7 @@ impl Outbox {
         E: Event,
         C: OutboxConnection + ?Sized,
     {
-        let message = self.bus.encode(event)?;
-        let attrs = crate::codec::Attributes::parse(&message.payload)?;
-        let id = uuid::Uuid::parse_str(&attrs.id).map_err(|e| Error::Outbox {
-            message: format!("the event id `{}` is not a UUID: {e}", attrs.id),
-            source: None,
-        })?;
+        let (id, message) = self.bus.encode(event)?;
         let payload = std::str::from_utf8(&message.payload).map_err(|e| Error::Outbox {
             message: format!("the encoded `{}` event is not UTF-8: {e}", E::TYPE),
             source: None,
