@@ -47,7 +47,7 @@ pub struct ConsumerOptions {
     pub claim_idle: Duration,
     /// How often to look for such entries.
     pub claim_interval: Duration,
-    /// How often a consumer of [`Types::All`] looks for new event types.
+    /// How often a consumer of `Topics::All` looks for new event types.
     pub types_poll: Duration,
     /// How often to look for delayed retries scheduled by other consumers of
     /// the group (own retries are tracked locally and fire on time).

@@ -188,7 +188,7 @@ impl HandlerDef {
 }
 
 /// An async function usable as a handler: `async fn(E) -> R` or
-/// `async fn(E, Context) -> R`, where `E` is an [`Event`] (or [`CloudEvent`]
+/// `async fn(E, Context) -> R`, where `E` is an [`Event`](crate::Event) (or [`CloudEvent`](crate::CloudEvent)
 /// for a global handler) and `R` is `()` or `Result<(), impl Display>`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an eventbus handler",

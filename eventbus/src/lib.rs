@@ -3,7 +3,7 @@
 
 mod bus;
 mod context;
-pub mod handler;
+mod handler;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod outbox;
@@ -24,7 +24,8 @@ pub use eventbus_core::error;
 /// The [`Event`] trait and [`EventInfo`] (`eventbus-core`'s).
 pub use eventbus_core::event;
 pub use eventbus_core::{Envelope, Error, Event, EventInfo, Result, RetryPolicy};
-pub use handler::HandlerDef;
+pub use handler::{ContextArg, HandlerDef, HandlerMeta, HandlerReturn, IntoHandler};
+pub use eventbus_core::arg::HandlerArg;
 pub use schedule::ScheduleDef;
 pub use transport::DeadLetter;
 
