@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use eventbus::bus::RetryPolicy;
+use eventbus::RetryPolicy;
 use eventbus::{Bus, CloudEvent, Context, Event, handler, schedule};
 use uuid::Uuid;
 

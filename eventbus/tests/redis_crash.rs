@@ -431,7 +431,7 @@ async fn a_redis_restart_loses_nothing_and_consumers_resume() {
     let bus = Bus::builder()
         .service("svc")
         .without_registered()
-        .retry_policy(eventbus::bus::RetryPolicy {
+        .retry_policy(eventbus::RetryPolicy {
             initial: Duration::from_millis(500),
             max: Duration::from_secs(1),
         })

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use eventbus::bus::RetryPolicy;
+use eventbus::RetryPolicy;
 use eventbus::codec::Attributes;
 use eventbus::outbox::{self, Database, Relay, RelayOptions};
 use eventbus::transport::{DeadLetter, GroupSpec, Outgoing, Subscriber, Transport};

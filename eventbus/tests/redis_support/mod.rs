@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use eventbus::bus::RetryPolicy;
+use eventbus::RetryPolicy;
 use eventbus::transport::redis::RedisTransport;
 use eventbus_redis::{ConsumerOptions, RedisConfig};
 #[allow(unused_imports)] // not every test binary uses every wait
