@@ -244,6 +244,7 @@ mod broken {
         a_replay_to_every_group: ReplayToAll => dead_letters_are_listed_and_replayed_to_their_group;
         a_delay_that_is_ignored: NoDelay => delayed_events_are_delivered_when_due;
         a_tick_claimed_by_everyone: EveryoneClaims => a_schedule_fires_once_per_tick_across_instances;
+        a_tick_claimed_twice: EveryoneClaims => each_tick_is_claimed_by_one_connection;
         batches_out_of_order: Reversed => events_of_one_type_arrive_in_publish_order;
     }
 }
