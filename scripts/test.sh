@@ -45,9 +45,20 @@ cargo test --workspace --all-features 2>&1 | tee "$log"
 echo "==> the example runs on the default transport"
 cargo run --quiet --example reviews > /dev/null
 
-echo "==> every feature builds on its own"
-for features in "" memory redis redis-tls postgres sqlite; do
-  cargo check --quiet -p eventbus --no-default-features ${features:+--features "$features"}
-done
+echo "==> cargo doc (all features, warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+
+echo "==> every feature of every published crate builds on its own"
+check_features() {
+  local crate=$1; shift
+  for features in "$@"; do
+    cargo check --quiet -p "$crate" --no-default-features ${features:+--features "$features"}
+  done
+}
+check_features eventbus-core ""
+check_features eventbus "" memory test-util redis redis-tls postgres sqlite
+check_features eventbus-redis "" tls
+check_features eventbus-catalog ""
+check_features eventbus-cli "" postgres sqlite redis redis-tls
 echo "all checks passed"
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
