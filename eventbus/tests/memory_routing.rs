@@ -1,11 +1,12 @@
-//! Registered (#[handler]) handlers, deprecations, global handlers, delays
-//! and recurring schedules on the memory transport.
+//! Registered (#[handler]) handlers and deprecations on the memory
+//! transport: `replaced_by` upcasts, `aliases`, the deprecation warning.
+//! (Global handlers, delays and schedules are the transport contract:
+//! `conformance_memory.rs`.)
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use eventbus::testing::TestBus;
-use eventbus::{Bus, CloudEvent, Context, Event, handler, schedule};
+use eventbus::{Bus, Context, Event, handler};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -40,18 +41,6 @@ impl From<ReviewApproved> for ModerateAction {
 #[event("rt.id_user_changed", aliases = ["rt.sso_user_changed"])]
 pub struct IdUserChanged {
     pub action: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Event)]
-#[event("rt.tick")]
-pub struct Tick {
-    pub n: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Event)]
-#[event("rt.reminder")]
-pub struct Reminder {
-    pub id: u32,
 }
 
 /// What the registered handlers saw: (handler, type as published, detail).
@@ -93,30 +82,6 @@ async fn on_review_approved(e: ReviewApproved, ctx: Context) {
 async fn on_user_changed(e: IdUserChanged, ctx: Context) {
     ctx.state::<Arc<Log>>()
         .push("on_user_changed", &ctx, e.action);
-}
-
-#[handler]
-async fn on_reminder(e: Reminder, ctx: Context) {
-    let now = tokio::time::Instant::now();
-    ctx.state::<Arc<Log>>()
-        .push("on_reminder", &ctx, format!("{} {:?}", e.id, now));
-}
-
-#[handler(all)]
-async fn audit(e: CloudEvent, ctx: Context) {
-    use eventbus::cloudevents::AttributesReader;
-    ctx.state::<Arc<Log>>()
-        .push("audit", &ctx, e.id().to_owned());
-}
-
-#[schedule(every = "10s")]
-async fn ticker() -> Tick {
-    Tick { n: 1 }
-}
-
-#[handler]
-async fn on_tick(_e: Tick, ctx: Context) {
-    ctx.state::<Arc<Log>>().push("on_tick", &ctx, String::new());
 }
 
 async fn start(log: &Arc<Log>) -> TestBus {
@@ -181,85 +146,6 @@ async fn aliases_decode_old_names_as_the_new_type() {
         ]
     );
     test.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn global_handlers_see_every_type_even_unknown_ones() {
-    let log = Arc::new(Log::default());
-    let test = start(&log).await;
-    let foreign = eventbus::codec::decode_cloudevent(
-        br#"{"specversion":"1.0","id":"f-1","type":"billing.invoice_paid","source":"/billing","data":{"amount":3}}"#,
-    )
-    .unwrap();
-    test.bus().publish_cloudevent(&foreign).await.unwrap();
-    test.bus()
-        .publish(IdUserChanged {
-            action: "update".into(),
-        })
-        .await
-        .unwrap();
-    test.settle().await;
-    let types: Vec<String> = log.of("audit").into_iter().map(|(t, _)| t).collect();
-    assert!(
-        types.contains(&"billing.invoice_paid".to_owned()),
-        "{types:?}"
-    );
-    assert!(
-        types.contains(&"rt.id_user_changed".to_owned()),
-        "{types:?}"
-    );
-    assert!(log.of("audit").iter().any(|(_, id)| id == "f-1"));
-    test.stop().await.unwrap();
-}
-
-#[tokio::test(start_paused = true)]
-async fn publish_after_waits_for_the_delay() {
-    let log = Arc::new(Log::default());
-    let test = start(&log).await;
-    let t0 = tokio::time::Instant::now();
-    test.bus()
-        .publish_after(Reminder { id: 3 }, Duration::from_secs(3600))
-        .await
-        .unwrap();
-    test.settle().await;
-    assert!(log.of("on_reminder").is_empty(), "not before the delay");
-    tokio::time::sleep(Duration::from_secs(3599)).await;
-    test.settle().await;
-    assert!(log.of("on_reminder").is_empty(), "not before the delay");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    test.settle().await;
-    let got = log.of("on_reminder");
-    assert_eq!(got.len(), 1);
-    let elapsed = tokio::time::Instant::now() - t0;
-    assert!(elapsed >= Duration::from_secs(3600));
-    test.stop().await.unwrap();
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_recurring_schedule_fires_once_per_tick_across_instances() {
-    let log = Arc::new(Log::default());
-    // Two instances of the service on one shared transport.
-    let a = Bus::builder()
-        .service("rt-sched")
-        .state(log.clone())
-        .connect("memory://schedule-test")
-        .await
-        .unwrap();
-    let b = Bus::builder()
-        .service("rt-sched")
-        .state(log.clone())
-        .connect("memory://schedule-test")
-        .await
-        .unwrap();
-    let (ra, rb) = (a.spawn(), b.spawn());
-    tokio::time::sleep(Duration::from_secs(65)).await;
-    ra.shutdown().await.unwrap();
-    rb.shutdown().await.unwrap();
-    let ticks = log.of("on_tick").len();
-    assert!(
-        (6..=7).contains(&ticks),
-        "every 10 s for 65 s, once each: got {ticks}"
-    );
 }
 
 #[tokio::test(flavor = "current_thread")]
