@@ -62,7 +62,9 @@ pub mod __private {
     pub use crate::bus::Bus;
     pub use crate::event::{EventInfo, schema_of, upcast};
     pub use crate::handler::{HandlerDef, HandlerMeta, check};
-    pub use crate::registry::{EventRegistration, HandlerRegistration, ScheduleRegistration};
+    pub use crate::registry::registration::{
+        EventRegistration, HandlerRegistration, ScheduleRegistration,
+    };
     pub use crate::schedule::{ScheduleDef, ScheduleOutput, When, publish_output};
     pub type Result<T> = crate::error::Result<T>;
 

@@ -13,20 +13,25 @@ use crate::event::{EventInfo, Upcast};
 use crate::handler::HandlerDef;
 use crate::schedule::ScheduleDef;
 
-/// An event type, submitted by `#[derive(Event)]`.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct EventRegistration(pub &'static EventInfo);
+pub(crate) use registration::{EventRegistration, HandlerRegistration, ScheduleRegistration};
 
-/// A handler, submitted by `#[handler]`.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct HandlerRegistration(pub fn() -> HandlerDef);
+/// What the macros submit; reachable from outside only as
+/// `eventbus::__private::*Registration`.
+pub(crate) mod registration {
+    use super::{EventInfo, HandlerDef, ScheduleDef};
 
-/// A recurring schedule, submitted by `#[schedule]`.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct ScheduleRegistration(pub fn() -> ScheduleDef);
+    /// An event type, submitted by `#[derive(Event)]`.
+    #[derive(Debug)]
+    pub struct EventRegistration(pub &'static EventInfo);
+
+    /// A handler, submitted by `#[handler]`.
+    #[derive(Debug)]
+    pub struct HandlerRegistration(pub fn() -> HandlerDef);
+
+    /// A recurring schedule, submitted by `#[schedule]`.
+    #[derive(Debug)]
+    pub struct ScheduleRegistration(pub fn() -> ScheduleDef);
+}
 
 inventory::collect!(EventRegistration);
 inventory::collect!(HandlerRegistration);
