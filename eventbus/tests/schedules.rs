@@ -36,17 +36,12 @@ impl Ticks {
         }
     }
 
-    /// Records now, in whole seconds of the bus's wall clock (a paused
-    /// clock's timer wakes within a millisecond of the tick).
+    /// Records now, on the bus's wall clock.
     fn record(&self) {
-        let secs = (self.start + self.t0.elapsed())
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
         self.seen
             .lock()
             .unwrap()
-            .push(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            .push(self.start + self.t0.elapsed());
     }
 
     /// A producer for a schedule made at run time: records, then publishes a `Tick`.
@@ -73,6 +68,8 @@ fn utc(rfc3339: &str) -> SystemTime {
     DateTime::parse_from_rfc3339(rfc3339).unwrap().into()
 }
 
+/// `t` in UTC to the second: a paused clock's timer wakes within a
+/// millisecond after the tick, and that fraction is dropped.
 fn rfc3339(t: SystemTime) -> String {
     DateTime::<Utc>::from(t)
         .format("%Y-%m-%dT%H:%M:%SZ")
@@ -360,8 +357,9 @@ async fn a_producer_error_skips_its_tick_and_the_schedule_goes_on() {
     );
 }
 
-/// The macro path: `tz` names the zone; the interval/cron is checked at compile time.
+/// The macro path: `#[schedule]` functions record when they run.
 static MACRO_TICKS: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
+static MACRO_EVERY: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
 
 #[schedule(cron = "0 9 * * *", tz = "Europe/Berlin")]
 fn berlin_morning() -> Tick {
@@ -372,49 +370,116 @@ fn berlin_morning() -> Tick {
     Tick {}
 }
 
-#[tokio::test(start_paused = true)]
-async fn schedule_with_tz_fires_at_nine_local_across_spring_forward() {
-    let bus = Bus::builder()
-        .service("schedules-macro")
-        .schedule_clock(utc("2026-03-28T00:00:00Z"))
-        .build()
-        .await
-        .unwrap();
-    let registered: Vec<_> = bus
-        .registry()
+#[schedule(every = "10s")]
+async fn every_ten_seconds() -> Tick {
+    MACRO_EVERY
+        .lock()
+        .unwrap()
+        .push(tokio::time::Instant::now());
+    Tick {}
+}
+
+/// The schedule `#[schedule]` registered as `name`, so that each test runs
+/// only its own.
+fn registered(name: &str) -> ScheduleDef {
+    eventbus::registry::Registry::global()
+        .unwrap()
+        .schedules()
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap()
+        .clone()
+}
+
+/// `times` as RFC 3339, on a wall clock that read `start` at `t0`.
+fn wall(
+    start: SystemTime,
+    t0: tokio::time::Instant,
+    times: &[tokio::time::Instant],
+) -> Vec<String> {
+    times.iter().map(|t| rfc3339(start + (*t - t0))).collect()
+}
+
+#[test]
+fn schedule_hands_over_what_it_checked() {
+    let registered: Vec<_> = eventbus::registry::Registry::global()
+        .unwrap()
         .schedules()
         .iter()
         .map(|s| (s.name, s.when, s.when.to_string()))
         .collect();
     assert_eq!(
         registered,
-        [(
-            "berlin_morning",
-            When::CronIn {
-                expr: "0 9 * * *",
-                tz: "Europe/Berlin"
-            },
-            "cron `0 9 * * *` (Europe/Berlin)".to_owned()
-        )]
+        [
+            (
+                "berlin_morning",
+                When::CronIn {
+                    expr: "0 9 * * *",
+                    tz: "Europe/Berlin"
+                },
+                "cron `0 9 * * *` (Europe/Berlin)".to_owned()
+            ),
+            (
+                "every_ten_seconds",
+                When::Every("10s"),
+                "every 10s".to_owned()
+            ),
+        ]
     );
+}
 
+#[tokio::test(start_paused = true)]
+async fn schedule_with_tz_fires_at_nine_local_across_spring_forward() {
+    let start = utc("2026-03-28T00:00:00Z");
     let t0 = tokio::time::Instant::now();
-    let running = bus.spawn();
+    let running = Bus::builder()
+        .service("schedules-macro")
+        .without_registered()
+        .schedule(registered("berlin_morning"))
+        .schedule_clock(start)
+        .build()
+        .await
+        .unwrap()
+        .spawn();
     tokio::time::sleep(3 * DAY).await;
     running.shutdown().await.unwrap();
-    let start = utc("2026-03-28T00:00:00Z");
-    let seen: Vec<_> = MACRO_TICKS
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|t| rfc3339(start + Duration::from_secs((*t - t0).as_secs())))
-        .collect();
     assert_eq!(
-        seen,
+        wall(start, t0, &MACRO_TICKS.lock().unwrap()),
         [
             "2026-03-28T08:00:00Z",
             "2026-03-29T07:00:00Z",
             "2026-03-30T07:00:00Z"
         ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn schedule_fires_once_per_tick_across_two_instances() {
+    let start = utc("2026-01-01T00:00:00.500Z");
+    let t0 = tokio::time::Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let bus = Bus::builder()
+            .service("schedules-macro-two")
+            .without_registered()
+            .schedule(registered("every_ten_seconds"))
+            .schedule_clock(start)
+            .connect("memory://schedules-macro-two")
+            .await
+            .unwrap();
+        running.push(bus.spawn());
+    }
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    for r in running {
+        r.shutdown().await.unwrap();
+    }
+    assert_eq!(
+        wall(start, t0, &MACRO_EVERY.lock().unwrap()),
+        [
+            "2026-01-01T00:00:10Z",
+            "2026-01-01T00:00:20Z",
+            "2026-01-01T00:00:30Z"
+        ],
+        "each tick claimed by one of the two"
     );
 }
