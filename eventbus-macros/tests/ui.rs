@@ -1,7 +1,11 @@
 //! Compile-time diagnostics of `#[derive(Event)]`, `#[handler]` and `#[schedule]`.
 //!
+//! They live here, not in `eventbus`, so that trybuild builds `eventbus` (a
+//! dev-dependency) with its default features only: from `eventbus` under
+//! `--all-features` it would rebuild sqlx and redis for its test crate.
+//!
 //! The `.stderr` files were written with the toolchain pinned below
-//! (`TRYBUILD=overwrite cargo test -p eventbus --test ui`). Another rustc
+//! (`TRYBUILD=overwrite cargo test -p eventbus-macros --test ui`). Another rustc
 //! words its own notes differently, so with another version the test says so
 //! and skips (set `EVENTBUS_UI_STRICT=1` to run it anyway).
 
