@@ -140,7 +140,7 @@ impl Features {
 /// backend under test; every call reaches the same backend.
 ///
 /// Implemented by closures `Fn() -> impl Future<Output = Result<Arc<dyn Transport>>>`;
-/// see [`memory`] and [`url`].
+/// see [`memory`] and [`url()`].
 pub trait Connect: Send + Sync + 'static {
     /// A new connection.
     fn connect(&self) -> BoxFuture<'static, Result<Arc<dyn Transport>>>;
