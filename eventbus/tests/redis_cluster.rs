@@ -4,7 +4,7 @@
 //! events, schedule ticks) shares a hash tag, so it lives in one hash slot
 //! and the same code runs as on one server. What the bus does on a cluster
 //! (groups, retries, DLQ, replay, global handlers, delays, schedules) is the
-//! conformance suite's: `conformance_redis.rs`.
+//! conformance suite's: `eventbus-redis/tests/conformance.rs`.
 #![cfg(feature = "redis")]
 
 #[path = "redis_support/mod.rs"]

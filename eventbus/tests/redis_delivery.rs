@@ -1,9 +1,10 @@
 //! The bus on Redis Streams beyond the transport contract (which
-//! `conformance_redis.rs` runs): what it leaves on the wire (one consumer
-//! group per handler, one consumer per instance, nothing pending once
-//! settled, the DLQ stream's fields, the replay stream), entries a foreign
-//! producer writes with raw `XADD`, the hand-back of entries an instance
-//! never saw, and TLS. Against a real `redis-server` per test.
+//! `eventbus-redis/tests/conformance.rs` runs): what it leaves on the wire
+//! (one consumer group per handler, one consumer per instance, nothing
+//! pending once settled, the DLQ stream's fields, the replay stream),
+//! entries a foreign producer writes with raw `XADD`, the hand-back of
+//! entries an instance never saw, and TLS. Against a real `redis-server`
+//! per test.
 #![cfg(feature = "redis")]
 
 #[path = "redis_support/mod.rs"]

@@ -3,7 +3,7 @@
 //! an old producer writing the old stream), and where delayed events and
 //! claimed schedule ticks live on the wire. Mirrors `memory_routing.rs`;
 //! the transport contract (global handlers, delays, schedules once per
-//! tick) is `conformance_redis.rs`.
+//! tick) is `eventbus-redis/tests/conformance.rs`.
 #![cfg(feature = "redis")]
 
 #[path = "redis_support/mod.rs"]

@@ -1,15 +1,17 @@
-//! The transport conformance suite (`eventbus::testing::conformance`) on
-//! Redis: Streams, pub/sub (`?mode=pubsub`, at-most-once, no competing
-//! consumers) and a 3-node Redis Cluster (`redis+cluster://`), against
-//! servers started by testkit on free loopback ports.
+//! The transport contract (`eventbus::testing::conformance`) on this
+//! crate's [`RedisTransport`]: Streams, pub/sub (`?mode=pubsub`,
+//! at-most-once, no competing consumers) and a 3-node Redis Cluster
+//! (`redis+cluster://`), against servers started by testkit on free
+//! loopback ports.
 //!
 //! The scenarios of one binary share a server (and a cluster): each holds
 //! it while it runs, and the last one to finish stops it.
-#![cfg(feature = "redis")]
 
 use std::sync::{Arc, Mutex, Weak};
 
 use eventbus::testing::conformance::{Connect, Features};
+use eventbus::transport::Transport;
+use eventbus_redis::RedisTransport;
 use testkit::{RedisCluster, RedisServer};
 
 /// On every connection: a lost subscriber's deliveries are taken over after
@@ -39,7 +41,10 @@ fn connect_holding<S: Send + Sync + 'static>(server: Arc<S>, url: String) -> imp
     move || {
         let _running = &server;
         let url = url.clone();
-        async move { eventbus::transport::connect(&url).await }
+        async move {
+            let transport = RedisTransport::connect(&url).await?;
+            Ok(Arc::new(transport) as Arc<dyn Transport>)
+        }
     }
 }
 
