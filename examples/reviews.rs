@@ -11,6 +11,9 @@
 //! handled (including a job that fails, is retried and ends in the dead-letter
 //! queue, and a deprecated event delivered to the handler of its
 //! replacement), then a sorted summary, and exits 0.
+//!
+//! The scenario is [`run`]; `examples/tests/reviews_redis.rs` calls it on
+//! memory and on a real `redis-server` and compares the two [`Report`]s.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -236,15 +239,44 @@ async fn main() -> anyhow::Result<()> {
         .with_target(false)
         .init();
 
-    let bus = Bus::builder()
+    let report = run(None).await?;
+    println!("\ndead-letter queue:");
+    for line in &report.dead_letters {
+        println!("  {line}");
+    }
+    println!("\nsummary (handler <- type: times; schedule ticks shown once):");
+    for line in &report.summary {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// How a run of the scenario ended.
+#[derive(Debug)]
+pub struct Report {
+    /// The transport's name (`memory`, `redis-streams`, ...).
+    pub transport: &'static str,
+    /// The dead letters: type, group, attempts and error.
+    pub dead_letters: Vec<String>,
+    /// `handler <- type: times`, sorted; a schedule's ticks count once.
+    pub summary: Vec<String>,
+}
+
+/// Runs the scenario on `url` (`None`: `EVENTBUS_URL`, default `memory://`),
+/// printing its trace, until every handler saw its events and the failing
+/// job is dead-lettered.
+pub async fn run(url: Option<&str>) -> anyhow::Result<Report> {
+    let builder = Bus::builder()
         .service("reviews")
         .state(Trace::default())
         .retry_policy(RetryPolicy {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(400),
-        })
-        .connect_env()
-        .await?;
+        });
+    let bus = match url {
+        Some(url) => builder.connect(url).await?,
+        None => builder.connect_env().await?,
+    };
     println!("eventbus reviews example on {}\n", bus.transport().name());
 
     let running = bus.spawn();
@@ -338,24 +370,35 @@ async fn main() -> anyhow::Result<()> {
     };
     running.shutdown().await?;
 
-    println!("\ndead-letter queue:");
-    for d in &dead {
-        println!(
-            "  {} in group {} after {} attempts: {}",
-            d.event_type.as_deref().unwrap_or("?"),
-            d.group,
-            d.attempts,
-            d.error
-        );
-    }
-    println!("\nsummary (handler <- type: times; schedule ticks shown once):");
-    for (key, n) in trace.handled.lock().unwrap().iter() {
-        let n = if key.contains("moderation_stats_due") {
-            1
-        } else {
-            *n
-        };
-        println!("  {key}: {n}");
-    }
-    Ok(())
+    let dead_letters = dead
+        .iter()
+        .map(|d| {
+            format!(
+                "{} in group {} after {} attempts: {}",
+                d.event_type.as_deref().unwrap_or("?"),
+                d.group,
+                d.attempts,
+                d.error
+            )
+        })
+        .collect();
+    let summary = trace
+        .handled
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(key, n)| {
+            let n = if key.contains("moderation_stats_due") {
+                1
+            } else {
+                *n
+            };
+            format!("{key}: {n}")
+        })
+        .collect();
+    Ok(Report {
+        transport: bus.transport().name(),
+        dead_letters,
+        summary,
+    })
 }
