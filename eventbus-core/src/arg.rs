@@ -115,4 +115,3 @@ impl<E: Event, X: fmt::Display + Send + 'static> ScheduleOutput for std::result:
         self.map_err(|e| format!("{e:#}"))
     }
 }
-

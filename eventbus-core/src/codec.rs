@@ -250,7 +250,11 @@ fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
     let (id, rest) = plain(rest)?;
     let (ty, rest) = plain(rest.strip_prefix(r#","type":""#)?)?;
     let (source, rest) = plain(rest.strip_prefix(r#","source":""#)?)?;
+    let after_source = rest;
     let mut rest = rest.strip_prefix(r#","datacontenttype":"application/json""#)?;
+    // `application/json` as it stands in the message (so an envelope keeps
+    // its position rather than a copy).
+    let content_type = &after_source[20..36];
     let mut subject = None;
     if let Some(after) = rest.strip_prefix(r#","subject":""#) {
         let (s, after) = plain(after)?;
@@ -266,7 +270,7 @@ fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
         source: Cow::Borrowed(source),
         subject,
         time: Some(Cow::Borrowed(time)),
-        datacontenttype: Some(Cow::Borrowed("application/json")),
+        datacontenttype: Some(Cow::Borrowed(content_type)),
         dataschema: None,
         extensions: Vec::new(),
         data: None,
@@ -383,7 +387,10 @@ where
                 }
                 _ => {
                     let raw = map.next_value::<&'de RawValue>()?;
-                    if extensions.iter().any(|(k, _): &(Cow<'de, str>, _)| *k == key) {
+                    if extensions
+                        .iter()
+                        .any(|(k, _): &(Cow<'de, str>, _)| *k == key)
+                    {
                         return Err(serde::de::Error::custom(format_args!(
                             "duplicate attribute `{key}`"
                         )));
@@ -805,6 +812,15 @@ mod tests {
             assert_eq!(fast.datacontenttype, slow.datacontenttype);
             assert_eq!(data, slow.data.unwrap().get());
         }
+        // What the typed fast path reads, an envelope keeps as positions:
+        // building it allocates nothing.
+        let (attrs, _) = parse_typed::<Plain, _>(&without, |_| true).unwrap();
+        assert_eq!(crate::Envelope::new(without.clone(), &attrs).copies(), 0);
+        let (attrs, _) = parse_typed::<Note, _>(&with_subject, |_| true).unwrap();
+        let envelope = crate::Envelope::new(with_subject.clone(), &attrs);
+        assert_eq!(envelope.copies(), 0);
+        assert_eq!(envelope.datacontenttype(), Some("application/json"));
+        assert_eq!(envelope.subject(), Some("k-1"));
         assert_eq!(decode::<Note>(&with_subject).unwrap(), note);
         assert_eq!(decode::<Plain>(&without).unwrap(), Plain { n: 7 });
     }

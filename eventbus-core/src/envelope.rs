@@ -29,7 +29,9 @@ impl Text {
         let base = payload.as_ptr() as usize;
         let at = s.as_ptr() as usize;
         match at.checked_sub(base) {
-            Some(start) if start + s.len() <= payload.len() && start + s.len() <= u32::MAX as usize => {
+            Some(start)
+                if start + s.len() <= payload.len() && start + s.len() <= u32::MAX as usize =>
+            {
                 Text::At(start as u32, (start + s.len()) as u32)
             }
             _ => Text::Owned(s.into()),
@@ -153,6 +155,28 @@ impl Envelope {
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, v)| v)
+    }
+
+    /// How many attribute values are copies rather than positions in the
+    /// message (each one an allocation).
+    #[cfg(test)]
+    pub(crate) fn copies(&self) -> usize {
+        let texts = [Some(&self.id), Some(&self.ty), Some(&self.source)]
+            .into_iter()
+            .chain(
+                [
+                    &self.subject,
+                    &self.time,
+                    &self.datacontenttype,
+                    &self.dataschema,
+                ]
+                .map(Option::as_ref),
+            );
+        texts
+            .flatten()
+            .filter(|t| matches!(t, Text::Owned(_)))
+            .count()
+            + self.extensions.len()
     }
 
     /// Every extension attribute, in message order.

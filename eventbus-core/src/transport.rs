@@ -294,7 +294,11 @@ pub trait Transport: Send + Sync + 'static {
     /// now on are kept for it even before anyone subscribes.
     fn declare<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<()>>;
 
-    /// Joins `group` as one more competing subscriber (declaring it if needed).
+    /// Joins `group` as one more competing subscriber (declaring it if
+    /// needed). Returns once the subscription is live: whatever is published
+    /// after it returned reaches the subscriber (the conformance suite
+    /// relies on this; a pub/sub transport waits for its SUBSCRIBE to be
+    /// confirmed).
     fn subscribe<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>>;
 
     /// Claims tick `tick_ms` of the recurring schedule `schedule`; true for exactly one caller.

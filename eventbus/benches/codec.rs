@@ -4,6 +4,9 @@
 //!
 //! `cargo bench -p eventbus --bench codec`
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use eventbus::{Bus, Event, codec};
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,43 @@ struct ModerateAction {
     model_name: String,
     #[event(subject)]
     id: uuid::Uuid,
+}
+
+/// Counts heap allocations, to report them per encode and decode.
+struct CountingAlloc;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counter is the only addition.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Allocations per call of `f`, over 1,000 calls.
+fn allocs_per_call<T>(mut f: impl FnMut() -> T) -> f64 {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..1_000 {
+        black_box(f());
+    }
+    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1_000.0
 }
 
 fn sample() -> ModerateAction {
@@ -39,6 +79,14 @@ fn codec_benches(c: &mut Criterion) {
     let event = sample();
     let payload_json = serde_json::to_vec(&event).unwrap();
     let envelope = bus.encode(&event).unwrap().1.payload;
+
+    println!(
+        "allocations per call: encode {:.2} (payload only {:.2}), decode {:.2} (payload only {:.2})",
+        allocs_per_call(|| bus.encode(&event).unwrap()),
+        allocs_per_call(|| serde_json::to_vec(&event).unwrap()),
+        allocs_per_call(|| codec::decode::<ModerateAction>(&envelope).unwrap()),
+        allocs_per_call(|| serde_json::from_slice::<ModerateAction>(&payload_json).unwrap()),
+    );
 
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
