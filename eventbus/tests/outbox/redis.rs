@@ -3,7 +3,6 @@
 //! processes over 10,000 rows: `eventbus-cli/tests/outbox_cli.rs`.)
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
-mod outbox_common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use eventbus::Bus;
 use eventbus::codec::Attributes;
 use eventbus::outbox::RelayOptions;
-use outbox_common::*;
+use crate::common::*;
 use testkit::RedisServer;
 
 fn redis() -> RedisServer {

@@ -5,18 +5,13 @@
 //! and the same code runs as on one server. What the bus does on a cluster
 //! (groups, retries, DLQ, replay, global handlers, delays, schedules) is the
 //! conformance suite's: `eventbus-redis/tests/conformance.rs`.
-#![cfg(feature = "redis")]
-
-#[path = "redis_support/mod.rs"]
-mod redis_support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use eventbus::{Bus, CloudEvent, Context, Event, HandlerDef, ScheduleDef};
 use parking_lot::Mutex;
-use redis_support::*;
+use crate::support::*;
 use serde::{Deserialize, Serialize};
 use testkit::RedisCluster;
 

@@ -1,13 +1,12 @@
 //! Interop with Python services: the django-broadcaster stream layout, and
 //! structured events read back by the Python `cloudevents` SDK.
 
-mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eventbus_core::transport::Topics;
 use serde_json::json;
 
@@ -204,7 +203,7 @@ async fn python_cloudevents_sdk_reads_what_we_write() {
     read_n(&consumer, 1, Duration::from_secs(5)).await;
 
     // A legacy payload wrapped by us.
-    let pubsub = common::client(&with(&server.url(), "mode=pubsub")).await;
+    let pubsub = crate::common::client(&with(&server.url(), "mode=pubsub")).await;
     let sub = pubsub
         .consumer("g", only(&["review_approved"]), fast_opts())
         .await

@@ -4,17 +4,12 @@
 //! claimed schedule ticks live on the wire. Mirrors `memory_routing.rs`;
 //! the transport contract (global handlers, delays, schedules once per
 //! tick) is `eventbus-redis/tests/conformance.rs`.
-#![cfg(feature = "redis")]
-
-#[path = "redis_support/mod.rs"]
-mod redis_support;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use eventbus::{Bus, Context, Event, handler, schedule};
 use parking_lot::Mutex;
-use redis_support::*;
+use crate::support::*;
 use serde::{Deserialize, Serialize};
 
 /// Triggered when the review is approved by moderators.

@@ -1,11 +1,10 @@
 //! The same code on a 3-node Redis Cluster: Streams, retries, the DLQ,
 //! schedules, ticks, trimming and pub/sub.
 
-mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use eventbus_core::transport::{DeadLetterInfo, Topics};
 use serde_json::json;
 use testkit::RedisCluster;
@@ -74,7 +73,7 @@ async fn streams_schedule_and_dlq_on_a_cluster() {
     a.ack(&[s.id]).await.unwrap();
 
     // Ticks.
-    let other_client = common::client(&url).await;
+    let other_client = crate::common::client(&url).await;
     assert!(client.claim_tick("cron", 10).await.unwrap());
     assert!(!other_client.claim_tick("cron", 10).await.unwrap());
 

@@ -4,11 +4,10 @@
 //! the certificates do not fit.
 #![cfg(feature = "tls")]
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eventbus_redis::{Client, Error, RedisConfig};
 use eventbus_core::transport::{Topics};
 use serde_json::json;

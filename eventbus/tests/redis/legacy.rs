@@ -2,18 +2,13 @@
 //! a real `redis-server` per test: bare-JSON pub/sub (`?mode=pubsub&codec=legacy`)
 //! in both directions, including a deprecated legacy channel reaching the
 //! handler of its replacement, and the django-broadcaster stream layout.
-#![cfg(feature = "redis")]
-
-#[path = "redis_support/mod.rs"]
-mod redis_support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
 use eventbus::{Bus, CloudEvent, Context, Event, HandlerDef};
 use parking_lot::Mutex;
-use redis_support::*;
+use crate::support::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

@@ -5,11 +5,6 @@
 //! entries a foreign producer writes with raw `XADD`, the hand-back of
 //! entries an instance never saw, and TLS. Against a real `redis-server`
 //! per test.
-#![cfg(feature = "redis")]
-
-#[path = "redis_support/mod.rs"]
-mod redis_support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +12,7 @@ use std::time::Duration;
 
 use eventbus::{Bus, Event, HandlerDef};
 use parking_lot::Mutex;
-use redis_support::*;
+use crate::support::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Event)]

@@ -1,11 +1,10 @@
 //! Streams mode: the dead-letter queue (list, replay to one group, delete,
 //! purge) and bounded streams.
 
-mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use eventbus_core::transport::{DeadLetterInfo, Topics};
 use serde_json::json;
 

@@ -1,11 +1,10 @@
 //! Pub/sub mode: CloudEvents and legacy payloads, raw PUBLISH interop,
 //! counted drops, retries and the DLQ.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eventbus_redis::cloudevents::AttributesReader;
 use eventbus_redis::{ConsumerOptions};
 use eventbus_core::transport::{DeadLetterInfo, Topics};

@@ -1,11 +1,10 @@
 //! Streams mode: delayed retries, delivery counts, reclaiming from dead
 //! consumers, poison messages.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use eventbus_core::transport::{DeadLetterInfo, Topics};
 use serde_json::json;
 

@@ -1,6 +1,5 @@
 //! Connecting: actionable errors, passwords never shown.
 
-mod common;
 
 use std::net::TcpListener;
 

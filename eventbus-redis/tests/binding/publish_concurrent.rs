@@ -1,11 +1,10 @@
 //! Concurrent publishes share pipelines: every event arrives once, in each
 //! caller's order, and one caller's failure is not another's.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eventbus_redis::{StartFrom};
 use eventbus_core::transport::{Topics};
 use serde_json::json;

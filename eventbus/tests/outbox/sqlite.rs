@@ -1,10 +1,9 @@
 //! The outbox on SQLite (a file in a temporary directory).
 #![cfg(feature = "sqlite")]
 
-mod outbox_common;
 
 use eventbus::outbox::{self, RelayOptions};
-use outbox_common::*;
+use crate::common::*;
 
 /// Not a test: the body of the child relay processes (see `Child::spawn`).
 #[tokio::test]
@@ -40,17 +39,17 @@ async fn a_failing_row_holds_back_the_rows_of_its_key_until_it_is_failed() {
 
 #[tokio::test]
 async fn two_relay_processes_deliver_10000_rows_once_each() {
-    two_relay_processes(Db::sqlite().await, "child_relay", false).await;
+    two_relay_processes(Db::sqlite().await, "sqlite::child_relay", false).await;
 }
 
 #[tokio::test]
 async fn a_relay_killed_after_claiming_loses_nothing() {
-    killed_relay_loses_nothing(Db::sqlite().await, "child_relay", "hang").await;
+    killed_relay_loses_nothing(Db::sqlite().await, "sqlite::child_relay", "hang").await;
 }
 
 #[tokio::test]
 async fn a_relay_killed_after_publishing_before_commit_loses_nothing() {
-    killed_relay_loses_nothing(Db::sqlite().await, "child_relay", "write-then-hang").await;
+    killed_relay_loses_nothing(Db::sqlite().await, "sqlite::child_relay", "write-then-hang").await;
 }
 
 #[tokio::test]

@@ -1,12 +1,11 @@
 //! The outbox on a real PostgreSQL (a private cluster started by `testkit`).
 #![cfg(feature = "postgres")]
 
-mod outbox_common;
 
 use std::time::Duration;
 
 use eventbus::outbox::{self, RelayOptions};
-use outbox_common::*;
+use crate::common::*;
 
 /// Not a test: the body of the child relay processes (see `Child::spawn`).
 #[tokio::test]
@@ -42,17 +41,17 @@ async fn a_failing_row_holds_back_the_rows_of_its_key_until_it_is_failed() {
 
 #[tokio::test]
 async fn two_relay_processes_deliver_10000_rows_once_each() {
-    two_relay_processes(Db::postgres().await, "child_relay", true).await;
+    two_relay_processes(Db::postgres().await, "postgres::child_relay", true).await;
 }
 
 #[tokio::test]
 async fn a_relay_killed_after_claiming_loses_nothing() {
-    killed_relay_loses_nothing(Db::postgres().await, "child_relay", "hang").await;
+    killed_relay_loses_nothing(Db::postgres().await, "postgres::child_relay", "hang").await;
 }
 
 #[tokio::test]
 async fn a_relay_killed_after_publishing_before_commit_loses_nothing() {
-    killed_relay_loses_nothing(Db::postgres().await, "child_relay", "write-then-hang").await;
+    killed_relay_loses_nothing(Db::postgres().await, "postgres::child_relay", "write-then-hang").await;
 }
 
 /// Transport down: rows stay pending with growing attempts, the relay holds

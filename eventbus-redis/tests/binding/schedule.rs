@@ -1,11 +1,10 @@
 //! Durable schedules: the mover script, many movers, recurring ticks.
 
-mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use eventbus_redis::{SchedulerOptions};
 use eventbus_core::transport::{Topics};
 use serde_json::json;
@@ -77,7 +76,7 @@ async fn many_movers_move_each_entry_once() {
     // Eight instances, each with its own connection, racing to move.
     let mut movers = Vec::new();
     for _ in 0..8 {
-        let c = common::client(&server.url()).await;
+        let c = crate::common::client(&server.url()).await;
         movers.push(c.spawn_scheduler(SchedulerOptions::default()));
     }
     let got = read_n(&consumer, n as usize, Duration::from_secs(10)).await;

@@ -1,12 +1,11 @@
 //! Redis restarts (append-only file on): nothing published before is lost,
 //! pending entries are not forgotten, publishers and consumers reconnect.
 
-mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use eventbus_core::transport::Topics;
 use serde_json::json;
 use testkit::{RedisOptions, RedisServer};

@@ -6,11 +6,6 @@
 //! The worker and publisher processes are this test binary run again with
 //! `EVENTBUS_E2E_CHILD` set (see [`child_process`]), so no extra binary is
 //! needed; they append what they handled to a log file the test reads.
-#![cfg(feature = "redis")]
-
-#[path = "redis_support/mod.rs"]
-mod redis_support;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use eventbus::{Bus, Context, Event, HandlerDef};
 use parking_lot::Mutex;
-use redis_support::*;
+use crate::support::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Event)]
@@ -171,7 +166,7 @@ fn spawn_child(mode: &str, url: &str, log: &Path) -> Child {
     Command::new(std::env::current_exe().expect("the test binary"))
         .args([
             "--exact",
-            "child_process",
+            "crash::child_process",
             "--nocapture",
             "--test-threads=1",
         ])

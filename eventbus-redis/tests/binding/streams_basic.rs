@@ -1,11 +1,10 @@
 //! Streams mode: publish, consume, ack; groups; global consumers; legacy codec.
 
-mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eventbus_redis::{StartFrom};
 use eventbus_core::transport::{Topics};
 use serde_json::json;

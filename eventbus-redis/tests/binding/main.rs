@@ -1,0 +1,16 @@
+//! The binding's own API against real redis-servers (one test binary for
+//! the area): Streams, pub/sub, schedules, the DLQ, restarts, TLS, a cluster,
+//! the django-broadcaster layout with a Python peer.
+
+mod common;
+mod cluster;
+mod connect;
+mod django_interop;
+mod publish_concurrent;
+mod pubsub;
+mod schedule;
+mod streams_basic;
+mod streams_dlq;
+mod streams_restart;
+mod streams_retry;
+mod tls;

@@ -1,0 +1,10 @@
+//! eventbus in one process (one test binary for the area): the conformance
+//! suite on `memory://`, the handler's context, the codec against
+//! cloudevents-sdk, delivery details beyond the transport contract,
+//! deprecations and routing.
+
+mod conformance;
+mod context;
+mod codec;
+mod delivery;
+mod routing;

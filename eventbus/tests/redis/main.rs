@@ -1,0 +1,12 @@
+//! eventbus on Redis, end to end against real redis-servers (one test binary
+//! for the area): crashes and takeover, the legacy catalogue and its codec,
+//! routing, deprecations, a cluster. The transport contract itself is the
+//! conformance suite's (`eventbus-redis/tests/conformance.rs`).
+#![cfg(feature = "redis")]
+
+mod support;
+mod cluster;
+mod crash;
+mod delivery;
+mod legacy;
+mod routing;
