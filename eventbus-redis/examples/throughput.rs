@@ -12,8 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use eventbus_core::transport::Topics;
 use eventbus_redis::{Client, ConsumerOptions, RedisConfig};
-use eventbus_core::transport::{Topics};
 use redis::AsyncCommands;
 use testkit::RedisServer;
 

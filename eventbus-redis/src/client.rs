@@ -13,12 +13,12 @@ use crate::codec;
 use crate::config::{Codec, Layout, Mode, RedisConfig};
 use crate::conn::{self, ClientOptions, Conn, Connector};
 use crate::consumer::{Consumer, ConsumerOptions, Kind};
-use eventbus_core::transport::Topics;
 use crate::error::Result;
 use crate::keys::{Keys, check_name};
 use crate::publisher::Publisher;
 use crate::pubsub::PubSubConsumer;
 use crate::streams::StreamConsumer;
+use eventbus_core::transport::Topics;
 
 /// A connection to Redis for one [`RedisConfig`]: publishes, schedules,
 /// creates consumers, manages the dead-letter queue.

@@ -69,11 +69,7 @@ pub fn wrap_legacy(event_type: &str, source: &str, data: &[u8]) -> Option<Bytes>
     let time = format_time(now);
     let mut out = Vec::with_capacity(data.get().len() + event_type.len() + source.len() + 160);
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
-    out.extend_from_slice(
-        id.hyphenated()
-            .encode_lower(&mut [0u8; 36])
-            .as_bytes(),
-    );
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut [0u8; 36]).as_bytes());
     out.extend_from_slice(b"\",\"source\":");
     serde_json::to_writer(&mut out, source).ok()?;
     out.extend_from_slice(b",\"type\":");

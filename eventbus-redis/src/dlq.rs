@@ -59,10 +59,7 @@ impl Client {
         let reply: Value = self
             .run(
                 "XRANGE",
-                redis::cmd("XRANGE")
-                    .arg(self.keys().dlq())
-                    .arg(id)
-                    .arg(id),
+                redis::cmd("XRANGE").arg(self.keys().dlq()).arg(id).arg(id),
             )
             .await?;
         Ok(parse_dead_letters(reply).into_iter().next())
@@ -93,9 +90,7 @@ impl Client {
             return Ok(Some(dl.group));
         }
         let mut inv = scripts::REPLAY.prepare_invoke();
-        inv.key(self.keys().dlq())
-            .arg(id)
-            .arg(self.keys().base());
+        inv.key(self.keys().dlq()).arg(id).arg(self.keys().base());
         let group: Option<String> = self.run_script("replay script", &inv).await?;
         if let Some(g) = &group {
             tracing::info!(dlq_id = %id, group = %g, "dead letter replayed");
@@ -107,10 +102,7 @@ impl Client {
     pub async fn delete_dead_letter(&self, id: &str) -> Result<bool> {
         check_id(id)?;
         let n: u64 = self
-            .run(
-                "XDEL",
-                redis::cmd("XDEL").arg(self.keys().dlq()).arg(id),
-            )
+            .run("XDEL", redis::cmd("XDEL").arg(self.keys().dlq()).arg(id))
             .await?;
         Ok(n > 0)
     }

@@ -22,9 +22,9 @@ use crate::codec;
 use crate::consumer::{
     ConsumerOptions, ConsumerStats, Entry, EntryId, dead_type, default_consumer_name,
 };
-use eventbus_core::transport::{DeadLetterInfo, DeliveryId, Topics};
 use crate::error::{Error, Result};
 use crate::scripts;
+use eventbus_core::transport::{DeadLetterInfo, DeliveryId, Topics};
 
 /// The `stream` index of pub/sub entry ids.
 const PUBSUB_STREAM: u32 = u32::MAX;

@@ -22,12 +22,11 @@ use crate::codec;
 use crate::config::Layout;
 use crate::conn::{self, Conn};
 use crate::consumer::{
-    ConsumerOptions, ConsumerStats, Entry, EntryId, StartFrom, 
-    dead_type, default_consumer_name,
+    ConsumerOptions, ConsumerStats, Entry, EntryId, StartFrom, dead_type, default_consumer_name,
 };
-use eventbus_core::transport::{DeadLetterInfo, DeliveryId, Topics};
 use crate::error::{Error, Result};
 use crate::scripts;
+use eventbus_core::transport::{DeadLetterInfo, DeliveryId, Topics};
 
 #[derive(Debug, Clone)]
 enum SlotKind {

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use eventbus_core::Result;
 use eventbus_core::transport::{
     DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing, Subscriber, Topics,
     Transport,
 };
-use eventbus_core::Result;
 use futures::future::BoxFuture;
 
 use crate::{Client, ConsumerOptions, Mode, RedisConfig, SchedulerOptions, StartFrom};
@@ -160,9 +160,7 @@ impl Transport for RedisTransport {
     }
 
     fn claim_tick<'a>(&'a self, schedule: &'a str, tick_ms: u64) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            Ok(self.client.claim_tick(schedule, tick_ms).await?)
-        })
+        Box::pin(async move { Ok(self.client.claim_tick(schedule, tick_ms).await?) })
     }
 
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>>> {
@@ -170,9 +168,7 @@ impl Transport for RedisTransport {
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            Ok(self.client.ping().await?)
-        })
+        Box::pin(async move { Ok(self.client.ping().await?) })
     }
 
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {

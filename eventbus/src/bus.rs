@@ -11,9 +11,9 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::RetryPolicy;
 use crate::codec::{self, Stamp};
 use crate::context::StateMap;
-use crate::RetryPolicy;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::HandlerDef;
@@ -333,7 +333,11 @@ impl Bus {
         }
         let mut schedules = tokio::task::JoinSet::new();
         for def in self.inner.registry.schedules() {
-            schedules.spawn(crate::schedule::run(self.clone(), def.clone(), work_token.clone()));
+            schedules.spawn(crate::schedule::run(
+                self.clone(),
+                def.clone(),
+                work_token.clone(),
+            ));
         }
         tracing::info!(
             service = %self.inner.service,

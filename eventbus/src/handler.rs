@@ -16,8 +16,8 @@ use bytes::Bytes;
 use crate::Envelope;
 use crate::codec::DecodeError;
 use crate::context::{Context, ContextSeed};
-pub use eventbus_core::arg::{HandlerArg, Incoming};
 use crate::event::Upcast;
+pub use eventbus_core::arg::{HandlerArg, Incoming};
 
 /// Options of a handler, from `#[handler(...)]` or the [`HandlerDef`] builder.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ mod worker;
 
 pub use bus::{Bus, BusBuilder, DEFAULT_CONCURRENCY, DEFAULT_RETRIES, Running};
 pub use context::Context;
+pub use eventbus_core::arg::HandlerArg;
 /// Structured-mode CloudEvents JSON (`eventbus-core`'s codec).
 pub use eventbus_core::codec;
 /// The one error type (`eventbus-core`'s).
@@ -25,7 +26,6 @@ pub use eventbus_core::error;
 pub use eventbus_core::event;
 pub use eventbus_core::{Envelope, Error, Event, EventInfo, Result, RetryPolicy};
 pub use handler::{ContextArg, HandlerDef, HandlerMeta, HandlerReturn, IntoHandler};
-pub use eventbus_core::arg::HandlerArg;
 pub use schedule::ScheduleDef;
 pub use transport::DeadLetter;
 

@@ -33,9 +33,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::Envelope;
 use crate::RetryPolicy;
 use crate::bus::Bus;
-use crate::Envelope;
 use crate::context::ContextSeed;
 use crate::event::Upcast;
 use crate::handler::{Call, Failure, HandlerDef};
@@ -263,10 +263,7 @@ fn start(
     spec: &Arc<WorkerSpec>,
     delivery: Delivery,
     timed: bool,
-) -> Result<
-    impl std::future::Future<Output = Finished> + Send + 'static,
-    (Delivery, String),
-> {
+) -> Result<impl std::future::Future<Output = Finished> + Send + 'static, (Delivery, String)> {
     if delivery.attempt > spec.max_attempts {
         let reason = format!(
             "delivered {} times without being acknowledged (the handler crashed, hung, or its worker was killed each time); at most {} attempts are allowed",
@@ -342,7 +339,12 @@ fn settle(
 /// Dead-letters `delivery`, with the type and id from its envelope, or, when
 /// the message could not be decoded for the handler, from whatever of it
 /// can be read (a rare path: the one place a payload is parsed twice).
-fn dead(spec: &WorkerSpec, delivery: Delivery, envelope: Option<&Envelope>, error: String) -> Settle {
+fn dead(
+    spec: &WorkerSpec,
+    delivery: Delivery,
+    envelope: Option<&Envelope>,
+    error: String,
+) -> Settle {
     let read;
     let envelope = match envelope {
         Some(e) => Some(e),

@@ -1,7 +1,6 @@
 //! The same code on a 3-node Redis Cluster: Streams, retries, the DLQ,
 //! schedules, ticks, trimming and pub/sub.
 
-
 use std::time::{Duration, SystemTime};
 
 use crate::common::*;
@@ -17,7 +16,11 @@ async fn streams_schedule_and_dlq_on_a_cluster() {
     assert!(client.config().is_cluster());
 
     let a = client
-        .consumer("g", Topics::Types(vec!["a".into(), "b".into()]), fast_opts())
+        .consumer(
+            "g",
+            Topics::Types(vec!["a".into(), "b".into()]),
+            fast_opts(),
+        )
         .await
         .unwrap();
     let all = client

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use eventbus_core::transport::Delivery;
 use eventbus_redis::cloudevents::{EventBuilder, EventBuilderV10};
 use eventbus_redis::{Client, Consumer, ConsumerOptions, RedisConfig};
-use eventbus_core::transport::{Delivery};
 use testkit::RedisServer;
 
 pub fn server() -> RedisServer {

@@ -1,6 +1,5 @@
 //! Connecting: actionable errors, passwords never shown.
 
-
 use std::net::TcpListener;
 
 use eventbus_redis::{Client, RedisConfig};

@@ -1,7 +1,6 @@
 //! Interop with Python services: the django-broadcaster stream layout, and
 //! structured events read back by the Python `cloudevents` SDK.
 
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;

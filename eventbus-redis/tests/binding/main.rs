@@ -2,8 +2,8 @@
 //! the area): Streams, pub/sub, schedules, the DLQ, restarts, TLS, a cluster,
 //! the django-broadcaster layout with a Python peer.
 
-mod common;
 mod cluster;
+mod common;
 mod connect;
 mod django_interop;
 mod publish_concurrent;

@@ -1,12 +1,11 @@
 //! Concurrent publishes share pipelines: every event arrives once, in each
 //! caller's order, and one caller's failure is not another's.
 
-
 use std::time::Duration;
 
 use crate::common::*;
-use eventbus_redis::{StartFrom};
-use eventbus_core::transport::{Topics};
+use eventbus_core::transport::Topics;
+use eventbus_redis::StartFrom;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

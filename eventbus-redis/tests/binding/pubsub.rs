@@ -1,13 +1,12 @@
 //! Pub/sub mode: CloudEvents and legacy payloads, raw PUBLISH interop,
 //! counted drops, retries and the DLQ.
 
-
 use std::time::Duration;
 
 use crate::common::*;
-use eventbus_redis::cloudevents::AttributesReader;
-use eventbus_redis::{ConsumerOptions};
 use eventbus_core::transport::{DeadLetterInfo, Topics};
+use eventbus_redis::ConsumerOptions;
+use eventbus_redis::cloudevents::AttributesReader;
 use serde_json::json;
 
 fn only(t: &[&str]) -> Topics {

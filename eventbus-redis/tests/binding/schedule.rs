@@ -1,12 +1,11 @@
 //! Durable schedules: the mover script, many movers, recurring ticks.
 
-
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::common::*;
-use eventbus_redis::{SchedulerOptions};
-use eventbus_core::transport::{Topics};
+use eventbus_core::transport::Topics;
+use eventbus_redis::SchedulerOptions;
 use serde_json::json;
 
 fn only(t: &str) -> Topics {

@@ -1,12 +1,11 @@
 //! Streams mode: publish, consume, ack; groups; global consumers; legacy codec.
 
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::*;
-use eventbus_redis::{StartFrom};
-use eventbus_core::transport::{Topics};
+use eventbus_core::transport::Topics;
+use eventbus_redis::StartFrom;
 use serde_json::json;
 
 fn only(types: &[&str]) -> Topics {

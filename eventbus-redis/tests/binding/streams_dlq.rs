@@ -1,7 +1,6 @@
 //! Streams mode: the dead-letter queue (list, replay to one group, delete,
 //! purge) and bounded streams.
 
-
 use std::time::{Duration, SystemTime};
 
 use crate::common::*;
@@ -50,8 +49,15 @@ async fn dead_letter_list_replay_to_one_group_purge() {
     assert_eq!(dl.attempts, 6);
     assert_eq!(dl.error, "database is down");
     assert_eq!(&dl.payload[..], &payload[..]);
-    let skew = dl.time.duration_since(when).unwrap_or_else(|e| e.duration());
-    assert!(skew < Duration::from_secs(1), "dead-lettered at {:?}", dl.time);
+    let skew = dl
+        .time
+        .duration_since(when)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        skew < Duration::from_secs(1),
+        "dead-lettered at {:?}",
+        dl.time
+    );
     assert_eq!(client.dead_letter_count().await.unwrap(), 1);
     assert!(
         client.replay("not-an-id").await.is_err(),

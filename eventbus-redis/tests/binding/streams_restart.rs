@@ -1,7 +1,6 @@
 //! Redis restarts (append-only file on): nothing published before is lost,
 //! pending entries are not forgotten, publishers and consumers reconnect.
 
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

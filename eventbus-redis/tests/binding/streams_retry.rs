@@ -1,7 +1,6 @@
 //! Streams mode: delayed retries, delivery counts, reclaiming from dead
 //! consumers, poison messages.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::*;

@@ -4,12 +4,11 @@
 //! the certificates do not fit.
 #![cfg(feature = "tls")]
 
-
 use std::time::Duration;
 
 use crate::common::*;
+use eventbus_core::transport::Topics;
 use eventbus_redis::{Client, Error, RedisConfig};
-use eventbus_core::transport::{Topics};
 use serde_json::json;
 use testkit::{RedisOptions, RedisServer};
 

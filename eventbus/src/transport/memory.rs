@@ -21,9 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    EventType,
-    DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing, Subscriber, Topics,
-    Transport,
+    DeadLetter, DeadLetterInfo, Delivery, DeliveryId, EventType, GroupSpec, Outgoing, Subscriber,
+    Topics, Transport,
 };
 use crate::error::{Error, Result};
 
@@ -419,7 +418,9 @@ impl Transport for MemoryTransport {
             .and_then(|dl| st.groups.get(&dl.group).map(|g| (g.clone(), dl)));
         Box::pin(std::future::ready(Ok(match found {
             Some((group, dl)) => {
-                let event_type = dl.event_type.map_or(EventType::from_static(""), EventType::from);
+                let event_type = dl
+                    .event_type
+                    .map_or(EventType::from_static(""), EventType::from);
                 group.push(
                     Msg {
                         event_type,

@@ -132,7 +132,11 @@ async fn a_duplicate_member_is_dead_lettered_once_and_never_reaches_the_handler(
             d.error
         );
         assert!(!d.error.contains("panicked"), "{:?}", d.error);
-        assert_eq!(d.event_type.as_deref(), Some("ctx.note"), "from the delivery");
+        assert_eq!(
+            d.event_type.as_deref(),
+            Some("ctx.note"),
+            "from the delivery"
+        );
     }
     test.stop().await.unwrap();
 }

@@ -3,8 +3,8 @@
 //! cloudevents-sdk, delivery details beyond the transport contract,
 //! deprecations and routing.
 
+mod codec;
 mod conformance;
 mod context;
-mod codec;
 mod delivery;
 mod routing;

@@ -1,11 +1,10 @@
 //! The outbox on a real PostgreSQL (a private cluster started by `testkit`).
 #![cfg(feature = "postgres")]
 
-
 use std::time::Duration;
 
-use eventbus::outbox::{self, RelayOptions};
 use crate::common::*;
+use eventbus::outbox::{self, RelayOptions};
 
 /// Not a test: the body of the child relay processes (see `Child::spawn`).
 #[tokio::test]
@@ -51,7 +50,12 @@ async fn a_relay_killed_after_claiming_loses_nothing() {
 
 #[tokio::test]
 async fn a_relay_killed_after_publishing_before_commit_loses_nothing() {
-    killed_relay_loses_nothing(Db::postgres().await, "postgres::child_relay", "write-then-hang").await;
+    killed_relay_loses_nothing(
+        Db::postgres().await,
+        "postgres::child_relay",
+        "write-then-hang",
+    )
+    .await;
 }
 
 /// Transport down: rows stay pending with growing attempts, the relay holds

@@ -3,14 +3,13 @@
 //! processes over 10,000 rows: `eventbus-cli/tests/outbox_cli.rs`.)
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::*;
 use eventbus::Bus;
 use eventbus::codec::Attributes;
 use eventbus::outbox::RelayOptions;
-use crate::common::*;
 use testkit::RedisServer;
 
 fn redis() -> RedisServer {

@@ -1,9 +1,8 @@
 //! The outbox on SQLite (a file in a temporary directory).
 #![cfg(feature = "sqlite")]
 
-
-use eventbus::outbox::{self, RelayOptions};
 use crate::common::*;
+use eventbus::outbox::{self, RelayOptions};
 
 /// Not a test: the body of the child relay processes (see `Child::spawn`).
 #[tokio::test]

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use eventbus::{Bus, CloudEvent, Context, Event, HandlerDef, ScheduleDef};
 use parking_lot::Mutex;
-use crate::support::*;
 use serde::{Deserialize, Serialize};
 use testkit::RedisCluster;
 

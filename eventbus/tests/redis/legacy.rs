@@ -6,9 +6,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
+use crate::support::*;
 use eventbus::{Bus, CloudEvent, Context, Event, HandlerDef};
 use parking_lot::Mutex;
-use crate::support::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

@@ -4,9 +4,9 @@
 //! conformance suite's (`eventbus-redis/tests/conformance.rs`).
 #![cfg(feature = "redis")]
 
-mod support;
 mod cluster;
 mod crash;
 mod delivery;
 mod legacy;
 mod routing;
+mod support;

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::support::*;
 use eventbus::{Bus, Context, Event, handler, schedule};
 use parking_lot::Mutex;
-use crate::support::*;
 use serde::{Deserialize, Serialize};
 
 /// Triggered when the review is approved by moderators.
