@@ -407,9 +407,7 @@ impl EventDoc {
             .filter(|n| !n.is_empty());
         Some(match (&self.replaced_by, note) {
             (Some(new), None) => format!("Deprecated, use `{new}` instead."),
-            (Some(new), Some(note))
-                if note.replace('`', "").trim_end_matches('.') == format!("use {new}") =>
-            {
+            (Some(new), Some(note)) if only_names_the_replacement(note, new) => {
                 format!("Deprecated, use `{new}` instead.")
             }
             (Some(new), Some(note)) => {
@@ -424,10 +422,48 @@ impl EventDoc {
     }
 }
 
+/// True when a deprecation note says no more than "use X (instead)" for the
+/// replacement X, however it is written (`Use X instead.`, "use `X`",
+/// "replaced by X"): the generated sentence already says it.
+fn only_names_the_replacement(note: &str, new: &str) -> bool {
+    let note = note.replace('`', "").to_lowercase();
+    let note = note.trim().trim_end_matches(['.', '!']).trim();
+    let note = note.strip_suffix("instead").unwrap_or(note).trim();
+    let new = new.to_lowercase();
+    ["use", "replaced by", "superseded by", "see"]
+        .iter()
+        .any(|verb| note.strip_prefix(verb).map(str::trim) == Some(new.as_str()))
+}
+
 fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod deprecation_tests {
+    use super::only_names_the_replacement;
+
+    #[test]
+    fn a_note_that_only_names_the_replacement_is_not_repeated() {
+        for note in [
+            "use moderate_action",
+            "Use moderate_action instead.",
+            "use `moderate_action` instead",
+            "Replaced by moderate_action.",
+            "  USE moderate_action!  ",
+        ] {
+            assert!(only_names_the_replacement(note, "moderate_action"), "{note:?}");
+        }
+        for note in [
+            "use moderate_action with status 1",
+            "use review_changed",
+            "removed in 2027",
+        ] {
+            assert!(!only_names_the_replacement(note, "moderate_action"), "{note:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_repr::{Deserialize_repr, Serialize_repr};
 use uuid::Uuid;
 
 use eventbus::Event;
@@ -24,50 +25,18 @@ pub struct ReviewApproved {
     pub id: Uuid,
 }
 
-/// Outcome of a moderation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "u8", into = "u8")]
+// On the wire the number (serde_repr); its JSON Schema lists exactly the two
+// values (schemars' JsonSchema_repr), so the catalogue shows them.
+/// Outcome of a moderation: 1 approved (published), 2 rejected (hidden).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr, schemars::JsonSchema_repr,
+)]
+#[repr(u8)]
 pub enum ModerationStatus {
-    /// `1`: the object is published.
-    Approved,
-    /// `2`: the object is hidden.
-    Rejected,
-}
-
-impl From<ModerationStatus> for u8 {
-    fn from(s: ModerationStatus) -> u8 {
-        match s {
-            ModerationStatus::Approved => 1,
-            ModerationStatus::Rejected => 2,
-        }
-    }
-}
-
-impl TryFrom<u8> for ModerationStatus {
-    type Error = String;
-    fn try_from(v: u8) -> Result<Self, String> {
-        match v {
-            1 => Ok(ModerationStatus::Approved),
-            2 => Ok(ModerationStatus::Rejected),
-            other => Err(format!(
-                "unknown moderation status {other}; expected 1 (approved) or 2 (rejected)"
-            )),
-        }
-    }
-}
-
-impl JsonSchema for ModerationStatus {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ModerationStatus".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "1 approved, 2 rejected",
-            "type": "integer",
-            "enum": [1, 2]
-        })
-    }
+    /// The object is published.
+    Approved = 1,
+    /// The object is hidden.
+    Rejected = 2,
 }
 
 /// Triggered when a moderator approves or rejects an object.
