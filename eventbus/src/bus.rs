@@ -47,6 +47,30 @@ struct Inner {
     shutdown: CancellationToken,
     warned: Mutex<HashSet<&'static str>>,
     background: Vec<Background>,
+    /// Where the bus is in its run, for [`Bus::ready`].
+    phase: tokio::sync::watch::Sender<Phase>,
+}
+
+/// Where a bus is in its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not run yet.
+    Idle,
+    /// Its workers are subscribing.
+    Starting,
+    /// Every subscription is live.
+    Ready,
+    /// The run ended (shut down, or failed).
+    Stopped,
+}
+
+/// Marks the run stopped when it ends, however it ends.
+struct StopOnDrop<'a>(&'a tokio::sync::watch::Sender<Phase>);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(Phase::Stopped);
+    }
 }
 
 /// A long-running task that [`Bus::run`] runs next to the handlers (an outbox
@@ -270,11 +294,54 @@ impl Bus {
 
     /// Runs the bus in a background task (no signal handling); stop it with
     /// [`Running::shutdown`] or [`Bus::shutdown`].
+    ///
+    /// Returns at once, before the handlers' subscriptions are live; await
+    /// [`Running::ready`] before publishing what they must see (on pub/sub,
+    /// which keeps nothing for a group, an event published earlier is lost).
     pub fn spawn(&self) -> Running {
         let bus = self.clone();
         Running {
             bus: self.clone(),
-            task: tokio::spawn(async move { bus.run_inner(None, false).await }),
+            task: Some(tokio::spawn(
+                async move { bus.run_inner(None, false).await },
+            )),
+        }
+    }
+
+    /// Waits until the run of this bus ([`Bus::run`], [`Bus::run_groups`] or
+    /// [`Bus::spawn`], started before or after this call) has every handler's
+    /// subscription live: pub/sub `SUBSCRIBE`s confirmed by the server,
+    /// Streams groups created. From then on everything published reaches the
+    /// handlers, and schedules, background tasks and the transport's
+    /// background work are running.
+    ///
+    /// Fails with [`Error::Closed`] if the run ends first (shut down, or a
+    /// subscription failed: the run's own result says why). For a bus from
+    /// [`Bus::spawn`], [`Running::ready`] returns that reason instead.
+    ///
+    /// ```
+    /// # async fn demo() -> eventbus::Result<()> {
+    /// let bus = eventbus::Bus::builder().service("svc").connect("memory://").await?;
+    /// let (run, ready) = tokio::join!(bus.run(), async {
+    ///     bus.ready().await?;
+    ///     // e.g. report the service healthy
+    ///     bus.shutdown();
+    ///     Ok::<(), eventbus::Error>(())
+    /// });
+    /// ready?;
+    /// run
+    /// # }
+    /// ```
+    pub async fn ready(&self) -> Result<()> {
+        let mut phase = self.inner.phase.subscribe();
+        let reached = phase
+            .wait_for(|p| matches!(p, Phase::Ready | Phase::Stopped))
+            .await
+            .map(|p| *p)
+            .map_err(|_| Error::Closed)?;
+        match reached {
+            Phase::Ready => Ok(()),
+            _ => Err(Error::Closed),
         }
     }
 
@@ -315,47 +382,93 @@ impl Bus {
         if signals {
             tokio::spawn(wait_for_signal(token.clone()));
         }
+        self.inner.phase.send_replace(Phase::Starting);
+        let _stopped = StopOnDrop(&self.inner.phase);
         let work_token = token.child_token();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut live = Vec::with_capacity(workers.len());
         for spec in workers {
-            tasks.spawn(worker::run(self.clone(), spec, work_token.clone()));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            live.push(rx);
+            tasks.spawn(worker::run(self.clone(), spec, work_token.clone(), tx));
         }
-        let background = tokio::spawn(self.inner.transport.run_background(work_token.clone()));
-        for bg in &self.inner.background {
-            let (bus, token, bg) = (self.clone(), work_token.clone(), bg.clone());
-            tasks.spawn(async move {
-                let result = (bg.run)(bus, token).await;
-                if let Err(e) = &result {
-                    tracing::error!(task = %bg.name, "background task failed: {e}");
-                }
-                result
-            });
-        }
-        let mut schedules = tokio::task::JoinSet::new();
-        for def in self.inner.registry.schedules() {
-            schedules.spawn(crate::schedule::run(
-                self.clone(),
-                def.clone(),
-                work_token.clone(),
-            ));
-        }
-        tracing::info!(
-            service = %self.inner.service,
-            transport = self.inner.transport.name(),
-            groups = tasks.len(),
-            schedules = schedules.len(),
-            "bus running"
-        );
+        let groups = tasks.len();
 
-        // Run until asked to stop, or until a worker fails to start.
+        // Ready once every worker's subscription is live; until then nothing
+        // of the bus's own publishes (schedules, background tasks, due
+        // scheduled events) starts, since on pub/sub it would reach no one.
         let mut failure = None;
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                Some(done) = tasks.join_next() => {
-                    if let Ok(Err(e)) = done {
-                        failure = Some(e);
-                        break;
+        let started = {
+            let all_live = futures::future::try_join_all(live);
+            tokio::pin!(all_live);
+            let mut waiting = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = token.cancelled() => break false,
+                    Some(done) = tasks.join_next() => match done {
+                        Ok(Err(e)) => {
+                            failure = Some(e);
+                            break false;
+                        }
+                        Err(e) if e.is_panic() => {
+                            failure = Some(Error::Config(format!(
+                                "a handler worker panicked while subscribing: {e}"
+                            )));
+                            break false;
+                        }
+                        _ => {}
+                    },
+                    all = &mut all_live, if waiting => match all {
+                        Ok(_) => break true,
+                        // A worker ended without subscribing; the next
+                        // finished task tells why.
+                        Err(_) => waiting = false,
+                    },
+                }
+            }
+        };
+        let mut background = None;
+        let mut schedules = tokio::task::JoinSet::new();
+        if started {
+            background = Some(tokio::spawn(
+                self.inner.transport.run_background(work_token.clone()),
+            ));
+            for bg in &self.inner.background {
+                let (bus, token, bg) = (self.clone(), work_token.clone(), bg.clone());
+                tasks.spawn(async move {
+                    let result = (bg.run)(bus, token).await;
+                    if let Err(e) = &result {
+                        tracing::error!(task = %bg.name, "background task failed: {e}");
+                    }
+                    result
+                });
+            }
+            for def in self.inner.registry.schedules() {
+                schedules.spawn(crate::schedule::run(
+                    self.clone(),
+                    def.clone(),
+                    work_token.clone(),
+                ));
+            }
+            self.inner.phase.send_replace(Phase::Ready);
+            tracing::info!(
+                service = %self.inner.service,
+                transport = self.inner.transport.name(),
+                groups,
+                schedules = schedules.len(),
+                "bus running: every subscription is live"
+            );
+
+            // Run until asked to stop, or until a task fails.
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    Some(done) = tasks.join_next() => {
+                        if let Ok(Err(e)) = done {
+                            failure = Some(e);
+                            break;
+                        }
                     }
                 }
             }
@@ -366,7 +479,9 @@ impl Bus {
             while tasks.join_next().await.is_some() {}
         })
         .await;
-        let _ = background.await;
+        if let Some(background) = background {
+            let _ = background.await;
+        }
         if let Some(e) = failure {
             token.cancel();
             return Err(e);
@@ -381,24 +496,58 @@ impl Bus {
 }
 
 /// A bus running in the background, from [`Bus::spawn`].
+///
+/// ```
+/// # async fn demo() -> eventbus::Result<()> {
+/// let bus = eventbus::Bus::builder().service("svc").connect("memory://").await?;
+/// let mut running = bus.spawn();
+/// running.ready().await?; // every subscription is live
+/// // ... publish ...
+/// running.shutdown().await
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Running {
     bus: Bus,
-    task: tokio::task::JoinHandle<Result<()>>,
+    /// `None` once awaited (by `ready` when the run ended before it was ready).
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 impl Running {
+    /// Waits until every handler's subscription is live (see [`Bus::ready`]):
+    /// whatever is published from then on reaches the handlers.
+    ///
+    /// If the bus stops first, returns why: the error that stopped it (a
+    /// subscription that failed, say), or [`Error::Closed`] if it was shut
+    /// down; [`Running::shutdown`] then returns `Ok`.
+    pub async fn ready(&mut self) -> Result<()> {
+        if self.bus.ready().await.is_ok() {
+            return Ok(());
+        }
+        match self.join().await {
+            Err(e) => Err(e),
+            Ok(()) => Err(Error::Closed),
+        }
+    }
+
     /// Stops the bus and waits for the drain to finish.
-    pub async fn shutdown(self) -> Result<()> {
+    pub async fn shutdown(mut self) -> Result<()> {
         self.bus.shutdown();
-        self.task
-            .await
-            .map_err(|e| Error::Config(format!("the bus task failed: {e}")))?
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<()> {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Config(format!("the bus task failed: {e}")))?,
+            None => Ok(()),
+        }
     }
 
     /// Whether the bus stopped (by shutdown or failure).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.as_ref().is_none_or(|t| t.is_finished())
     }
 }
 
@@ -678,6 +827,7 @@ impl BusBuilder {
                 shutdown: CancellationToken::new(),
                 warned: Mutex::new(HashSet::new()),
                 background: self.background,
+                phase: tokio::sync::watch::Sender::new(Phase::Idle),
             }),
         })
     }

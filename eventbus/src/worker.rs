@@ -139,12 +139,23 @@ impl Settler<'_> {
 /// How long a stopping worker tries to hand unfinished deliveries back.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs the worker of `spec` until `token` is cancelled. `live` is told once
+/// the subscription is live (the transport's `subscribe` returned: whatever is
+/// published from then on reaches this group); if subscribing fails, the
+/// error is returned and `live` is dropped untold.
 pub(crate) async fn run(
     bus: Bus,
     spec: Arc<WorkerSpec>,
     token: CancellationToken,
+    live: tokio::sync::oneshot::Sender<()>,
 ) -> crate::Result<()> {
-    let sub: Arc<dyn Subscriber> = Arc::from(bus.transport().subscribe(&spec.group).await?);
+    let sub = tokio::select! {
+        sub = bus.transport().subscribe(&spec.group) => sub?,
+        // Stopped while subscribing (an unreachable broker, say).
+        _ = token.cancelled() => return Ok(()),
+    };
+    let sub: Arc<dyn Subscriber> = Arc::from(sub);
+    let _ = live.send(());
     let retry = bus.retry_policy();
     let (tx, background) = if sub.settles_inline() {
         (None, None)
