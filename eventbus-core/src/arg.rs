@@ -53,24 +53,28 @@ impl<E: Event> HandlerArg for E {
             return Ok((attrs, value));
         }
         let ty = &*attrs.ty;
+        let id = Some(&*attrs.id);
         if let Some((_, upcast)) = incoming.upcasts.iter().find(|(old, _)| *old == ty) {
-            let raw = attrs.data.unwrap_or(serde_json::value::RawValue::NULL);
-            let boxed = upcast(raw)?;
+            let raw = attrs.json_data()?;
+            let boxed = upcast(raw).map_err(|e| e.with_event_id(id))?;
             let value = boxed.downcast::<E>().map(|b| *b).map_err(|_| {
                 DecodeError::new(
                     Some(ty),
                     format!("`{ty}` is declared `replaced_by` `{}`, but its conversion produced another type", E::TYPE),
                 )
+                .with_event_id(id)
             })?;
             return Ok((attrs, value));
         }
         Err(DecodeError::new(
             Some(ty),
             format!(
-                "a handler of `{}` received an event of type `{ty}`",
-                E::TYPE
+                "a handler of `{}` received an event of type {}",
+                E::TYPE,
+                crate::escape::ticked(ty)
             ),
-        ))
+        )
+        .with_event_id(id))
     }
 }
 
@@ -81,10 +85,11 @@ impl HandlerArg for CloudEvent {
         None
     }
 
+    /// The one validator's verdict (the same as a typed handler's, from
+    /// one parse); the event is built from the checked attributes.
     fn decode<'a>(incoming: &Incoming<'a>) -> Result<(Attributes<'a>, Self), DecodeError> {
         let attrs = Attributes::parse(incoming.payload)?;
-        let event = serde_json::from_slice(incoming.payload)
-            .map_err(|e| DecodeError::new(Some(&attrs.ty), format!("invalid CloudEvent: {e}")))?;
+        let event = attrs.to_cloudevent()?;
         Ok((attrs, event))
     }
 }

@@ -83,7 +83,7 @@ impl Envelope {
         let extensions = attrs
             .extensions
             .iter()
-            .map(|(name, raw)| (Box::from(&**name), extension_value(raw.get())))
+            .map(|(name, raw)| (Box::from(&**name), crate::codec::extension_value(raw.get())))
             .collect();
         Self {
             payload,
@@ -182,19 +182,6 @@ impl Envelope {
     /// Every extension attribute, in message order.
     pub fn extensions(&self) -> impl Iterator<Item = (&str, &ExtensionValue)> {
         self.extensions.iter().map(|(n, v)| (&**n, v))
-    }
-}
-
-/// A CloudEvents extension value from its JSON text: a string, a boolean or
-/// an integer as such; anything else kept as its JSON text.
-fn extension_value(raw: &str) -> ExtensionValue {
-    match serde_json::from_str::<serde_json::Value>(raw) {
-        Ok(serde_json::Value::String(s)) => ExtensionValue::String(s),
-        Ok(serde_json::Value::Bool(b)) => ExtensionValue::Boolean(b),
-        Ok(serde_json::Value::Number(n)) if n.is_i64() => {
-            ExtensionValue::Integer(n.as_i64().unwrap_or_default())
-        }
-        _ => ExtensionValue::String(raw.to_owned()),
     }
 }
 

@@ -10,7 +10,8 @@
 //!   vocabulary — [`Outgoing`](transport::Outgoing),
 //!   [`Delivery`](transport::Delivery), [`GroupSpec`](transport::GroupSpec),
 //!   [`Topics`](transport::Topics), [`DeadLetter`](transport::DeadLetter);
-//! - [`Error`] / [`Result`] and [`RetryPolicy`].
+//! - [`Error`] / [`Result`] and [`RetryPolicy`];
+//! - [`escape`]: event text made safe for log lines ([`escape::Escaped`]).
 //!
 //! Applications depend on `eventbus`, which re-exports all of this; a
 //! transport crate depends on this crate only and runs the conformance suite
@@ -22,6 +23,7 @@ pub mod arg;
 pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod escape;
 pub mod event;
 pub mod retry;
 pub mod transport;

@@ -1141,13 +1141,13 @@ pub async fn malformed_messages_go_to_the_dlq_and_others_keep_flowing(c: &Confor
         (format!("not json {tag}"), "message is not JSON".into()),
         (
             format!(r#"{{"specversion":"1.0","id":"{tag}-1","source":"/x"}}"#),
-            "missing field `type`".into(),
+            "message is not a CloudEvent: required attribute `type` is missing".into(),
         ),
         (
             format!(
-                r#"{{"specversion":"0.3","id":"{tag}-2","type":"{ty}","source":"/x","data":{{"run":"{tag}","n":1}}}}"#
+                r#"{{"specversion":"2.0","id":"{tag}-2","type":"{ty}","source":"/x","data":{{"run":"{tag}","n":1}}}}"#
             ),
-            "unsupported CloudEvents specversion".into(),
+            "unsupported CloudEvents specversion \"2.0\"".into(),
         ),
         (
             format!(

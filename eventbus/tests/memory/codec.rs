@@ -113,13 +113,16 @@ fn envelope_problems_are_explained() {
         (b"not json at all", "not JSON"),
         (
             br#"{"specversion":"1.0","id":"1","source":"/x"}"#,
-            "missing field `type`",
+            "message is not a CloudEvent: required attribute `type` is missing",
         ),
         (
-            br#"{"specversion":"0.3","id":"1","type":"t","source":"/x"}"#,
-            "unsupported CloudEvents specversion",
+            br#"{"specversion":"2.0","id":"1","type":"t","source":"/x"}"#,
+            "unsupported CloudEvents specversion \"2.0\"",
         ),
-        (br#"[1,2,3]"#, "not a CloudEvent"),
+        (
+            br#"[1,2,3]"#,
+            "message is not a CloudEvent: it is an array, expected a JSON object",
+        ),
     ];
     for (bytes, expected) in cases {
         let err = Attributes::parse(bytes).unwrap_err().to_string();
