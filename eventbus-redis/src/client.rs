@@ -16,7 +16,7 @@ use crate::consumer::{Consumer, ConsumerOptions, Kind};
 use crate::error::Result;
 use crate::keys::{Keys, check_name};
 use crate::publisher::Publisher;
-use crate::pubsub::PubSubConsumer;
+use crate::pubsub::{ChannelFormats, PubSubConsumer};
 use crate::streams::StreamConsumer;
 use eventbus_core::transport::Topics;
 
@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     /// Types this client has published before, with their stream key (per-type
     /// streams: the type is in the types set) or pub/sub channel.
     targets: RwLock<HashMap<String, Arc<str>>>,
+    /// What this client's pub/sub consumers received on each channel.
+    pub(crate) formats: ChannelFormats,
     pub(crate) scheduler_wake: tokio::sync::Notify,
 }
 
@@ -95,6 +97,7 @@ impl Client {
                 conn,
                 publisher,
                 targets: RwLock::new(HashMap::new()),
+                formats: ChannelFormats::default(),
                 scheduler_wake: tokio::sync::Notify::new(),
             }),
         })
@@ -169,18 +172,19 @@ impl Client {
     /// Publishes a batch of `(event type, payload)` in one round trip.
     ///
     /// `payload` is structured-mode CloudEvent JSON (bare data JSON is
-    /// wrapped into a CloudEvent of the type). Streams mode: one `XADD` per
-    /// event; pub/sub: one `PUBLISH`. Concurrent calls share pipelines: what
-    /// many tasks publish meanwhile goes to Redis together, each call still
-    /// returning the outcome of its own events.
+    /// wrapped into a CloudEvent of the type), written with the type's codec
+    /// ([`RedisConfig::codec_of`]; on pub/sub by default each channel keeps
+    /// the format it carries, see [`Codec::Auto`]). Streams mode: one `XADD`
+    /// per event; pub/sub: one `PUBLISH`. Concurrent calls share pipelines:
+    /// what many tasks publish meanwhile goes to Redis together, each call
+    /// still returning the outcome of its own events.
     pub async fn publish(&self, events: &[(&str, &[u8])]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let config = &self.inner.config;
         let pubsub = config.mode() == Mode::PubSub;
-        let fast =
-            config.codec() == Codec::CloudEvents && (pubsub || config.layout() == &Layout::PerType);
+        let fast = pubsub || config.layout() == &Layout::PerType;
         let mut cmds = Vec::with_capacity(events.len() + 1);
         let mut new_types: Vec<&str> = Vec::new();
         {
@@ -190,7 +194,9 @@ impl Client {
             let targets = self.inner.targets.read().expect("not poisoned");
             for (ty, payload) in events {
                 match targets.get(*ty) {
-                    Some(target) if fast && looks_structured(payload) => {
+                    Some(target)
+                        if fast && !self.publishes_bare(ty) && looks_structured(payload) =>
+                    {
                         // Sized up front: the payload is copied once, without regrowing.
                         let size = target.len() + payload.len() + 32;
                         let mut cmd;
@@ -211,6 +217,9 @@ impl Client {
                         check_name("event type", ty)?;
                         if known.is_none() && self.caches_targets() && !new_types.contains(ty) {
                             new_types.push(ty);
+                            if pubsub {
+                                self.warn_if_guessing(ty);
+                            }
                         }
                         cmds.push(write_cmd(self.write(ty, payload)));
                     }
@@ -250,6 +259,44 @@ impl Client {
         self.publish_one(event.ty(), &payload).await
     }
 
+    /// Whether events of `ty` are written as bare data JSON: the type's codec
+    /// says so, or (pub/sub, [`Codec::Auto`]) its channel carried bare JSON.
+    pub(crate) fn publishes_bare(&self, ty: &str) -> bool {
+        let config = &self.inner.config;
+        match config.codec_of(ty) {
+            Codec::Legacy => !matches!(config.layout(), Layout::Django { .. }),
+            Codec::Auto => config.mode() == Mode::PubSub && self.inner.formats.carries_bare(ty),
+            _ => false,
+        }
+    }
+
+    /// Why events of `ty` are written the way they are, for logs.
+    pub(crate) fn codec_reason(&self, ty: &str) -> String {
+        let config = &self.inner.config;
+        match (config.codec_of(ty), config.codec_chosen_for(ty)) {
+            (Codec::Auto, _) => "`codec=auto`, the pub/sub default: a channel that carried bare JSON stays bare; set `legacy_types` or `cloudevents_types` in the URL to choose".into(),
+            (codec, true) => format!("the URL or config chose `{codec:?}` for it"),
+            (codec, false) => format!("`{codec:?}` is the default"),
+        }
+    }
+
+    /// `codec=auto` (the pub/sub default) on a channel that carried nothing
+    /// this client received: the publish writes CloudEvents JSON, which a
+    /// reader of bare JSON would misread; says so once per type.
+    fn warn_if_guessing(&self, ty: &str) {
+        let config = &self.inner.config;
+        if config.codec_of(ty) == Codec::Auto
+            && !config.codec_chosen_for(ty)
+            && self.inner.formats.first_guess(ty)
+        {
+            tracing::warn!(
+                event_type = %ty,
+                "publishing CloudEvents JSON on pub/sub channel `{}`, on which no message was received yet; if other services read it as bare JSON (`json.loads(msg)[\"id\"]`), add `legacy_types={ty}` (or `codec=legacy`) to the Redis URL; `codec=cloudevents` says every channel carries CloudEvents and silences this",
+                self.inner.keys.channel(ty)
+            );
+        }
+    }
+
     /// Per-type streams: the first publish of a type adds it to `{P}:types`.
     fn registers_types(&self) -> bool {
         self.inner.config.mode() == Mode::Streams && self.inner.config.layout() == &Layout::PerType
@@ -264,18 +311,16 @@ impl Client {
     pub(crate) fn write<'a>(&self, ty: &str, payload: &'a [u8]) -> Write<'a> {
         let keys = &self.inner.keys;
         let config = &self.inner.config;
+        let bare = self.publishes_bare(ty);
         let body = |payload: &'a [u8]| -> Cow<'a, [u8]> {
-            match config.codec() {
-                Codec::Legacy => codec::legacy_data(payload),
-                Codec::CloudEvents => {
-                    if looks_structured(payload) {
-                        Cow::Borrowed(payload)
-                    } else {
-                        match codec::wrap_legacy(ty, &source_of(ty), payload) {
-                            Some(b) => Cow::Owned(b.to_vec()),
-                            None => Cow::Borrowed(payload),
-                        }
-                    }
+            if bare {
+                codec::legacy_data(payload)
+            } else if looks_structured(payload) {
+                Cow::Borrowed(payload)
+            } else {
+                match codec::wrap_legacy(ty, &source_of(ty), payload) {
+                    Some(b) => Cow::Owned(b.to_vec()),
+                    None => Cow::Borrowed(payload),
                 }
             }
         };
@@ -285,10 +330,7 @@ impl Client {
                 payload: body(payload),
             },
             (_, Layout::PerType) => {
-                let field = match config.codec() {
-                    Codec::CloudEvents => "cloud_event",
-                    Codec::Legacy => "data",
-                };
+                let field = if bare { "data" } else { "cloud_event" };
                 Write::Xadd {
                     key: keys.stream(ty),
                     fields: vec![(field, body(payload))],

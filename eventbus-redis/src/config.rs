@@ -6,7 +6,8 @@
 //! redis+cluster://[user:pass@]host1:port,host2:port,...[?options]
 //! rediss+cluster://...                           cluster over TLS (feature `tls`)
 //!
-//! options: mode=streams|pubsub  codec=cloudevents|legacy  prefix=NAME
+//! options: mode=streams|pubsub  codec=cloudevents|legacy|auto  prefix=NAME
+//!          legacy_types=T1,T2  cloudevents_types=T3 (the codec of these types)
 //!          layout=per-type|django  stream=NAME (django layout)  maxlen=N
 //!          claim_idle_ms=N  claim_interval_ms=N (defaults of ConsumerOptions)
 //!          tls_ca=PATH  (rediss: trust this PEM CA bundle instead of the system roots)
@@ -30,7 +31,7 @@ pub const DEFAULT_PREFIX: &str = "eventbus";
 /// The default stream of the `django` layout.
 pub const DEFAULT_DJANGO_STREAM: &str = "events";
 
-const OPTIONS: &str = "`mode`, `codec`, `prefix`, `layout`, `stream`, `maxlen`, `claim_idle_ms`, `claim_interval_ms`, `tls_ca`, `tls_cert`, `tls_key`";
+const OPTIONS: &str = "`mode`, `codec`, `legacy_types`, `cloudevents_types`, `prefix`, `layout`, `stream`, `maxlen`, `claim_idle_ms`, `claim_interval_ms`, `tls_ca`, `tls_cert`, `tls_key`";
 
 /// How events travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,11 +48,27 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Codec {
-    /// Structured-mode CloudEvents JSON (`codec=cloudevents`, default).
+    /// Structured-mode CloudEvents JSON (`codec=cloudevents`; the default on Streams).
     #[default]
     CloudEvents,
     /// The bare `data` JSON, as older services publish it (`codec=legacy`).
     Legacy,
+    /// Pub/sub only, its default (`codec=auto`): each channel keeps the
+    /// format it carries. A channel on which this client's subscribers have
+    /// received bare JSON from another producer gets bare JSON; any other
+    /// gets CloudEvents JSON (a warning, once per type, says so while no
+    /// message was seen on it). On Streams it means `CloudEvents`.
+    Auto,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Codec::CloudEvents => "cloudevents",
+            Codec::Legacy => "legacy",
+            Codec::Auto => "auto",
+        }
+    }
 }
 
 /// Which keys a Streams-mode client uses.
@@ -109,7 +126,10 @@ pub struct RedisConfig {
     password: Option<Secret>,
     db: i64,
     mode: Mode,
-    codec: Codec,
+    /// `None`: the mode's default.
+    codec: Option<Codec>,
+    /// Per-type choices, over `codec`.
+    type_codecs: std::collections::BTreeMap<String, Codec>,
     prefix: Option<String>,
     layout: Layout,
     maxlen: Option<u64>,
@@ -139,7 +159,8 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password)
             .field("db", &self.db)
             .field("mode", &self.mode)
-            .field("codec", &self.codec)
+            .field("codec", &self.codec())
+            .field("type_codecs", &self.type_codecs)
             .field("prefix", &self.prefix())
             .field("layout", &self.layout)
             .field("maxlen", &self.maxlen)
@@ -179,8 +200,21 @@ impl fmt::Display for RedisConfig {
         if self.mode == Mode::PubSub {
             opt(f, "mode", &"pubsub")?;
         }
-        if self.codec == Codec::Legacy {
-            opt(f, "codec", &"legacy")?;
+        if let Some(codec) = self.codec
+            && codec != self.default_codec()
+        {
+            opt(f, "codec", &codec.name())?;
+        }
+        for codec in [Codec::Legacy, Codec::CloudEvents] {
+            let types: Vec<&str> = self
+                .type_codecs
+                .iter()
+                .filter(|(_, c)| **c == codec)
+                .map(|(t, _)| t.as_str())
+                .collect();
+            if !types.is_empty() {
+                opt(f, &format!("{}_types", codec.name()), &types.join(","))?;
+            }
         }
         if let Some(p) = &self.prefix {
             opt(f, "prefix", p)?;
@@ -222,7 +256,8 @@ impl RedisConfig {
             password: None,
             db: 0,
             mode: Mode::Streams,
-            codec: Codec::CloudEvents,
+            codec: None,
+            type_codecs: Default::default(),
             prefix: None,
             layout: Layout::PerType,
             maxlen: None,
@@ -289,9 +324,33 @@ impl RedisConfig {
     pub fn mode(&self) -> Mode {
         self.mode
     }
-    /// CloudEvents or legacy payloads.
+    /// CloudEvents or legacy payloads: the `codec` option, or the mode's
+    /// default ([`Codec::CloudEvents`] on Streams, [`Codec::Auto`] on pub/sub).
     pub fn codec(&self) -> Codec {
-        self.codec
+        self.codec.unwrap_or_else(|| self.default_codec())
+    }
+
+    /// The codec events of type `event_type` are written with: the type's own
+    /// (`legacy_types`, `cloudevents_types`, [`RedisConfig::with_type_codec`]),
+    /// else [`RedisConfig::codec`].
+    pub fn codec_of(&self, event_type: &str) -> Codec {
+        self.type_codecs
+            .get(event_type)
+            .copied()
+            .unwrap_or_else(|| self.codec())
+    }
+
+    /// Whether the codec of `event_type` was chosen (by the URL or in code)
+    /// rather than left to the mode's default.
+    pub(crate) fn codec_chosen_for(&self, event_type: &str) -> bool {
+        self.codec.is_some() || self.type_codecs.contains_key(event_type)
+    }
+
+    fn default_codec(&self) -> Codec {
+        match self.mode {
+            Mode::PubSub => Codec::Auto,
+            Mode::Streams => Codec::CloudEvents,
+        }
     }
     /// The key prefix (default `eventbus`).
     pub fn prefix(&self) -> &str {
@@ -332,7 +391,14 @@ impl RedisConfig {
     }
     /// Sets the codec.
     pub fn with_codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
+        self.codec = Some(codec);
+        self
+    }
+    /// Sets the codec of one event type (over [`RedisConfig::with_codec`]):
+    /// e.g. [`Codec::Legacy`] for a channel that Django services read as
+    /// bare JSON, which this service only publishes to.
+    pub fn with_type_codec(mut self, event_type: impl Into<String>, codec: Codec) -> Self {
+        self.type_codecs.insert(event_type.into(), codec);
         self
     }
     /// Sets the key (and pub/sub channel) prefix.
@@ -471,12 +537,37 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
                     }
                 }
                 "codec" => {
-                    config.codec = match &*value {
+                    config.codec = Some(match &*value {
                         "cloudevents" => Codec::CloudEvents,
                         "legacy" => Codec::Legacy,
+                        "auto" => Codec::Auto,
                         v => {
                             return Err(format!(
-                                "`codec={v}` is not a codec; use `codec=cloudevents` or `codec=legacy` (bare data JSON)"
+                                "`codec={v}` is not a codec; use `codec=cloudevents`, `codec=legacy` (bare data JSON) or `codec=auto` (pub/sub: each channel as it is used)"
+                            ));
+                        }
+                    })
+                }
+                "legacy_types" | "cloudevents_types" => {
+                    let codec = if key == "legacy_types" {
+                        Codec::Legacy
+                    } else {
+                        Codec::CloudEvents
+                    };
+                    for ty in value.split(',') {
+                        if ty.is_empty() || ty.chars().any(|c| c.is_whitespace() || c.is_control())
+                        {
+                            return Err(format!(
+                                "`{key}={value}` must be a comma-separated list of event types, like `{key}=review_created,review_approved`"
+                            ));
+                        }
+                        if config
+                            .type_codecs
+                            .insert(ty.to_owned(), codec)
+                            .is_some_and(|c| c != codec)
+                        {
+                            return Err(format!(
+                                "`{ty}` is in both `legacy_types` and `cloudevents_types`; keep it in one"
                             ));
                         }
                     }
@@ -552,13 +643,20 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
                 .into(),
         );
     }
+    if config.mode == Mode::Streams && config.codec == Some(Codec::Auto) {
+        return Err(
+            "`codec=auto` is for pub/sub channels; add `mode=pubsub`, or use `codec=cloudevents` or `codec=legacy` on Streams".into(),
+        );
+    }
     if layout_django {
         if config.mode == Mode::PubSub {
             return Err("`layout=django` is a Streams layout; remove `mode=pubsub`".into());
         }
-        if config.codec == Codec::Legacy {
+        if config.codec == Some(Codec::Legacy)
+            || config.type_codecs.values().any(|c| *c == Codec::Legacy)
+        {
             return Err(
-                "`layout=django` always writes CloudEvents JSON; remove `codec=legacy`".into(),
+                "`layout=django` always writes CloudEvents JSON; remove `codec=legacy` and `legacy_types`".into(),
             );
         }
         config.layout = Layout::Django {
@@ -711,6 +809,46 @@ mod tests {
 
     fn err(url: &str) -> String {
         RedisConfig::from_url(url).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn codecs_per_mode_and_per_type() {
+        let streams = RedisConfig::from_url("redis://h").unwrap();
+        assert_eq!(streams.codec(), Codec::CloudEvents);
+        let pubsub = RedisConfig::from_url("redis://h?mode=pubsub").unwrap();
+        assert_eq!(pubsub.codec(), Codec::Auto);
+        assert!(!pubsub.codec_chosen_for("a"));
+        assert_eq!(pubsub.to_string(), "redis://h:6379/0?mode=pubsub");
+
+        let c = RedisConfig::from_url(
+            "redis://h?mode=pubsub&legacy_types=a,b&cloudevents_types=c&codec=cloudevents",
+        )
+        .unwrap();
+        assert_eq!(c.codec_of("a"), Codec::Legacy);
+        assert_eq!(c.codec_of("b"), Codec::Legacy);
+        assert_eq!(c.codec_of("c"), Codec::CloudEvents);
+        assert_eq!(c.codec_of("d"), Codec::CloudEvents);
+        assert!(c.codec_chosen_for("d"));
+        assert_eq!(
+            c.to_string(),
+            "redis://h:6379/0?mode=pubsub&codec=cloudevents&legacy_types=a,b&cloudevents_types=c"
+        );
+        assert_eq!(RedisConfig::from_url(&c.to_string()).unwrap(), c);
+        let coded = pubsub.with_type_codec("a", Codec::Legacy);
+        assert_eq!(coded.codec_of("a"), Codec::Legacy);
+        assert!(coded.codec_chosen_for("a") && !coded.codec_chosen_for("b"));
+
+        assert!(err("redis://h?codec=auto").contains("`codec=auto` is for pub/sub channels"));
+        assert!(
+            err("redis://h?mode=pubsub&legacy_types=a&cloudevents_types=a")
+                .contains("`a` is in both `legacy_types` and `cloudevents_types`")
+        );
+        assert!(err("redis://h?legacy_types=a,,b").contains("comma-separated list"));
+        assert!(
+            err("redis://h?layout=django&legacy_types=a")
+                .contains("remove `codec=legacy` and `legacy_types`")
+        );
+        assert!(err("redis://h?codec=avro").contains("`codec=auto`"));
     }
 
     #[test]

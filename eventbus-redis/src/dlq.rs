@@ -5,7 +5,9 @@
 //! `event_id` (the CloudEvents id, when the message could be read),
 //! `stream` (the stream or channel it came from), `group`, `handler`,
 //! `attempts`, `error`, `time` (RFC 3339), `payload` (the message as
-//! received). Listed as eventbus-core's [`DeadLetter`]s.
+//! received: on pub/sub the bytes of the `PUBLISH`, bare JSON or not JSON at
+//! all included, never the CloudEvent a bare payload was wrapped into).
+//! Listed as eventbus-core's [`DeadLetter`]s.
 
 use std::time::SystemTime;
 
@@ -74,8 +76,11 @@ impl Client {
     /// Re-delivers one dead letter to the group that dead-lettered it (and
     /// only to it) and removes it from the DLQ, atomically. Streams: it goes
     /// to the group's replay stream `{P}:replay:<group>`, which that group's
-    /// consumers read along with their event streams. Pub/sub: it is
-    /// published again on its channel (every subscriber gets it).
+    /// consumers read along with their event streams. Pub/sub: the message
+    /// as received is published again on the channel it came from (every
+    /// subscriber gets it): a bare JSON message byte for byte, a CloudEvent
+    /// as it was unless the channel's codec is bare JSON (then only its
+    /// `data`, as a publish would write it).
     ///
     /// Returns the group, or `None` when the id is not in the DLQ.
     pub async fn replay(&self, id: &str) -> Result<Option<String>> {
@@ -84,9 +89,28 @@ impl Client {
             let Some(dl) = self.dead_letter(id).await? else {
                 return Ok(None);
             };
-            let event_type = dl.event_type.as_deref().unwrap_or_default();
-            self.publish_one(event_type, &dl.payload).await?;
+            let channel = match (&dl.origin, &dl.event_type) {
+                (Some(channel), _) => channel.clone(),
+                (None, Some(ty)) => self.keys().channel(ty),
+                (None, None) => {
+                    return Err(Error::Unsupported(format!(
+                        "dead letter {id} names neither its channel nor its type; it cannot be replayed"
+                    )));
+                }
+            };
+            let ty = self.keys().type_of_channel(&channel);
+            let payload = if self.publishes_bare(ty) && codec::is_structured(&dl.payload) {
+                codec::legacy_data(&dl.payload)
+            } else {
+                std::borrow::Cow::Borrowed(&dl.payload[..])
+            };
+            self.run::<u64>(
+                "PUBLISH",
+                redis::cmd("PUBLISH").arg(&channel).arg(&*payload),
+            )
+            .await?;
             self.delete_dead_letter(id).await?;
+            tracing::info!(dlq_id = %id, group = %dl.group, channel = %eventbus_core::escape::Escaped(&channel), "dead letter replayed");
             return Ok(Some(dl.group));
         }
         let mut inv = scripts::REPLAY.prepare_invoke();

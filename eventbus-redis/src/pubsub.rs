@@ -1,16 +1,24 @@
 //! Pub/sub mode: fire-and-forget, at-most-once.
 //!
-//! Channel = `[prefix:]type`; payload = CloudEvent JSON, or with
-//! `codec=legacy` the bare data JSON. A subscriber task reads the dedicated
-//! pub/sub connection into a bounded buffer; when `read` falls behind and the
-//! buffer is full, messages are dropped — never silently: each drop is
-//! counted in [`ConsumerStats::dropped`] and logged. The task reconnects and
-//! resubscribes with backoff; messages published while it is disconnected are
-//! lost (that is what at-most-once means), and each reconnect is counted.
+//! Channel = `[prefix:]type`; payload = CloudEvent JSON or the bare data
+//! JSON, per channel (see [`Codec`](crate::Codec): by default each channel
+//! keeps the format it carries). A consumer is live when it is created: its
+//! `SUBSCRIBE` (or `PSUBSCRIBE`) is confirmed by the server before
+//! [`Client::consumer`](crate::Client::consumer) returns. A subscriber task
+//! reads the dedicated pub/sub connection into a bounded buffer; when `read`
+//! falls behind and the buffer is full, messages are dropped — never
+//! silently: each drop is counted in [`ConsumerStats::dropped`] and logged.
+//! The task reconnects and resubscribes with backoff; messages published
+//! while it is disconnected are lost (that is what at-most-once means), and
+//! each reconnect is counted.
+//!
+//! A bare payload is handed out wrapped into a CloudEvent of the channel's
+//! type; the consumer keeps the bytes as received, which is what a dead
+//! letter records and a replay publishes again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -37,10 +45,103 @@ struct Counters {
     released: AtomicU64,
 }
 
+/// A channel a consumer received messages on, shared by all its messages.
+struct Channel {
+    name: String,
+    /// Its event type.
+    ty: Arc<str>,
+    /// The formats seen on it by this consumer ([`BARE`], [`STRUCTURED`]).
+    seen: AtomicU8,
+}
+
+const BARE: u8 = 1;
+const STRUCTURED: u8 = 2;
+
 struct Message {
-    /// The channel and its event type, shared by every message of the channel.
-    channel: Arc<(String, Arc<str>)>,
+    channel: Arc<Channel>,
     payload: Vec<u8>,
+}
+
+/// An entry handed out, as the consumer keeps it until it is settled.
+#[derive(Clone)]
+struct Held {
+    entry: Entry,
+    /// The channel it was received on.
+    channel: Arc<Channel>,
+    /// The bytes as received, when the entry's payload is a wrapping of them.
+    original: Option<Bytes>,
+}
+
+/// What the pub/sub consumers of one client have received on each channel
+/// (by event type): bare JSON, CloudEvents JSON, or both. Publishing with
+/// `codec=auto` reads it: a channel that carried bare JSON stays bare.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelFormats {
+    /// Whether any channel carried bare JSON: until one did, a publish
+    /// looks nothing up.
+    any_bare: AtomicBool,
+    seen: RwLock<HashMap<Box<str>, Seen>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// [`BARE`] | [`STRUCTURED`].
+    formats: u8,
+    /// The "carries both" warning was logged.
+    warned_both: bool,
+    /// The "no message seen yet, publishing CloudEvents" warning was logged.
+    warned_guess: bool,
+}
+
+/// How many channels a client remembers the formats of (a pattern
+/// subscription may see any number of channel names).
+const MAX_CHANNELS: usize = 10_000;
+
+impl ChannelFormats {
+    /// Whether the channel of `event_type` carried bare JSON.
+    pub(crate) fn carries_bare(&self, event_type: &str) -> bool {
+        self.any_bare.load(Ordering::Acquire)
+            && self
+                .seen
+                .read()
+                .expect("not poisoned")
+                .get(event_type)
+                .is_some_and(|s| s.formats & BARE != 0)
+    }
+
+    /// Records that the channel of `event_type` carried `format`; true the
+    /// first time it is known to carry both formats.
+    fn record(&self, event_type: &str, format: u8) -> bool {
+        let mut seen = self.seen.write().expect("not poisoned");
+        if format == BARE {
+            self.any_bare.store(true, Ordering::Release);
+        }
+        let len = seen.len();
+        let s = match seen.get_mut(event_type) {
+            Some(s) => s,
+            None if len < MAX_CHANNELS => seen.entry(event_type.into()).or_default(),
+            None => return false,
+        };
+        s.formats |= format;
+        let both = s.formats == BARE | STRUCTURED && !s.warned_both;
+        s.warned_both |= both;
+        both
+    }
+
+    /// True once per type, for a type whose channel carried nothing this
+    /// client received: a publish then guesses (CloudEvents JSON).
+    pub(crate) fn first_guess(&self, event_type: &str) -> bool {
+        let mut seen = self.seen.write().expect("not poisoned");
+        let len = seen.len();
+        let s = match seen.get_mut(event_type) {
+            Some(s) => s,
+            None if len < MAX_CHANNELS => seen.entry(event_type.into()).or_default(),
+            None => return false,
+        };
+        let guess = s.formats == 0 && !s.warned_guess;
+        s.warned_guess |= guess;
+        guess
+    }
 }
 
 pub(crate) struct PubSubConsumer {
@@ -49,11 +150,11 @@ pub(crate) struct PubSubConsumer {
     name: String,
     opts: ConsumerOptions,
     rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
-    /// Entries handed out, kept for `retry_later` until acked.
-    held: Mutex<BTreeMap<u64, Entry>>,
+    /// Entries handed out, kept for `retry_later` and `dead_letter` until acked.
+    held: Mutex<BTreeMap<u64, Held>>,
     /// Entries whose retry is due (or will be), sent by timer tasks.
-    retries_tx: mpsc::UnboundedSender<Entry>,
-    retries_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Entry>>,
+    retries_tx: mpsc::UnboundedSender<Held>,
+    retries_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Held>>,
     next_seq: AtomicU64,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
@@ -104,7 +205,9 @@ impl PubSubConsumer {
             }
             Topics::All => Subscription::Pattern(keys.channel_pattern()),
         };
-        // Subscribe before returning: whatever is published from now on arrives.
+        // Subscribe before returning: `subscribe` waits for the server's
+        // confirmation of every channel (or the pattern), so whatever is
+        // published from now on arrives.
         let first = subscribe(&client, &sub).await?;
         let (tx, rx) = mpsc::channel(opts.pubsub_buffer.max(1));
         let (retries_tx, retries_rx) = mpsc::unbounded_channel();
@@ -174,19 +277,22 @@ impl PubSubConsumer {
                 _ = tokio::time::sleep(self.opts.block) => {}
             }
             for m in batch {
-                let (channel, ty) = &*m.channel;
-                let payload = Bytes::from(m.payload);
-                let payload = codec::ensure_structured_with(ty, || source_of(channel), payload);
+                let received = Bytes::from(m.payload);
+                let (payload, original) = self.structured(&m.channel, received);
                 let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-                out.push(Entry {
-                    id: EntryId {
-                        stream: PUBSUB_STREAM,
-                        ms: 0,
-                        seq,
+                out.push(Held {
+                    entry: Entry {
+                        id: EntryId {
+                            stream: PUBSUB_STREAM,
+                            ms: 0,
+                            seq,
+                        },
+                        event_type: m.channel.ty.clone(),
+                        payload,
+                        delivery_count: 1,
                     },
-                    event_type: ty.clone(),
-                    payload,
-                    delivery_count: 1,
+                    channel: m.channel,
+                    original,
                 });
             }
         }
@@ -195,15 +301,49 @@ impl PubSubConsumer {
                 .delivered
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
             let mut held = self.held.lock().expect("not poisoned");
-            for e in &out {
-                held.insert(e.id.seq, e.clone());
+            for h in &out {
+                held.insert(h.entry.id.seq, h.clone());
             }
             while held.len() > self.opts.pubsub_hold.max(1) {
                 held.pop_first();
                 self.counters.released.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(out)
+        Ok(out.into_iter().map(|h| h.entry).collect())
+    }
+
+    /// The structured CloudEvent of a message received on `channel`, and
+    /// the bytes as received when it had to be wrapped. Records the
+    /// channel's format (bare JSON or CloudEvents JSON) for publishing.
+    fn structured(&self, channel: &Channel, received: Bytes) -> (Bytes, Option<Bytes>) {
+        // What every CloudEvents writer we know of starts with; anything
+        // else is probed (a CloudEvent, bare JSON, or not JSON at all).
+        let (payload, original, format) =
+            if received.starts_with(b"{\"specversion\":") || codec::is_structured(&received) {
+                (received, None, STRUCTURED)
+            } else {
+                match codec::wrap_legacy(&channel.ty, &source_of(&channel.name), &received) {
+                    Some(wrapped) => (wrapped, Some(received), BARE),
+                    // Not JSON: handed out as it is, for the worker to dead-letter.
+                    None => return (received, None),
+                }
+            };
+        if channel.seen.fetch_or(format, Ordering::Relaxed) & format == 0
+            && self.client.inner.formats.record(&channel.ty, format)
+        {
+            let publishes = if self.client.publishes_bare(&channel.ty) {
+                "bare JSON"
+            } else {
+                "CloudEvents JSON"
+            };
+            tracing::warn!(
+                channel = %eventbus_core::escape::Escaped(&channel.name),
+                "pub/sub channel `{}` carries both bare JSON and CloudEvents JSON: its publishers disagree, and readers of bare JSON (`json.loads(msg)[\"id\"]`) get the CloudEvents' envelopes; this service publishes {publishes} on it ({})",
+                eventbus_core::escape::Escaped(&channel.name),
+                self.client.codec_reason(&channel.ty),
+            );
+        }
+        (payload, original)
     }
 
     pub(crate) fn ack(&self, ids: &[DeliveryId]) {
@@ -235,22 +375,34 @@ impl PubSubConsumer {
         let tx = self.retries_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let retry = Entry {
-                delivery_count: entry.delivery_count + 1,
-                ..entry
-            };
+            let mut retry = entry;
+            retry.entry.delivery_count += 1;
             let _ = tx.send(retry);
         });
         Ok(())
     }
 
+    /// Records the entry in the DLQ with the bytes as received (not their
+    /// wrapping) and the channel it came on.
     pub(crate) async fn dead_letter(&self, entry: &Entry, info: &DeadLetterInfo) -> Result<String> {
-        self.held
+        let held = self
+            .held
             .lock()
             .expect("not poisoned")
             .remove(&entry.id.seq);
         let dlq = self.client.keys().dlq();
-        let channel = self.client.keys().channel(&entry.event_type);
+        // An entry no longer held (released past `pubsub_hold`): its
+        // wrapping, on the channel of its type.
+        let (channel, payload) = match held {
+            Some(h) => (
+                h.channel.name.clone(),
+                h.original.unwrap_or_else(|| entry.payload.clone()),
+            ),
+            None => (
+                self.client.keys().channel(&entry.event_type),
+                entry.payload.clone(),
+            ),
+        };
         let mut inv = scripts::DEAD_LETTER.prepare_invoke();
         inv.key(&dlq)
             .key(&dlq)
@@ -258,7 +410,7 @@ impl PubSubConsumer {
             .arg(&self.group)
             .arg(entry.id.to_string())
             .arg(dead_type(entry, info))
-            .arg(&entry.payload[..])
+            .arg(&payload[..])
             .arg(&info.handler)
             .arg(info.attempts)
             .arg(&info.error)
@@ -268,7 +420,7 @@ impl PubSubConsumer {
             .arg(&channel)
             .arg(info.event_id.as_deref().unwrap_or(""));
         let id: String = self.client.run_script("dead-letter script", &inv).await?;
-        tracing::warn!(group = %self.group, handler = %info.handler, event_type = %entry.event_type, error = %info.error, dlq_id = %id, "event dead-lettered");
+        tracing::warn!(group = %self.group, handler = %info.handler, event_type = %eventbus_core::escape::Escaped(&entry.event_type), error = %eventbus_core::escape::Escaped(&info.error), dlq_id = %id, "event dead-lettered");
         Ok(id)
     }
 }
@@ -284,8 +436,8 @@ async fn run_subscriber(
     let mut delay = Duration::from_millis(50);
     let mut last_drop_log: Option<Instant> = None;
     let mut drops_since_log = 0u64;
-    // Channel name -> (name, event type), allocated once per channel.
-    let mut channels: HashMap<String, Arc<(String, Arc<str>)>> = HashMap::new();
+    // Channel name -> channel, allocated once per channel.
+    let mut channels: HashMap<String, Arc<Channel>> = HashMap::new();
     loop {
         let ps = match conn.take() {
             Some(ps) => ps,
@@ -311,9 +463,13 @@ async fn run_subscriber(
                 Some(c) => c.clone(),
                 None => {
                     let ty = Arc::from(client.keys().type_of_channel(name));
-                    let c = Arc::new((name.to_owned(), ty));
+                    let c = Arc::new(Channel {
+                        name: name.to_owned(),
+                        ty,
+                        seen: AtomicU8::new(0),
+                    });
                     // Bounded: a pattern subscription may see any channel name.
-                    if channels.len() < 10_000 {
+                    if channels.len() < MAX_CHANNELS {
                         channels.insert(name.to_owned(), c.clone());
                     }
                     c
@@ -332,7 +488,7 @@ async fn run_subscriber(
                         tracing::warn!(
                             dropped = drops_since_log,
                             total = counters.dropped.load(Ordering::Relaxed),
-                            channel = %m.channel.0,
+                            channel = %eventbus_core::escape::Escaped(&m.channel.name),
                             "pub/sub buffer full: dropping messages (consumer too slow; raise `pubsub_buffer` or use Streams)"
                         );
                         last_drop_log = Some(Instant::now());

@@ -120,9 +120,18 @@ async fn django_layout_round_trip() {
 /// Makes sure `python3` can `import cloudevents`, installing it with pip if
 /// needed. `None` (with a message) when that is impossible here.
 fn python_with_cloudevents() -> Option<()> {
+    python_with("cloudevents", "cloudevents")
+}
+
+/// redis-py, the client Django services publish and subscribe with.
+const REDIS_PY: &str = "redis==5.2.1";
+
+/// Makes sure `python3` can `import module`, installing `requirement` with
+/// pip if needed. `None` (with a message) when that is impossible here.
+fn python_with(module: &str, requirement: &str) -> Option<()> {
     let has = || {
         Command::new("python3")
-            .args(["-c", "import cloudevents"])
+            .args(["-c", &format!("import {module}")])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -131,13 +140,13 @@ fn python_with_cloudevents() -> Option<()> {
         return Some(());
     }
     let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "cloudevents"])
+        .args(["-m", "pip", "install", "--quiet", requirement])
         .status();
     if has() {
         return Some(());
     }
     eprintln!(
-        "SKIPPED: python3 with the `cloudevents` package is not available and `pip install cloudevents` failed"
+        "SKIPPED: python3 with the `{module}` package is not available and `pip install {requirement}` failed"
     );
     None
 }
@@ -216,4 +225,106 @@ async fn python_cloudevents_sdk_reads_what_we_write() {
     assert_eq!(py["source"], "/redis/review_approved");
     assert_eq!(py["data"], json!({"id": "5"}));
     assert!(py["time"].is_string());
+}
+
+/// A Django service's pub/sub side, with redis-py: publishes `publish` (if
+/// any) on `channel`, then prints what it receives there as JSON lines
+/// (`{"raw": <the message as text>, "id": json.loads(msg)["id"]}`), `count`
+/// of them. Prints `subscribed` once its subscription is confirmed.
+const PY_PUBSUB: &str = r#"
+import json, sys, redis
+url, channel, publish, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+r = redis.Redis.from_url(url)
+p = r.pubsub()
+p.subscribe(channel)
+assert p.get_message(timeout=5)["type"] == "subscribe"
+print("subscribed", flush=True)
+if publish:
+    r.publish(channel, publish)
+seen = 0
+while seen < count:
+    m = p.get_message(timeout=10)
+    if m is None:
+        sys.exit("no message within 10 s")
+    if m["type"] != "message":
+        continue
+    raw = m["data"].decode()
+    print(json.dumps({"raw": raw, "id": json.loads(raw)["id"]}), flush=True)
+    seen += 1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_django_subscriber_gets_bare_json_from_pubsub_alone() {
+    // Regression: with `?mode=pubsub` alone (enough to receive from
+    // Django), Rust published CloudEvent envelopes on the legacy channels,
+    // so `json.loads(msg)["id"]` in Django silently got the CloudEvent id.
+    if python_with("redis", REDIS_PY).is_none() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let server = server();
+    let client = client(&with(&server.url(), "mode=pubsub")).await;
+    let consumer = client
+        .consumer(
+            "rust.on_review_created",
+            only(&["review_created"]),
+            fast_opts(),
+        )
+        .await
+        .unwrap();
+    let mut django = Command::new("python3")
+        .args([
+            "-c",
+            PY_PUBSUB,
+            &server.url(),
+            "review_created",
+            r#"{"id": "from-django"}"#,
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Python's lines, as they come.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = BufReader::new(django.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(15), lines.recv())
+            .await
+            .expect("python printed a line within 15 s")
+            .expect("python's output is open")
+    };
+    assert_eq!(next_line().await, "subscribed");
+
+    // The channel carried bare JSON from Django; the Rust service got it.
+    let got = read_n(&consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(data(&got[0]), json!({"id": "from-django"}));
+    // Django's own message, as Django's subscriber read it.
+    let own: serde_json::Value = serde_json::from_str(&next_line().await).unwrap();
+    assert_eq!(own["id"], "from-django");
+
+    // The Rust service publishes a CloudEvent (as the bus does) whose id is
+    // not the payload's: Django reads the bare data, and the payload's id.
+    let ours = event("review_created", json!({"id": "from-rust"}));
+    client.publish_one("review_created", &ours).await.unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&next_line().await).unwrap();
+    assert_eq!(
+        seen["raw"], r#"{"id":"from-rust"}"#,
+        "bare JSON on the wire"
+    );
+    assert_eq!(
+        seen["id"], "from-rust",
+        "json.loads(msg)[\"id\"] is the payload's id"
+    );
+    let out = django.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Python subscriber failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -204,3 +204,200 @@ async fn subscriber_reconnects_after_a_redis_restart() {
     }
     assert!(consumer.stats().reconnects >= 1);
 }
+
+/// A raw subscriber (what any other service sees) on `channel`.
+async fn raw_subscriber(server: &testkit::RedisServer, channel: &str) -> redis::aio::PubSub {
+    let raw = redis::Client::open(server.url()).unwrap();
+    let mut raw = raw.get_async_pubsub().await.unwrap();
+    raw.subscribe(channel).await.unwrap();
+    raw
+}
+
+/// The next message a raw subscriber gets, as bytes.
+async fn next_raw(raw: &mut redis::aio::PubSub) -> Vec<u8> {
+    use futures::StreamExt;
+    let msg = tokio::time::timeout(Duration::from_secs(5), raw.on_message().next())
+        .await
+        .expect("a message within 5 s")
+        .expect("the subscription is open");
+    msg.get_payload_bytes().to_vec()
+}
+
+#[tokio::test]
+async fn a_consumer_is_live_when_it_is_returned() {
+    // `SUBSCRIBE` / `PSUBSCRIBE` is confirmed before `consumer` returns: a
+    // message published at once is never missed.
+    let server = server();
+    let client = client(&with(&server.url(), "mode=pubsub&prefix=live")).await;
+    for round in 0..50 {
+        let topics = if round % 2 == 0 {
+            only(&["t"])
+        } else {
+            Topics::All
+        };
+        let consumer = client.consumer("g", topics, fast_opts()).await.unwrap();
+        client
+            .publish_one("t", &event("t", json!(round)))
+            .await
+            .unwrap();
+        let got = read_n(&consumer, 1, Duration::from_secs(5)).await;
+        assert_eq!(data(&got[0]), json!(round), "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn pubsub_alone_keeps_a_bare_channel_bare() {
+    // `?mode=pubsub` alone: the codec is `auto`, each channel keeps the
+    // format it carries.
+    let server = server();
+    let client = client(&with(&server.url(), "mode=pubsub")).await;
+    assert_eq!(client.config().codec(), eventbus_redis::Codec::Auto);
+    let consumer = client
+        .consumer("g", only(&["review_created", "record_create"]), fast_opts())
+        .await
+        .unwrap();
+    let mut raw = raw_subscriber(&server, "review_created").await;
+    let mut raw_record = raw_subscriber(&server, "record_create").await;
+    // Another service publishes bare JSON on review_created.
+    server
+        .cmd(&["PUBLISH", "review_created", r#"{"id": "from-django"}"#])
+        .unwrap();
+    assert_eq!(next_raw(&mut raw).await, br#"{"id": "from-django"}"#);
+    let got = read_n(&consumer, 1, Duration::from_secs(5)).await;
+    assert_eq!(data(&got[0]), json!({"id": "from-django"}));
+
+    // Our CloudEvent goes out on it as bare data, as the others publish it.
+    let ours = event("review_created", json!({"id": "from-rust"}));
+    client.publish_one("review_created", &ours).await.unwrap();
+    assert_eq!(next_raw(&mut raw).await, br#"{"id":"from-rust"}"#);
+    // Scheduled ones too.
+    client
+        .publish_at("review_created", &ours, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    client.move_due(10).await.unwrap();
+    assert_eq!(next_raw(&mut raw).await, br#"{"id":"from-rust"}"#);
+
+    // A channel that carried no bare JSON gets CloudEvents, as before.
+    let record = event("record_create", json!({"id": "r"}));
+    client.publish_one("record_create", &record).await.unwrap();
+    assert_eq!(next_raw(&mut raw_record).await, record);
+}
+
+#[tokio::test]
+async fn the_codec_can_be_chosen_per_url_and_per_type() {
+    let server = server();
+    let mut raw = raw_subscriber(&server, "review_created").await;
+    let mut raw_other = raw_subscriber(&server, "other").await;
+    let ours = event("review_created", json!({"id": "x"}));
+    let other = event("other", json!({"id": "o"}));
+
+    // A type this service only publishes to, that Django reads as bare JSON.
+    let per_type = client(&with(
+        &server.url(),
+        "mode=pubsub&legacy_types=review_created,review_approved",
+    ))
+    .await;
+    per_type.publish_one("review_created", &ours).await.unwrap();
+    assert_eq!(next_raw(&mut raw).await, br#"{"id":"x"}"#);
+    per_type.publish_one("other", &other).await.unwrap();
+    assert_eq!(next_raw(&mut raw_other).await, other);
+
+    // `codec=cloudevents` is a choice: CloudEvents even on a bare channel.
+    let chosen = client(&with(&server.url(), "mode=pubsub&codec=cloudevents")).await;
+    let consumer = chosen
+        .consumer("g", only(&["review_created"]), fast_opts())
+        .await
+        .unwrap();
+    server
+        .cmd(&["PUBLISH", "review_created", r#"{"id": "bare"}"#])
+        .unwrap();
+    next_raw(&mut raw).await;
+    read_n(&consumer, 1, Duration::from_secs(5)).await;
+    chosen.publish_one("review_created", &ours).await.unwrap();
+    assert_eq!(next_raw(&mut raw).await, ours);
+
+    // In code, per type.
+    let config = eventbus_redis::RedisConfig::from_url(&with(&server.url(), "mode=pubsub"))
+        .unwrap()
+        .with_type_codec("other", eventbus_redis::Codec::Legacy);
+    let coded = eventbus_redis::Client::connect(config).await.unwrap();
+    coded.publish_one("other", &other).await.unwrap();
+    assert_eq!(next_raw(&mut raw_other).await, br#"{"id":"o"}"#);
+}
+
+#[tokio::test]
+async fn a_replayed_bare_message_is_the_original_bytes() {
+    // Regression: replay republished the CloudEvent the bare message had
+    // been wrapped into, with an id eventbus made up.
+    for query in [
+        "mode=pubsub",
+        "mode=pubsub&codec=cloudevents",
+        "mode=pubsub&codec=legacy",
+    ] {
+        let server = server();
+        let client = client(&with(&server.url(), query)).await;
+        let consumer = client
+            .consumer("g", only(&["review_approved"]), fast_opts())
+            .await
+            .unwrap();
+        let mut raw = raw_subscriber(&server, "review_approved").await;
+        // Spacing and a trailing newline a re-encoding would not keep.
+        let original = "{ \"id\" : \"5b0c\",\"n\":1.50 }\n";
+        server
+            .cmd(&["PUBLISH", "review_approved", original])
+            .unwrap();
+        assert_eq!(next_raw(&mut raw).await, original.as_bytes());
+        let got = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
+        assert!(
+            eventbus_redis::codec::is_structured(&got.payload),
+            "handed out wrapped"
+        );
+        let dlq_id = consumer
+            .dead_letter(&got, &DeadLetterInfo::new("h", 1, "nope"))
+            .await
+            .unwrap();
+        let dl = client.dead_letter(&dlq_id).await.unwrap().unwrap();
+        assert_eq!(&dl.payload[..], original.as_bytes(), "{query}: as received");
+        assert_eq!(dl.origin.as_deref(), Some("review_approved"));
+        assert_eq!(client.replay(&dlq_id).await.unwrap().as_deref(), Some("g"));
+        assert_eq!(
+            next_raw(&mut raw).await,
+            original.as_bytes(),
+            "{query}: the replay is byte for byte what was received"
+        );
+        assert_eq!(client.dead_letter_count().await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_of_a_non_json_payload_keeps_its_channel() {
+    let server = server();
+    let client = client(&with(&server.url(), "mode=pubsub&prefix=svc")).await;
+    let typed = client
+        .consumer("g", only(&["t"]), fast_opts())
+        .await
+        .unwrap();
+    let all = client
+        .consumer("audit", Topics::All, fast_opts())
+        .await
+        .unwrap();
+    server.cmd(&["PUBLISH", "svc:t", "not json \u{1}"]).unwrap();
+    for consumer in [&typed, &all] {
+        let got = read_n(consumer, 1, Duration::from_secs(5)).await.remove(0);
+        assert_eq!(&got.payload[..], b"not json \x01");
+        // What the worker records when nothing of the message is readable.
+        consumer
+            .dead_letter(&got, &DeadLetterInfo::new("h", 1, "not JSON"))
+            .await
+            .unwrap();
+    }
+    let dls = client.dead_letters(10).await.unwrap();
+    assert_eq!(dls.len(), 2);
+    for dl in dls {
+        assert_eq!(dl.origin.as_deref(), Some("svc:t"), "{dl:?}");
+        assert_eq!(dl.event_type.as_deref(), Some("t"), "{dl:?}");
+        assert_eq!(dl.event_id, None);
+        assert_eq!(&dl.payload[..], b"not json \x01");
+    }
+}
