@@ -200,7 +200,7 @@ impl Client {
             let held_by = (remaining > maxlen + 1 && !held_by.is_empty()).then_some(held_by);
             if let Some(group) = &held_by {
                 tracing::warn!(
-                    stream = %stream, len = remaining, maxlen, group = %group,
+                    stream = %eventbus_core::escape::Escaped(&stream), len = remaining, maxlen, group = %group,
                     "stream is longer than maxlen because group `{group}` has not read or acked its oldest entries; they are kept, not trimmed"
                 );
             }

@@ -502,7 +502,7 @@ impl StreamConsumer {
             (None, Some(d)) => codec::wrap_legacy(&event_type, &source_of(&event_type), &d)
                 .unwrap_or_else(|| Bytes::from(d)),
             (None, None) => {
-                tracing::warn!(id = %entry_id, %event_type, "stream entry has neither `cloud_event` nor `data`");
+                tracing::warn!(id = %entry_id, event_type = %eventbus_core::escape::Escaped(&event_type), "stream entry has neither `cloud_event` nor `data`");
                 Bytes::new()
             }
         };
@@ -619,7 +619,7 @@ impl StreamConsumer {
                 };
                 taken += 1;
                 if let Made::Entry(e) = self.make_entry(rd, idx, &id, fields, count) {
-                    tracing::info!(group = %self.group, stream = %key, id = %e.id, delivery_count = count, "took over an entry from a dead consumer");
+                    tracing::info!(group = %self.group, stream = %eventbus_core::escape::Escaped(&key), id = %e.id, delivery_count = count, "took over an entry from a dead consumer");
                     self.reclaimed.fetch_add(1, Ordering::Relaxed);
                     rd.buffer.push_back(e);
                 }
@@ -925,7 +925,7 @@ impl StreamConsumer {
             .lock()
             .expect("not poisoned")
             .remove(&entry.id);
-        tracing::warn!(group = %self.group, handler = %info.handler, event_type = %entry.event_type, attempts = info.attempts, error = %info.error, dlq_id = %id, "event dead-lettered");
+        tracing::warn!(group = %self.group, handler = %info.handler, event_type = %eventbus_core::escape::Escaped(&entry.event_type), attempts = info.attempts, error = %eventbus_core::escape::Escaped(&info.error), dlq_id = %id, "event dead-lettered");
         Ok(id)
     }
 }

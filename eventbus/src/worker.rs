@@ -301,8 +301,8 @@ fn start(
     };
     let span = tracing::info_span!(
         "eventbus.handle",
-        event_id = %envelope.id(),
-        event_type = %envelope.event_type(),
+        event_id = %eventbus_core::escape::Escaped(envelope.id()),
+        event_type = %eventbus_core::escape::Escaped(envelope.event_type()),
         handler = %spec.group.handler,
         attempt = delivery.attempt,
     );
@@ -337,7 +337,8 @@ fn settle(
                     handler = %spec.group.handler,
                     attempt = delivery.attempt,
                     retry_in = ?delay,
-                    "handler failed, will retry: {error}"
+                    "handler failed, will retry: {}",
+                    eventbus_core::escape::Escaped(&error)
                 );
                 Settle::Retry(delivery.id, delay)
             } else {
@@ -369,10 +370,11 @@ fn dead(
     tracing::error!(
         handler = %spec.group.handler,
         group = %spec.group.group,
-        event_type = %event_type,
+        event_type = %eventbus_core::escape::Escaped(event_type),
         event_id = event_id.as_deref().unwrap_or(""),
         attempts = delivery.attempt,
-        "event moved to the dead-letter queue: {error}"
+        "event moved to the dead-letter queue: {}",
+        eventbus_core::escape::Escaped(&error)
     );
     let info = DeadLetterInfo {
         event_type: event_type.to_owned(),

@@ -8,3 +8,4 @@ mod conformance;
 mod context;
 mod delivery;
 mod routing;
+mod validation;
