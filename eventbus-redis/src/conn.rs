@@ -120,7 +120,13 @@ pub(crate) fn connect_error(config: &RedisConfig, e: RedisError) -> Error {
         ErrorKind::AuthenticationFailed => {
             "authentication failed (check the user and password in the URL)".to_owned()
         }
-        _ => e.to_string(),
+        // Something answered, but not in the Redis protocol: another service
+        // (HTTP, SSH, PostgreSQL, ...) listens on that port.
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
+            "the server there does not speak the Redis protocol (another service listens on that port; Redis's default port is 6379)".to_owned()
+        }
+        // One line, whatever the client library put into its message.
+        _ => e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
     };
     Error::Connect {
         addr: config.addr(),

@@ -60,3 +60,29 @@ async fn bad_url_errors_do_not_leak_the_password() {
     assert!(!msg.contains("hunter2"), "{msg}");
     assert!(msg.contains("redis://u:***@h:6379/0?mode=nope"), "{msg}");
 }
+
+/// A Redis URL that points at another service (here one that answers like
+/// an HTTP server) is one sentence saying so, on one line.
+#[tokio::test]
+async fn a_port_where_another_service_listens_is_one_sentence() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 256];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let msg = Client::connect_url(&url).await.unwrap_err().to_string();
+    assert!(msg.contains("does not speak the Redis protocol"), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg:?}");
+    server.abort();
+}
