@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod legacy;
+mod legacy_replay;
 mod readiness;
 mod routing;
 mod support;
