@@ -66,6 +66,66 @@ pub struct GroupSpec {
     /// transport must not hand a delivery to another consumer as "abandoned"
     /// while it may still be running.
     pub handler_timeout: Option<std::time::Duration>,
+    /// Every subscriber gets every event (`#[handler(broadcast)]`) instead of
+    /// competing for them; only asked of a transport whose
+    /// [`Capabilities::broadcast`] is true. A broadcast group keeps nothing
+    /// for a subscriber before it subscribes.
+    pub broadcast: bool,
+}
+
+/// What a transport can do with groups; the bus (`eventbus::Bus`) checks it
+/// at start against the groups it runs, so that a group never silently
+/// behaves otherwise than it says (every instance handling each job).
+///
+/// ```
+/// use eventbus_core::transport::Capabilities;
+/// let pubsub_like = Capabilities::COMPETING.with_broadcast(true);
+/// assert!(pubsub_like.competing_consumers && pubsub_like.broadcast);
+/// assert_eq!(Capabilities::default(), Capabilities::COMPETING);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The subscribers of one group compete: each event goes to one of them.
+    /// Without it, every subscriber of a group gets every event, and a bus
+    /// refuses to run a group that is not broadcast on this transport.
+    pub competing_consumers: bool,
+    /// A [`GroupSpec::broadcast`] group gives every subscriber every event.
+    /// Without it, a bus refuses to run a broadcast handler on this transport.
+    pub broadcast: bool,
+}
+
+impl Capabilities {
+    /// Groups compete; no broadcast (what [`Transport::capabilities`] assumes).
+    pub const COMPETING: Self = Self {
+        competing_consumers: true,
+        broadcast: false,
+    };
+
+    /// Every subscriber of a group gets every event and cannot compete
+    /// (a plain pub/sub without coordination): broadcast only.
+    pub const BROADCAST_ONLY: Self = Self {
+        competing_consumers: false,
+        broadcast: true,
+    };
+
+    /// The same, with [`broadcast`](Self::broadcast) set.
+    pub const fn with_broadcast(mut self, broadcast: bool) -> Self {
+        self.broadcast = broadcast;
+        self
+    }
+
+    /// The same, with [`competing_consumers`](Self::competing_consumers) set.
+    pub const fn with_competing_consumers(mut self, competing: bool) -> Self {
+        self.competing_consumers = competing;
+        self
+    }
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::COMPETING
+    }
 }
 
 /// An event type as a transport carries it: a `&'static str` from a typed
@@ -275,6 +335,15 @@ impl DeadLetter {
 pub trait Transport: Send + Sync + 'static {
     /// A short name for errors and logs (`"memory"`, `"redis-streams"`).
     fn name(&self) -> &'static str;
+
+    /// What it can do with groups: whether a group's subscribers compete,
+    /// whether it can broadcast. The default, [`Capabilities::COMPETING`],
+    /// is the contract above; a transport that cannot make a group compete
+    /// must say so here, and the bus then refuses its non-broadcast groups
+    /// at start instead of running them on every instance.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
 
     /// Publishes a batch; returns once the transport has accepted all of it
     /// (durably, for a durable transport).

@@ -17,6 +17,7 @@ const SPEC: Spec = Spec {
         Key::new("retries", Kind::U32, "retries = 5"),
         Key::new("concurrency", Kind::U32, "concurrency = 8"),
         Key::new("all", Kind::Flag, "all"),
+        Key::new("broadcast", Kind::Flag, "broadcast"),
         Key::new("crate", Kind::Path, "crate = ::eventbus"),
     ],
     positional: false,
@@ -50,6 +51,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let ident = &sig.ident;
     let name = ident.unraw().to_string();
     let all = parsed.flag("all");
+    let broadcast = parsed.flag("broadcast");
 
     let mut checks = Vec::new();
     for (index, arg) in sig.inputs.iter().enumerate() {
@@ -100,6 +102,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
                         #retries,
                         #concurrency,
                         #all,
+                        #broadcast,
                     ),
                 )
             }

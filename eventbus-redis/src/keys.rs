@@ -14,6 +14,7 @@
 //! | `{P}:dlq` | stream | dead letters |
 //! | `{P}:schedule` | zset | events published for later, score = due ms |
 //! | `{P}:tick:<name>` | string | last claimed tick of a recurring schedule |
+//! | `{P}:lease:<group>` | string | the holder of a pub/sub group's lease (see [`lease`](crate::lease)) |
 //!
 //! `{P}` is `{prefix}` (default `{eventbus}`); in the django layout it is
 //! `{<stream>}:<prefix>` so the auxiliary keys share the slot of the stream.
@@ -103,6 +104,11 @@ impl Keys {
     /// The last claimed tick of the recurring schedule `name`.
     pub fn tick(&self, name: &str) -> String {
         format!("{}:tick:{name}", self.base)
+    }
+
+    /// The holder of the pub/sub group `group`'s lease.
+    pub fn lease(&self, group: &str) -> String {
+        format!("{}:lease:{group}", self.base)
     }
 
     /// The pub/sub channel of `ty`: `<prefix>:<type>`, or the bare type when

@@ -10,6 +10,8 @@ mod consumer;
 pub mod dlq;
 mod error;
 pub mod keys;
+pub mod lease;
+pub mod liveness;
 mod publisher;
 pub mod pubsub;
 pub mod schedule;
@@ -23,6 +25,7 @@ pub use conn::ClientOptions;
 pub use consumer::{Consumer, ConsumerOptions, ConsumerStats, StartFrom};
 pub use error::{Error, Result};
 pub use keys::Keys;
+pub use lease::LeaseOptions;
 pub use schedule::{SchedulerHandle, SchedulerOptions, TrimReport};
 pub use transport::RedisTransport;
 

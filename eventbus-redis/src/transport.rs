@@ -2,20 +2,22 @@
 //! (durable, default) and pub/sub (`?mode=pubsub`).
 //!
 //! A group is a Redis consumer group (or, in pub/sub mode, a set of channel
-//! subscriptions), a delivery id packs the stream entry id, and the delivery
-//! count Redis keeps drives the attempts. See the crate README for the keys
-//! and the guarantees per mode.
+//! subscriptions whose instances compete through a [lease](crate::lease)),
+//! a delivery id packs the stream entry id, and the delivery count Redis
+//! keeps drives the attempts. See the crate README for the keys and the
+//! guarantees per mode.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use eventbus_core::Result;
 use eventbus_core::transport::{
-    DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing, Subscriber, Topics,
-    Transport,
+    Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing,
+    Subscriber, Topics, Transport,
 };
 use futures::future::BoxFuture;
 
+use crate::lease::{self, Lease, LeaseOptions};
 use crate::{Client, ConsumerOptions, Mode, RedisConfig, SchedulerOptions, StartFrom};
 
 /// The Redis transport. Cheap to clone.
@@ -30,6 +32,8 @@ pub struct RedisTransport {
     declared: Arc<std::sync::Mutex<std::collections::HashMap<String, SystemTime>>>,
     /// The reclaim idle time was chosen by the user (URL or options): keep it.
     claim_idle_explicit: bool,
+    /// The lease of pub/sub groups.
+    lease: LeaseOptions,
 }
 
 impl RedisTransport {
@@ -58,7 +62,20 @@ impl RedisTransport {
             name,
             declared: Default::default(),
             claim_idle_explicit: true,
+            lease: LeaseOptions::default(),
         })
+    }
+
+    /// Pub/sub mode: how long a group's lease lasts and how often it is
+    /// renewed, which bounds how soon a standby instance takes over the
+    /// group's events from one that died (default 3 s + 1 s).
+    pub fn with_lease_options(mut self, lease: LeaseOptions) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    fn pubsub(&self) -> bool {
+        self.client.config().mode() == Mode::PubSub
     }
 
     /// The binding's client, for what the transport does not expose.
@@ -66,7 +83,7 @@ impl RedisTransport {
         &self.client
     }
 
-    async fn consumer(&self, group: &GroupSpec) -> Result<crate::Consumer> {
+    async fn consumer(&self, group: &GroupSpec, topics: Topics) -> Result<crate::Consumer> {
         let mut opts = self.consumer.clone();
         if group.topics == Topics::All {
             let since = *self
@@ -102,16 +119,22 @@ impl RedisTransport {
             ),
             _ => {}
         }
-        Ok(self
-            .client
-            .consumer(&group.group, group.topics.clone(), opts)
-            .await?)
+        Ok(self.client.consumer(&group.group, topics, opts).await?)
     }
 }
 
 impl Transport for RedisTransport {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Streams: groups compete (consumer groups); no broadcast (a group per
+    /// instance would keep events for instances long gone). Pub/sub: groups
+    /// compete through a lease (one instance of a group at a time handles
+    /// its events, see [`lease`](crate::lease)), and broadcast is what
+    /// pub/sub does by itself.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::COMPETING.with_broadcast(self.pubsub())
     }
 
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
@@ -141,21 +164,66 @@ impl Transport for RedisTransport {
 
     fn declare<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            if self.client.config().mode() == Mode::PubSub {
+            if self.pubsub() {
                 // Pub/sub keeps nothing for anyone: there is no group to
                 // create, and a subscription opened and dropped here would
                 // only linger (and count in PUBSUB NUMSUB) for a moment.
                 return Ok(());
             }
+            if group.broadcast {
+                // Nothing to keep for it (and the bus refuses to run it).
+                return Ok(());
+            }
             // Creating a consumer creates the group on every stream it reads.
-            self.consumer(group).await.map(drop)
+            self.consumer(group, group.topics.clone()).await.map(drop)
         })
     }
 
     fn subscribe<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>> {
         Box::pin(async move {
-            let consumer = self.consumer(group).await?;
-            Ok(Box::new(RedisSubscriber { consumer }) as Box<dyn Subscriber>)
+            if !self.pubsub() {
+                if group.broadcast {
+                    return Err(broadcast_unsupported(group));
+                }
+                let consumer = self.consumer(group, group.topics.clone()).await?;
+                return Ok(Box::new(RedisSubscriber {
+                    consumer,
+                    pubsub: None,
+                }) as Box<dyn Subscriber>);
+            }
+            if group.broadcast {
+                let consumer = self.consumer(group, group.topics.clone()).await?;
+                return Ok(Box::new(RedisSubscriber {
+                    consumer,
+                    pubsub: Some(PubSubGroup {
+                        lease: None,
+                        holder: Default::default(),
+                        control: String::new(),
+                    }),
+                }) as Box<dyn Subscriber>);
+            }
+            // A competing group: its lease markers arrive on the same
+            // connection as its events (a pattern subscription matches them).
+            let control = lease::control_type(&group.group);
+            let topics = match &group.topics {
+                Topics::All => Topics::All,
+                Topics::Types(types) => {
+                    let mut types = types.clone();
+                    types.push(control.clone());
+                    Topics::Types(types)
+                }
+            };
+            let consumer = self.consumer(group, topics).await?;
+            let me = format!("{}-{:08x}", consumer.name(), fastrand::u32(..));
+            let lease = Lease::join(self.client.clone(), &group.group, me, self.lease).await?;
+            Ok(Box::new(RedisSubscriber {
+                consumer,
+                pubsub: Some(PubSubGroup {
+                    lease: Some(lease),
+                    holder: Default::default(),
+                    control,
+                }),
+            }) as Box<dyn Subscriber>)
         })
     }
 
@@ -199,8 +267,69 @@ impl Transport for RedisTransport {
     }
 }
 
+fn broadcast_unsupported(group: &GroupSpec) -> eventbus_core::Error {
+    eventbus_core::Error::Config(format!(
+        "group `{}` (handler `{}`) is broadcast, which Redis Streams cannot do (a group per instance would keep events for instances long gone): route its types to pub/sub (`?mode=pubsub`) or drop `broadcast`",
+        group.group, group.handler
+    ))
+}
+
 struct RedisSubscriber {
     consumer: crate::Consumer,
+    /// Pub/sub mode: the lease of a competing group, and what its markers said.
+    pubsub: Option<PubSubGroup>,
+}
+
+struct PubSubGroup {
+    /// `None` for a broadcast group (every instance handles every event).
+    lease: Option<Lease>,
+    /// The holder the latest marker of the group named (`""`: released).
+    holder: std::sync::Mutex<Option<String>>,
+    /// The group's control type.
+    control: String,
+}
+
+impl PubSubGroup {
+    /// Keeps the deliveries this subscriber handles, in order; returns the
+    /// ids of the others (lease markers, events another instance handles).
+    fn filter(&self, batch: Vec<Delivery>) -> (Vec<Delivery>, Vec<DeliveryId>) {
+        let mut keep = Vec::with_capacity(batch.len());
+        let mut skip = Vec::new();
+        let mut holder = self
+            .holder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in batch {
+            if lease::is_control(&d.event_type) {
+                if d.event_type == self.control.as_str()
+                    && let Some(h) = lease::holder_of(&d.payload)
+                {
+                    if h.is_empty()
+                        && let Some(lease) = &self.lease
+                    {
+                        lease.released();
+                    }
+                    *holder = Some(h);
+                }
+                skip.push(d.id);
+                continue;
+            }
+            let mine = match &self.lease {
+                None => true,
+                // A retry was this instance's already; a first delivery is
+                // this instance's when the latest marker names it.
+                Some(lease) => {
+                    d.attempt > 1 || (holder.as_deref() == Some(lease.me()) && lease.may_hold())
+                }
+            };
+            if mine {
+                keep.push(d);
+            } else {
+                skip.push(d.id);
+            }
+        }
+        (keep, skip)
+    }
 }
 
 impl Subscriber for RedisSubscriber {
@@ -211,6 +340,16 @@ impl Subscriber for RedisSubscriber {
             // back to the worker, the one owner of read retries.
             loop {
                 let batch = self.consumer.read(max).await?;
+                let batch = match &self.pubsub {
+                    None => batch,
+                    Some(group) => {
+                        let (keep, skip) = group.filter(batch);
+                        if !skip.is_empty() {
+                            self.consumer.ack(&skip).await?;
+                        }
+                        keep
+                    }
+                };
                 if !batch.is_empty() {
                     return Ok(batch);
                 }
@@ -227,7 +366,12 @@ impl Subscriber for RedisSubscriber {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { Ok(self.consumer.close().await.map(drop)?) })
+        Box::pin(async move {
+            if let Some(lease) = self.pubsub.as_ref().and_then(|g| g.lease.as_ref()) {
+                lease.release().await?;
+            }
+            Ok(self.consumer.close().await.map(drop)?)
+        })
     }
 
     fn dead_letter<'a>(

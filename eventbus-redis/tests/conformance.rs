@@ -1,6 +1,6 @@
 //! The transport contract (`eventbus::testing::conformance`) on this
 //! crate's [`RedisTransport`]: Streams, pub/sub (`?mode=pubsub`,
-//! at-most-once, no competing consumers) and a 3-node Redis Cluster
+//! at-most-once, groups competing through a lease, broadcast) and a 3-node Redis Cluster
 //! (`redis+cluster://`), against servers started by testkit on free
 //! loopback ports.
 //!
@@ -75,7 +75,8 @@ mod streams {
     eventbus::conformance_tests!(Features::durable(), server("mode=streams"));
 }
 
-/// Pub/sub: fire-and-forget, every subscriber gets every event.
+/// Pub/sub: fire-and-forget; one instance of a group at a time handles its
+/// events (the lease), a broadcast group's every instance gets every event.
 mod pubsub {
     use super::*;
     eventbus::conformance_tests!(Features::at_most_once(), server("mode=pubsub"));

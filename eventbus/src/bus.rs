@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::HandlerDef;
 use crate::registry::{EventRegistration, HandlerRegistration, Registry, ScheduleRegistration};
+use crate::routing::{self, RouteSpec, Router, Target};
 use crate::schedule::ScheduleDef;
 use crate::transport::{DeadLetter, GroupSpec, Outgoing, Topics, Transport};
 use crate::worker::{self, WorkerSpec};
@@ -39,6 +40,8 @@ struct Inner {
     service: String,
     source: String,
     transport: Arc<dyn Transport>,
+    /// The same transport when the bus routes events by type over several.
+    router: Option<Arc<Router>>,
     registry: Registry,
     workers: Vec<Arc<WorkerSpec>>,
     state: StateMap,
@@ -371,10 +374,13 @@ impl Bus {
                         known.into_iter().collect::<Vec<_>>().join(", ")
                     )));
                 }
+                // Bridges run with every run: each runs once across instances.
                 self.inner
                     .workers
                     .iter()
-                    .filter(|w| wanted.contains(&w.group.group))
+                    .filter(|w| {
+                        wanted.contains(&w.group.group) || routing::is_bridge_group(&w.group.group)
+                    })
                     .cloned()
                     .collect()
             }
@@ -384,6 +390,13 @@ impl Bus {
         }
         self.inner.phase.send_replace(Phase::Starting);
         let _stopped = StopOnDrop(&self.inner.phase);
+        // A group that cannot be what it says (compete, or broadcast) on its
+        // transport is refused before anything runs.
+        routing::check_groups(
+            &*self.inner.transport,
+            self.inner.router.as_deref(),
+            workers.iter().map(|w| &w.group),
+        )?;
         let work_token = token.child_token();
         let mut tasks = tokio::task::JoinSet::new();
         let mut live = Vec::with_capacity(workers.len());
@@ -598,6 +611,10 @@ pub struct BusBuilder {
     handler_timeout: Option<Duration>,
     shutdown_timeout: Duration,
     background: Vec<Background>,
+    /// The default transport's URL, when it is connected with the routes.
+    url: Option<String>,
+    routes: Vec<RouteSpec>,
+    bridges: Vec<RouteSpec>,
 }
 
 impl Default for BusBuilder {
@@ -614,6 +631,9 @@ impl Default for BusBuilder {
             handler_timeout: Some(Duration::from_secs(30)),
             shutdown_timeout: Duration::from_secs(30),
             background: Vec::new(),
+            url: None,
+            routes: Vec::new(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -624,6 +644,8 @@ impl fmt::Debug for BusBuilder {
             .field("service", &self.service)
             .field("handlers", &self.handlers)
             .field("registered", &self.registered)
+            .field("routes", &self.routes)
+            .field("bridges", &self.bridges)
             .finish_non_exhaustive()
     }
 }
@@ -719,32 +741,130 @@ impl BusBuilder {
         self
     }
 
+    /// Routes the event types `types` (each a type, or a prefix ending in
+    /// `*`: `"review_*"`) to the transport at `url`: they are published
+    /// there, and handlers subscribe to them there; every other type stays
+    /// on the default transport ([`connect`](Self::connect)'s URL). An exact
+    /// type wins over a prefix, a longer prefix over a shorter one. A group
+    /// whose types end up on several transports subscribes on each (see
+    /// [`routing`](crate::routing)). The URL is connected when the bus is
+    /// built; a wrong pattern or URL is an error then.
+    ///
+    /// ```
+    /// # async fn demo() -> eventbus::Result<()> {
+    /// // The legacy catalogue on the memory transport "legacy", the rest on another.
+    /// let bus = eventbus::Bus::builder()
+    ///     .service("reviews")
+    ///     .route(["review_*", "moderate_action"], "memory://legacy")
+    ///     .connect("memory://jobs")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn route<I, S>(mut self, types: I, url: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.routes.push(RouteSpec {
+            patterns: types.into_iter().map(Into::into).collect(),
+            target: Target::Url(url.into()),
+            origin: "Bus::builder()",
+        });
+        self
+    }
+
+    /// [`route`](Self::route) to a transport built in code.
+    pub fn route_transport<I, S>(mut self, types: I, transport: impl Transport) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.routes.push(RouteSpec {
+            patterns: types.into_iter().map(Into::into).collect(),
+            target: Target::Transport(Arc::new(transport)),
+            origin: "Bus::builder()",
+        });
+        self
+    }
+
+    /// Bridges the event types `types` (types, or prefixes ending in `*`
+    /// matched against the types this binary knows) from the transport at
+    /// `from_url` (e.g. the Redis pub/sub channels Django publishes on) into
+    /// the transport they are routed to (the default one unless a
+    /// [`route`](Self::route) says otherwise, e.g. Redis Streams).
+    ///
+    /// Every running instance takes part, and each message is appended once
+    /// across them (the source's groups compete; on Redis pub/sub through a
+    /// lease): handlers read the bridged types from the destination, where
+    /// their instances compete as usual. Publishing a bridged type goes to
+    /// the source, so the services still reading it there see it, and the
+    /// bridge appends it like the others. Pub/sub stays at-most-once up to
+    /// the append; see [`routing`](crate::routing).
+    pub fn bridge<I, S>(mut self, types: I, from_url: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.bridges.push(RouteSpec {
+            patterns: types.into_iter().map(Into::into).collect(),
+            target: Target::Url(from_url.into()),
+            origin: "Bus::builder()",
+        });
+        self
+    }
+
     /// Connects to the transport at `url` (`memory://`, `redis://...`) and builds the bus.
     pub async fn connect(mut self, url: &str) -> Result<Bus> {
-        self.transport = Some(crate::transport::connect(url).await?);
+        if self.routes.is_empty() && self.bridges.is_empty() {
+            self.transport = Some(crate::transport::connect(url).await?);
+        } else {
+            // Connected with the routes, so that a route to the same URL
+            // shares the connection.
+            self.url = Some(url.to_owned());
+        }
         self.build().await
     }
 
-    /// Connects to `EVENTBUS_URL` (default `memory://`) and builds the bus.
-    pub async fn connect_env(self) -> Result<Bus> {
-        let url = match std::env::var("EVENTBUS_URL") {
-            Ok(u) if !u.trim().is_empty() => u,
-            Ok(_) | Err(std::env::VarError::NotPresent) => "memory://".to_owned(),
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(Error::Config("EVENTBUS_URL is not valid UTF-8".into()));
-            }
+    /// Connects to `EVENTBUS_URL` (default `memory://`), with the routes of
+    /// `EVENTBUS_ROUTES` and the bridges of `EVENTBUS_BRIDGES` (both
+    /// optional, added after those given in code, and winning over them for
+    /// the same pattern), and builds the bus:
+    ///
+    /// ```sh
+    /// EVENTBUS_URL='redis://redis:6379'   # Streams: everything not routed elsewhere
+    /// EVENTBUS_ROUTES='moderate_action,record_*=redis://redis:6379?mode=pubsub&codec=legacy'
+    /// EVENTBUS_BRIDGES='review_created,id_user_changed=redis://redis:6379?mode=pubsub&codec=legacy'
+    /// ```
+    ///
+    /// The syntax (see [`routing::parse_routes`]): `types=url` separated by
+    /// `;` or new lines, `types` separated by `,`, each a type or a prefix
+    /// ending in `*`. A mistake is an error naming the variable and the
+    /// route; passwords are shown as `***`.
+    pub async fn connect_env(mut self) -> Result<Bus> {
+        let url = match env_var("EVENTBUS_URL")? {
+            Some(u) => u,
+            None => "memory://".to_owned(),
         };
-        self.connect(url.trim()).await
+        for (var, into) in [
+            (routing::ROUTES_ENV, &mut self.routes),
+            (routing::BRIDGES_ENV, &mut self.bridges),
+        ] {
+            let Some(value) = env_var(var)? else { continue };
+            for (patterns, url) in routing::parse_routes(var, &value)? {
+                into.push(RouteSpec {
+                    patterns,
+                    target: Target::Url(url),
+                    origin: var,
+                });
+            }
+        }
+        self.connect(&url).await
     }
 
     /// Builds the bus on the transport given to [`transport`](Self::transport)
     /// (an in-memory one if none): checks the registry, declares every
     /// handler's group so that nothing published from now on is missed.
     pub async fn build(self) -> Result<Bus> {
-        let transport = match self.transport {
-            Some(t) => t,
-            None => crate::transport::connect("memory://").await?,
-        };
         let service = match self.service {
             Some(s) => s,
             None => default_service(),
@@ -767,6 +887,29 @@ impl BusBuilder {
         handlers.extend(self.handlers);
         schedules.extend(self.schedules);
         let registry = Registry::build(events, handlers, schedules)?;
+
+        let default = match (self.transport, self.url) {
+            (Some(t), _) => Target::Transport(t),
+            (None, Some(url)) => Target::Url(url),
+            (None, None) => Target::Url("memory://".to_owned()),
+        };
+        let (transport, router, bridges) = if self.routes.is_empty() && self.bridges.is_empty() {
+            let transport = match default {
+                Target::Transport(t) => t,
+                Target::Url(url) => crate::transport::connect(&url).await?,
+            };
+            (transport, None, Vec::new())
+        } else {
+            let mut known = BTreeSet::new();
+            for info in registry.events() {
+                known.insert(info.type_name);
+                known.extend(info.aliases.iter().copied());
+            }
+            let (router, bridges) =
+                Router::build(default, self.routes, self.bridges, &known).await?;
+            let router = Arc::new(router);
+            (router.clone() as Arc<dyn Transport>, Some(router), bridges)
+        };
 
         let mut workers = Vec::new();
         for h in registry.handler_arcs() {
@@ -802,6 +945,7 @@ impl BusBuilder {
                     handler: handler_name,
                     topics,
                     handler_timeout: self.handler_timeout,
+                    broadcast: h.meta.broadcast,
                 },
                 handler: h.clone(),
                 upcasts,
@@ -809,6 +953,9 @@ impl BusBuilder {
                 concurrency: concurrency as usize,
                 timeout: self.handler_timeout,
             }));
+        }
+        for b in bridges {
+            workers.push(Arc::new(crate::bridge::worker(b, self.handler_timeout)));
         }
         for w in &workers {
             transport.declare(&w.group).await?;
@@ -819,6 +966,7 @@ impl BusBuilder {
                 service,
                 source,
                 transport,
+                router,
                 registry,
                 workers,
                 state: self.state,
@@ -830,6 +978,17 @@ impl BusBuilder {
                 phase: tokio::sync::watch::Sender::new(Phase::Idle),
             }),
         })
+    }
+}
+
+/// The trimmed value of `var`; `None` when unset or blank.
+fn env_var(var: &str) -> Result<Option<String>> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Error::Config(format!("{var} is not valid UTF-8")))
+        }
     }
 }
 

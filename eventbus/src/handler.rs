@@ -35,6 +35,9 @@ pub struct HandlerMeta {
     pub concurrency: Option<u32>,
     /// A global handler (`#[handler(all)]`) receives every event on the bus.
     pub all: bool,
+    /// Every running instance handles each event (`#[handler(broadcast)]`),
+    /// instead of the group's instances competing for it.
+    pub broadcast: bool,
 }
 
 impl HandlerMeta {
@@ -46,6 +49,7 @@ impl HandlerMeta {
         retries: Option<u32>,
         concurrency: Option<u32>,
         all: bool,
+        broadcast: bool,
     ) -> Self {
         Self {
             name,
@@ -54,6 +58,7 @@ impl HandlerMeta {
             retries,
             concurrency,
             all,
+            broadcast,
         }
     }
 }
@@ -140,7 +145,7 @@ impl HandlerDef {
     where
         F: IntoHandler<Args>,
     {
-        let meta = HandlerMeta::__new(name, "", None, None, None, F::GLOBAL);
+        let meta = HandlerMeta::__new(name, "", None, None, None, F::GLOBAL, false);
         Self {
             meta,
             handler: f.into_erased(),
@@ -173,6 +178,15 @@ impl HandlerDef {
     /// Sets how many events one instance handles at once.
     pub fn concurrency(mut self, concurrency: u32) -> Self {
         self.meta.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Every running instance handles each event (a cache to drop, a
+    /// connected client to notify), instead of one instance of the group
+    /// (`#[handler(broadcast)]`). The bus refuses it at start on a transport
+    /// that cannot broadcast (Redis Streams: route the type to pub/sub).
+    pub fn broadcast(mut self) -> Self {
+        self.meta.broadcast = true;
         self
     }
 

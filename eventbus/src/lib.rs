@@ -1,6 +1,7 @@
 #![doc = include_str!("../../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod bridge;
 mod bus;
 mod context;
 mod handler;
@@ -8,6 +9,7 @@ mod handler;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod outbox;
 pub mod registry;
+pub mod routing;
 pub mod schedule;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -40,7 +42,9 @@ pub use eventbus_macros::Event;
 /// `#[handler]`: registers an async fn as an event handler.
 ///
 /// Options: `group = "name"`, `retries = N`, `concurrency = N`, `all`
-/// (a global handler taking [`CloudEvent`]), `crate = path`.
+/// (a global handler taking [`CloudEvent`]), `broadcast` (every running
+/// instance handles each event, instead of one instance of the group; see
+/// [`HandlerDef::broadcast`]), `crate = path`.
 pub use eventbus_macros::handler;
 /// `#[schedule(every = "1h")]` / `#[schedule(cron = "0 9 * * MON")]`: publishes the
 /// returned event on every tick, once across all instances.

@@ -78,9 +78,19 @@ use crate::{ScheduleDef, cloudevents};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Features {
-    /// The subscribers of one group compete: each event goes to one of them.
-    /// Without: every subscriber of a group gets every event (pub/sub).
+    /// The subscribers of one group compete: each event goes to one of them
+    /// ([`Capabilities::competing_consumers`](crate::transport::Capabilities)).
+    /// Without: the bus refuses to run a group that is not broadcast, and
+    /// the scenarios run their handlers as broadcast ones.
     pub competing_consumers: bool,
+    /// Competing subscribers share the work (each gets some of the events).
+    /// Without: one of them at a time handles the group's events, the others
+    /// stand by (Redis pub/sub's lease).
+    pub shares_work: bool,
+    /// A broadcast group gives every subscriber every event
+    /// ([`Capabilities::broadcast`](crate::transport::Capabilities)).
+    /// Without: the bus refuses to run a broadcast handler.
+    pub broadcast: bool,
     /// At-least-once: a declared group keeps what is published before anyone
     /// subscribes, a delivery its subscriber never settled (the process
     /// died) is delivered again with its attempt increased, and what a
@@ -107,6 +117,8 @@ impl Features {
     pub const fn durable() -> Self {
         Self {
             competing_consumers: true,
+            shares_work: true,
+            broadcast: false,
             durable: true,
             targeted_replay: true,
             delays: true,
@@ -116,19 +128,25 @@ impl Features {
         }
     }
 
-    /// An in-process transport (`memory://`): every feature, on the paused clock.
+    /// An in-process transport (`memory://`): every feature, broadcast
+    /// included, on the paused clock.
     pub const fn in_process() -> Self {
         Self {
             paused_clock: true,
+            broadcast: true,
             ..Self::durable()
         }
     }
 
-    /// Fire-and-forget pub/sub: at-most-once, no competing consumers, a
-    /// replay goes to every subscriber; delays, schedules and order kept.
+    /// Fire-and-forget pub/sub whose groups compete through a lease (Redis
+    /// pub/sub): at-most-once, one subscriber of a group at a time handles
+    /// its events, broadcast groups, a replay goes to every group of the
+    /// type; delays, schedules and order kept. A pub/sub whose groups cannot
+    /// compete at all sets `competing_consumers` to false.
     pub const fn at_most_once() -> Self {
         Self {
-            competing_consumers: false,
+            shares_work: false,
+            broadcast: true,
             durable: false,
             targeted_replay: false,
             ..Self::durable()
@@ -258,6 +276,7 @@ macro_rules! conformance_tests {
             events_of_one_type_arrive_in_publish_order
             the_concurrency_limit_is_respected
             a_global_group_sees_every_type_even_new_ones
+            broadcast_groups_reach_every_instance
         );
     };
 }
@@ -343,7 +362,7 @@ impl Conformance {
         Fut: Future<Output = std::result::Result<(), String>> + Send + 'static,
     {
         let tag = self.tag.clone();
-        HandlerDef::new(name, move |event: E, ctx: Context| {
+        let handler = HandlerDef::new(name, move |event: E, ctx: Context| {
             let run = (event.run() == tag).then(|| f(event, ctx));
             async move {
                 match run {
@@ -351,7 +370,13 @@ impl Conformance {
                     None => Ok(()),
                 }
             }
-        })
+        });
+        // A transport whose groups cannot compete runs broadcast groups only.
+        if self.features.competing_consumers {
+            handler
+        } else {
+            handler.broadcast()
+        }
     }
 
     /// A handler `name` of probe `E` that records each `n` it handles.
@@ -433,6 +458,10 @@ struct Connection {
 impl Transport for Connection {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    fn capabilities(&self) -> crate::transport::Capabilities {
+        self.inner.capabilities()
     }
 
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
@@ -625,6 +654,7 @@ mod probes {
         Order "eventbus.conformance.order";
         Limit "eventbus.conformance.limit";
         Global "eventbus.conformance.global";
+        Broadcast "eventbus.conformance.broadcast";
     }
 }
 
@@ -660,9 +690,33 @@ pub async fn every_group_gets_every_event(c: &Conformance) {
 }
 
 /// Two instances (two connections) of one group: each event is handled by
-/// one of them, and both work. Without competing consumers (pub/sub), each
-/// instance gets every event instead.
+/// one of them, and both work where the transport shares the work (with a
+/// lease, one instance handles them all). A transport whose groups cannot
+/// compete refuses such a group at start, with a sentence that says what to
+/// do, instead of running it on every instance.
 pub async fn instances_of_one_group_compete(c: &Conformance) {
+    let transport = c.connect().await;
+    assert_eq!(
+        transport.capabilities().competing_consumers,
+        c.features.competing_consumers,
+        "the transport's capabilities and the suite's features agree"
+    );
+    if !c.features.competing_consumers {
+        let competing = HandlerDef::new("work", |_p: Compete| async {});
+        let instance = c.instance(c.builder().handler(competing)).await;
+        let mut running = instance.bus.spawn();
+        let refused = tokio::time::timeout(DEADLINE, running.ready())
+            .await
+            .expect("the bus refused the group at start instead of running it");
+        let error = refused
+            .expect_err("a group that cannot compete is refused")
+            .to_string();
+        assert!(
+            error.contains("cannot compete") && error.contains("broadcast"),
+            "the refusal says what to do: {error}"
+        );
+        return;
+    }
     let (seen_1, seen_2) = (Seen::default(), Seen::default());
     let slow = |seen: &Seen| {
         let seen = seen.clone();
@@ -685,33 +739,77 @@ pub async fn instances_of_one_group_compete(c: &Conformance) {
             .await
             .unwrap();
     }
-    if c.features.competing_consumers {
-        wait_for("200 events handled", || {
-            seen_1.lock().len() + seen_2.lock().len() >= 200
-        })
-        .await;
-        one.stop().await;
-        two.stop().await;
-        let (s1, s2) = (seen_1.lock().clone(), seen_2.lock().clone());
+    wait_for("200 events handled", || {
+        seen_1.lock().len() + seen_2.lock().len() >= 200
+    })
+    .await;
+    one.stop().await;
+    two.stop().await;
+    let (s1, s2) = (seen_1.lock().clone(), seen_2.lock().clone());
+    if c.features.shares_work {
         assert!(
             !s1.is_empty() && !s2.is_empty(),
             "both instances worked: {} / {}",
             s1.len(),
             s2.len()
         );
-        let mut all: Vec<u32> = s1.into_iter().chain(s2).collect();
-        all.sort_unstable();
-        assert_eq!(all, events, "each event handled exactly once");
-    } else {
-        wait_for("each instance handled 200 events", || {
-            seen_1.lock().len() >= 200 && seen_2.lock().len() >= 200
-        })
-        .await;
-        one.stop().await;
-        two.stop().await;
-        assert_eq!(sorted(&seen_1), events, "instance 1 got every event once");
-        assert_eq!(sorted(&seen_2), events, "instance 2 got every event once");
     }
+    let mut all: Vec<u32> = s1.into_iter().chain(s2).collect();
+    all.sort_unstable();
+    assert_eq!(all, events, "each event handled exactly once");
+}
+
+/// A broadcast handler (`HandlerDef::broadcast`) on two instances: each
+/// instance handles every event. A transport that cannot broadcast refuses
+/// it at start with a sentence that says what to do.
+pub async fn broadcast_groups_reach_every_instance(c: &Conformance) {
+    let transport = c.connect().await;
+    assert_eq!(
+        transport.capabilities().broadcast,
+        c.features.broadcast,
+        "the transport's capabilities and the suite's features agree"
+    );
+    let recorder = |seen: &Seen| {
+        let handler = c.recorder::<Broadcast>("everywhere", seen);
+        if c.features.competing_consumers {
+            handler.broadcast()
+        } else {
+            handler
+        }
+    };
+    if !c.features.broadcast {
+        let instance = c
+            .instance(c.builder().handler(recorder(&Seen::default())))
+            .await;
+        let mut running = instance.bus.spawn();
+        let refused = tokio::time::timeout(DEADLINE, running.ready())
+            .await
+            .expect("the bus refused the broadcast handler at start instead of running it");
+        let error = refused
+            .expect_err("a broadcast handler is refused")
+            .to_string();
+        assert!(
+            error.contains("broadcast") && error.contains("route"),
+            "the refusal says what to do: {error}"
+        );
+        return;
+    }
+    let (seen_1, seen_2) = (Seen::default(), Seen::default());
+    let one = c.start(c.builder().handler(recorder(&seen_1))).await;
+    let two = c.start(c.builder().handler(recorder(&seen_2))).await;
+    let events: Vec<u32> = (0..50).collect();
+    one.bus
+        .publish_batch(events.iter().map(|&n| c.probe::<Broadcast>(n)))
+        .await
+        .unwrap();
+    wait_for("each instance handled 50 events", || {
+        seen_1.lock().len() >= 50 && seen_2.lock().len() >= 50
+    })
+    .await;
+    one.stop().await;
+    two.stop().await;
+    assert_eq!(sorted(&seen_1), events, "instance 1 got every event once");
+    assert_eq!(sorted(&seen_2), events, "instance 2 got every event once");
 }
 
 /// At-least-once: a subscriber that received a delivery and went away
@@ -731,6 +829,7 @@ pub async fn a_lost_subscriber_s_deliveries_come_back(c: &Conformance) {
         handler: "lost".into(),
         topics: Topics::Types(vec![Lost::TYPE.into()]),
         handler_timeout: Some(Duration::from_secs(1)),
+        broadcast: false,
     };
     let publisher = c.instance(c.builder()).await;
     let first = c.connect().await;

@@ -21,8 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    DeadLetter, DeadLetterInfo, Delivery, DeliveryId, EventType, GroupSpec, Outgoing, Subscriber,
-    Topics, Transport,
+    Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, EventType, GroupSpec, Outgoing,
+    Subscriber, Topics, Transport,
 };
 use crate::error::{Error, Result};
 
@@ -61,6 +61,9 @@ struct State {
     /// Groups subscribed to every type.
     all: Vec<Arc<Group>>,
     groups: HashMap<String, Arc<Group>>,
+    /// The live subscribers of each broadcast group: each has a queue of its
+    /// own, unregistered when it goes away.
+    broadcast: HashMap<String, Vec<Arc<Group>>>,
     /// Scheduled publishes and delayed retries, by due time.
     timers: BinaryHeap<Reverse<Timer>>,
     timer_seq: u64,
@@ -247,7 +250,9 @@ impl MemoryTransport {
 
     fn group(&self, spec: &GroupSpec) -> Arc<Group> {
         let mut st = self.shared.state.lock();
-        if let Some(g) = st.groups.get(&spec.group) {
+        if !spec.broadcast
+            && let Some(g) = st.groups.get(&spec.group)
+        {
             return g.clone();
         }
         let g = Arc::new(Group {
@@ -265,8 +270,32 @@ impl MemoryTransport {
                 }
             }
         }
-        st.groups.insert(spec.group.clone(), g.clone());
+        if spec.broadcast {
+            st.broadcast
+                .entry(spec.group.clone())
+                .or_default()
+                .push(g.clone());
+        } else {
+            st.groups.insert(spec.group.clone(), g.clone());
+        }
         g
+    }
+
+    /// Unregisters the queue of a broadcast subscriber that went away.
+    fn forget(&self, group: &Arc<Group>) {
+        let mut st = self.shared.state.lock();
+        let st = &mut *st;
+        st.all.retain(|g| !Arc::ptr_eq(g, group));
+        for groups in st.by_type.values_mut() {
+            groups.retain(|g| !Arc::ptr_eq(g, group));
+        }
+        st.by_type.retain(|_, groups| !groups.is_empty());
+        if let Some(subs) = st.broadcast.get_mut(&group.name) {
+            subs.retain(|g| !Arc::ptr_eq(g, group));
+            if subs.is_empty() {
+                st.broadcast.remove(&group.name);
+            }
+        }
     }
 
     fn route(st: &State, message: &Outgoing) {
@@ -349,6 +378,11 @@ impl Transport for MemoryTransport {
         "memory"
     }
 
+    /// Groups compete; a broadcast group gives each subscriber a queue of its own.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::COMPETING.with_broadcast(true)
+    }
+
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
         Box::pin(std::future::ready(
             self.publish_now(batch).unwrap_or(Ok(())),
@@ -377,17 +411,21 @@ impl Transport for MemoryTransport {
     }
 
     fn declare<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<()>> {
-        self.group(group);
+        // A broadcast group keeps nothing before its subscribers come.
+        if !group.broadcast {
+            self.group(group);
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn subscribe<'a>(&'a self, group: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>> {
-        let group = self.group(group);
+    fn subscribe<'a>(&'a self, spec: &'a GroupSpec) -> BoxFuture<'a, Result<Box<dyn Subscriber>>> {
+        let group = self.group(spec);
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let sub: Box<dyn Subscriber> = Box::new(MemorySubscriber {
             transport: self.clone(),
             group,
             me: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            private: spec.broadcast,
         });
         Box::pin(std::future::ready(Ok(sub)))
     }
@@ -411,23 +449,27 @@ impl Transport for MemoryTransport {
 
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         let mut st = self.shared.state.lock();
-        let found = dead_letter_id
-            .parse::<u64>()
-            .ok()
-            .and_then(|id| st.dead.remove(&id))
-            .and_then(|dl| st.groups.get(&dl.group).map(|g| (g.clone(), dl)));
+        let found = dead_letter_id.parse::<u64>().ok().and_then(|id| {
+            let group = &st.dead.get(&id)?.group;
+            // A broadcast group's dead letter goes to its live subscribers.
+            let groups = match st.groups.get(group) {
+                Some(g) => vec![g.clone()],
+                None => st.broadcast.get(group).cloned()?,
+            };
+            Some((groups, st.dead.remove(&id)?))
+        });
         Box::pin(std::future::ready(Ok(match found {
-            Some((group, dl)) => {
+            Some((groups, dl)) => {
                 let event_type = dl
                     .event_type
                     .map_or(EventType::from_static(""), EventType::from);
-                group.push(
-                    Msg {
-                        event_type,
-                        payload: dl.payload,
-                    },
-                    1,
-                );
+                let msg = Msg {
+                    event_type,
+                    payload: dl.payload,
+                };
+                for group in groups {
+                    group.push(msg.clone(), 1);
+                }
                 true
             }
             None => false,
@@ -440,6 +482,8 @@ struct MemorySubscriber {
     group: Arc<Group>,
     /// This subscriber's id, recorded with each delivery it is handed.
     me: u64,
+    /// A broadcast subscriber: the group's queue is its own.
+    private: bool,
 }
 
 impl Subscriber for MemorySubscriber {
@@ -557,6 +601,11 @@ impl Subscriber for MemorySubscriber {
 
 impl Drop for MemorySubscriber {
     fn drop(&mut self) {
+        if self.private {
+            // Nothing to hand back: no other subscriber shares this queue.
+            self.transport.forget(&self.group);
+            return;
+        }
         // At-least-once: whatever this subscriber did not settle goes back.
         let mut f = self.group.in_flight.lock();
         let mine: Vec<u64> = f

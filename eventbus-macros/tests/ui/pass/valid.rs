@@ -76,7 +76,7 @@ mod handlers {
         Ok(())
     }
 
-    #[handler(all)]
+    #[handler(all, broadcast)]
     async fn r#global(event: CloudEvent) -> anyhow::Result<()> {
         let _ = event;
         Ok(())
@@ -103,6 +103,12 @@ fn main() {
     let registry = bus::registry::Registry::global().expect("a consistent registry");
     let names: Vec<_> = registry.handlers().map(|h| h.meta().name).collect();
     assert_eq!(names, ["global", "old", "unit_return", "with_context"]);
+    let broadcast: Vec<_> = registry
+        .handlers()
+        .filter(|h| h.meta().broadcast)
+        .map(|h| h.meta().name)
+        .collect();
+    assert_eq!(broadcast, ["global"]);
     let schedules: Vec<_> = registry.schedules().iter().map(|s| s.name).collect();
     assert_eq!(schedules, ["sync_schedule", "weekly.enum:thing"]);
     assert_eq!(r#Raw::info().subject_field, Some("type"));
