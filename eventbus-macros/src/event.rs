@@ -157,9 +157,14 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     });
     let allow = allow_lints();
 
+    let schema_check = quote_spanned! {ident.span()=>
+        let _ = #krate::__private::check::json_schema::<#ident>;
+    };
+
     Ok(quote! {
         #allow
         const _: () = {
+            #schema_check
             static __EVENTBUS_INFO: #krate::__private::EventInfo = #krate::__private::EventInfo::__new(
                 #type_name,
                 ::core::concat!(::core::module_path!(), "::", #rust_name),

@@ -378,6 +378,16 @@ pub mod check {
     pub trait GlobalEventArg {}
     impl GlobalEventArg for crate::CloudEvent {}
 
+    /// An event's data has a JSON Schema (the catalogue shows it).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` does not derive `schemars::JsonSchema`, which every event needs",
+        label = "add `schemars::JsonSchema` to the `#[derive(...)]` of `{Self}`",
+        note = "the catalogue documents each event's data with its JSON Schema; derive `schemars::JsonSchema` for `{Self}` and for the types of its fields (or implement it by hand)"
+    )]
+    pub trait DerivesJsonSchema {}
+    impl<T: schemars::JsonSchema> DerivesJsonSchema for T {}
+
+    pub fn json_schema<T: DerivesJsonSchema>() {}
     pub fn event_arg<T: TypedEventArg + HandlerArg>() {}
     pub fn global_arg<T: GlobalEventArg + HandlerArg>() {}
     pub fn context_arg<T: ContextArg>() {}
