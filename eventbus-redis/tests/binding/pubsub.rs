@@ -401,3 +401,85 @@ async fn a_dead_letter_of_a_non_json_payload_keeps_its_channel() {
         assert_eq!(&dl.payload[..], b"not json \x01");
     }
 }
+
+/// The log lines written while `f` runs (on this thread: a current-thread test).
+async fn logs_of<F: std::future::Future<Output = ()>>(f: F) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    f.await;
+    String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+}
+
+#[tokio::test]
+async fn a_channel_carrying_both_formats_is_warned_about_once() {
+    let server = server();
+    let client = client(&with(&server.url(), "mode=pubsub")).await;
+    let logs = logs_of(async {
+        let consumer = client
+            .consumer("g", only(&["review_created"]), fast_opts())
+            .await
+            .unwrap();
+        for round in 0..3 {
+            server
+                .cmd(&["PUBLISH", "review_created", r#"{"id": "bare"}"#])
+                .unwrap();
+            let ce = event("review_created", json!({"id": round}));
+            let ce = std::str::from_utf8(&ce).unwrap();
+            server.cmd(&["PUBLISH", "review_created", ce]).unwrap();
+            read_n(&consumer, 2, Duration::from_secs(5)).await;
+        }
+    })
+    .await;
+    let both: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("carries both bare JSON and CloudEvents JSON"))
+        .collect();
+    assert_eq!(both.len(), 1, "{logs}");
+    assert!(
+        both[0].contains("this service publishes bare JSON on it"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn publishing_on_a_channel_of_unknown_format_is_warned_about_once_per_type() {
+    let server = server();
+    let implicit = client(&with(&server.url(), "mode=pubsub")).await;
+    let chosen = client(&with(&server.url(), "mode=pubsub&codec=cloudevents")).await;
+    let logs = logs_of(async {
+        for _ in 0..3 {
+            for ty in ["a", "b"] {
+                let e = event(ty, json!({}));
+                implicit.publish_one(ty, &e).await.unwrap();
+                chosen.publish_one(ty, &e).await.unwrap();
+            }
+        }
+    })
+    .await;
+    let guesses: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("publishing CloudEvents JSON on pub/sub channel"))
+        .collect();
+    assert_eq!(
+        guesses.len(),
+        2,
+        "once for `a`, once for `b`, none from `codec=cloudevents`: {logs}"
+    );
+    assert!(guesses[0].contains("legacy_types=a"), "{logs}");
+}
