@@ -18,7 +18,8 @@
 //! - exactly one JSON value, an object, with no member twice;
 //! - `specversion` `1.0`, or `0.3`, which is read as 1.0 (`schemaurl`
 //!   becomes `dataschema`; `datacontentencoding: base64` means `data` holds
-//!   base64, read as `data_base64`);
+//!   base64, read as `data_base64`; a `data_base64` member, which the
+//!   Python SDK writes in 0.3 events too, is read as in 1.0);
 //! - `id`, `source`, `specversion`, `type` present and non-empty strings;
 //!   `subject`, `datacontenttype`, `dataschema`, `time` non-empty strings
 //!   when present (`null` means absent, as the JSON format says);
@@ -609,6 +610,10 @@ enum Version {
     V03,
 }
 
+/// The reason for an event with both kinds of data.
+const BOTH: &str =
+    "`data` and `data_base64` are both present: a CloudEvent carries its data in one of them";
+
 /// The reason for a duplicate member.
 fn duplicate(name: &str) -> String {
     format!("duplicate attribute {}", ticked(name))
@@ -822,11 +827,9 @@ where
         let mut data_base64 = data_base64.flatten();
         let mut base64_member = "`data_base64`";
         if version == Version::V03 {
-            if data_base64.is_some() {
-                return Err(self.fail(
-                    "`data_base64` is not a CloudEvents 0.3 member: 0.3 carries base64 data in `data`, with `datacontentencoding: base64`".to_owned(),
-                ));
-            }
+            // 0.3 carries base64 in `data` with `datacontentencoding:
+            // base64`; a `data_base64` (what the Python SDK's 1.x API
+            // writes for bytes, whatever the version) is read as in 1.0.
             if let Some(at) = extensions.iter().position(|(k, _)| k == "schemaurl") {
                 let (_, raw) = extensions.remove(at);
                 let v = serde_json::from_str::<Val<'de>>(raw.get())
@@ -849,6 +852,9 @@ where
                     Ok(Val::Str(s)) if s.eq_ignore_ascii_case("base64") => {
                         if value.is_some() {
                             return Ok(Read::Again);
+                        }
+                        if data.is_some() && data_base64.is_some() {
+                            return Err(self.fail(BOTH.to_owned()));
                         }
                         if let Some(raw) = data.take() {
                             let Ok(Str(text)) = serde_json::from_str::<Str<'de>>(raw.get()) else {
@@ -879,9 +885,7 @@ where
             }
         }
         if seen_data && data_base64.is_some() {
-            return Err(self.fail(
-                "`data` and `data_base64` are both present: a CloudEvent carries its data in one of them".to_owned(),
-            ));
+            return Err(self.fail(BOTH.to_owned()));
         }
         if let Some(b64) = &data_base64 {
             check::base64_text(b64).map_err(|why| self.fail(format!("{base64_member} {why}")))?;
@@ -1512,8 +1516,8 @@ mod tests {
                 "attribute `schemaurl` is \"not a uri\", not an absolute URI",
             ),
             (
-                r#"{"specversion":"0.3","id":"1","type":"codec.plain","source":"/s","data_base64":"AAAA"}"#.into(),
-                "`data_base64` is not a CloudEvents 0.3 member",
+                r#"{"specversion":"0.3","id":"1","type":"codec.plain","source":"/s","datacontentencoding":"base64","data":"AAAA","data_base64":"AAAA"}"#.into(),
+                "`data` and `data_base64` are both present",
             ),
             (with(&format!(r#","time":"{big}""#)), "attribute `time` is \"xxxxxxxx"),
             (
@@ -1698,6 +1702,13 @@ mod tests {
                 .unwrap()
                 .data_base64
                 .is_some()
+        );
+        // What the Python SDK's 1.x API writes for bytes in a 0.3 event.
+        let py = r#"{"specversion": "0.3", "id": "o-4", "source": "/py", "type": "codec.plain", "data_base64": "AAEC/w=="}"#;
+        let event = decode_cloudevent(py.as_bytes()).unwrap();
+        assert_eq!(
+            event.data(),
+            Some(&cloudevents::Data::Binary(vec![0, 1, 2, 255]))
         );
     }
 

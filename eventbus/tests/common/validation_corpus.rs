@@ -472,7 +472,7 @@ pub fn check(
             e.specversion(),
             eventbus::cloudevents::event::SpecVersion::V10
         );
-        if e.id().ends_with("-ok-8") {
+        if e.id().ends_with("-ok-8") || e.id().ends_with("-py-ok-21") {
             assert_eq!(
                 e.dataschema().map(|u| u.as_str()),
                 Some("https://example.com/probe.json")
@@ -538,4 +538,108 @@ impl LogBuf {
             }
         }
     }
+}
+
+/// The Python `cloudevents` SDK the interop cases are written with (pinned;
+/// installed into `target/python-peers` when `python3` lacks it).
+pub const PYTHON_CLOUDEVENTS: &str = "cloudevents==2.2.0";
+
+/// Writes CloudEvents 0.3 events with the Python SDK, one JSON per line:
+/// with its 2.x API (`cloudevents.core`) when there is one, and with its
+/// 1.x API (`cloudevents.http`, kept as `cloudevents.v1.http` in 2.x).
+const PY_WRITE_03: &str = r#"
+import sys
+tag, ty = sys.argv[1], sys.argv[2]
+out = []
+try:
+    from cloudevents.core.v03.event import CloudEvent as Core03
+    from cloudevents.core.formats.json import JSONFormat
+    fmt = JSONFormat()
+    out.append(fmt.write(Core03({"id": f"{tag}-py-ok-21", "source": "/python", "type": ty,
+        "specversion": "0.3", "datacontenttype": "application/json",
+        "schemaurl": "https://example.com/probe.json", "subject": "core"},
+        {"run": tag, "n": 21})).decode())
+    out.append(fmt.write(Core03({"id": f"{tag}-py-bin-21", "source": "/python", "type": ty,
+        "specversion": "0.3", "datacontenttype": "application/octet-stream"},
+        bytes([0, 1, 2, 255]))).decode())
+except ImportError:
+    pass
+try:
+    from cloudevents.http import CloudEvent as Http, to_structured
+except ImportError:
+    from cloudevents.v1.http import CloudEvent as Http, to_structured
+_, body = to_structured(Http({"id": f"{tag}-py-ok-22", "source": "/python", "type": ty,
+    "specversion": "0.3", "datacontenttype": "application/json"}, {"run": tag, "n": 22}))
+out.append(body.decode())
+_, body = to_structured(Http({"id": f"{tag}-py-bin-22", "source": "/python", "type": ty,
+    "specversion": "0.3", "datacontenttype": "application/octet-stream"}, bytes([0, 1, 2, 255])))
+out.append(body.decode())
+print("\n".join(out))
+"#;
+
+/// CloudEvents 0.3 events written by the real Python `cloudevents` SDK: valid
+/// JSON ones (accepted, read as 1.0) and binary ones (base64, as each API
+/// writes it: binary for a global handler, a reason for a typed one).
+/// `None`, with a message, when `python3` with the SDK is not available.
+pub fn python_cases(tag: &str) -> Option<Vec<Case>> {
+    use std::process::Command;
+    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-peers");
+    let python = || {
+        let mut c = Command::new("python3");
+        c.env("PYTHONPATH", &peers);
+        c
+    };
+    let has = || {
+        python()
+            .args(["-c", "import cloudevents"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has() {
+        let _ = python()
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&peers)
+            .arg(PYTHON_CLOUDEVENTS)
+            .status();
+    }
+    if !has() {
+        eprintln!(
+            "SKIPPED: the Python cases need python3 with `{PYTHON_CLOUDEVENTS}` (pip install --target {} failed)",
+            peers.display()
+        );
+        return None;
+    }
+    let out = python()
+        .args(["-c", PY_WRITE_03, tag, TYPE])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "the Python SDK could not write its events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8 from python");
+    let cases: Vec<Case> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("the SDK wrote JSON");
+            let id = v["id"].as_str().unwrap_or_default();
+            let expect = match id.rsplit('-').next().and_then(|n| n.parse().ok()) {
+                Some(n) if id.contains("-py-ok-") => Expect::Accepted(n),
+                _ => Expect::TypedRejected(format!(
+                    "event `{TYPE}` carries binary data (`data_base64`, content type `application/octet-stream`)"
+                )),
+            };
+            Case {
+                rule: "CloudEvents 0.3 written by the Python SDK",
+                payload: line.as_bytes().to_vec(),
+                expect,
+                structured: true,
+            }
+        })
+        .collect();
+    assert!(cases.len() >= 2, "{text}");
+    Some(cases)
 }

@@ -58,7 +58,8 @@ async fn publish_raw(test: &TestBus, event_type: &str, payload: &[u8]) {
 async fn every_rule_gives_the_same_verdict_to_typed_and_global_handlers() {
     let seen = Arc::new(Seen::default());
     let test = TestBus::start(builder(&seen)).await.unwrap();
-    let cases = corpus::cases("mem");
+    let mut cases = corpus::cases("mem");
+    cases.extend(corpus::python_cases("mem").unwrap_or_default());
     for case in &cases {
         publish_raw(&test, corpus::TYPE, &case.payload).await;
     }

@@ -12,3 +12,4 @@ mod legacy_replay;
 mod readiness;
 mod routing;
 mod support;
+mod validation;
