@@ -813,6 +813,20 @@ impl BusBuilder {
         self
     }
 
+    /// [`bridge`](Self::bridge) from a transport built in code.
+    pub fn bridge_transport<I, S>(mut self, types: I, from: impl Transport) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.bridges.push(RouteSpec {
+            patterns: types.into_iter().map(Into::into).collect(),
+            target: Target::Transport(Arc::new(from)),
+            origin: "Bus::builder()",
+        });
+        self
+    }
+
     /// Connects to the transport at `url` (`memory://`, `redis://...`) and builds the bus.
     pub async fn connect(mut self, url: &str) -> Result<Bus> {
         if self.routes.is_empty() && self.bridges.is_empty() {
