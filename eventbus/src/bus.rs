@@ -385,6 +385,18 @@ impl Bus {
                     .collect()
             }
         };
+        tracing::info!(
+            service = %self.inner.service,
+            transport = self.inner.transport.name(),
+            groups = workers.len(),
+            "eventbus starting"
+        );
+        if only.is_none() && workers.is_empty() && self.inner.registry.schedules().is_empty() {
+            tracing::warn!(
+                service = %self.inner.service,
+                "no handlers or schedules are registered in this binary, so this bus runs nothing; if they live in a library crate, name it once in the binary (`use my_handlers as _;`) so the linker keeps them, or add them with Bus::builder().handler(..)"
+            );
+        }
         if signals {
             tokio::spawn(wait_for_signal(token.clone()));
         }
@@ -857,7 +869,12 @@ impl BusBuilder {
     pub async fn connect_env(mut self) -> Result<Bus> {
         let url = match env_var("EVENTBUS_URL")? {
             Some(u) => u,
-            None => "memory://".to_owned(),
+            None => {
+                tracing::info!(
+                    "EVENTBUS_URL is not set: using the in-process memory:// transport (events never leave this process; set EVENTBUS_URL=redis://host:6379 to share them)"
+                );
+                "memory://".to_owned()
+            }
         };
         for (var, into) in [
             (routing::ROUTES_ENV, &mut self.routes),
