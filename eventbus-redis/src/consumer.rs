@@ -29,7 +29,9 @@ pub enum StartFrom {
     Since(std::time::SystemTime),
 }
 
-/// Tuning of a consumer. The defaults suit handlers that finish well within a minute.
+/// Tuning of a consumer. With the defaults, the entries of a consumer that
+/// died are taken over within seconds, and those of a live one never, however
+/// long its handlers run.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConsumerOptions {
@@ -41,13 +43,29 @@ pub struct ConsumerOptions {
     /// handler may call `retry_later`), `read` blocks at most this long, which
     /// bounds how late a delayed retry fires.
     pub busy_block: Duration,
-    /// Entries pending on another consumer for longer than this are taken
-    /// over (`XCLAIM`): that consumer is presumed dead. Keep it larger than
-    /// the longest handler run.
+    /// How often this consumer shows it is alive (a background task sets
+    /// its deadline in the group's `{P}:alive:<group>` zset, whether or not
+    /// its handlers are busy), and how often it looks for the entries of
+    /// dead consumers of its group while there are any.
+    pub heartbeat_interval: Duration,
+    /// A consumer whose last heartbeat is older than this is dead (SIGKILLed,
+    /// crashed, or cut off from Redis that long): the group's other
+    /// consumers take over its entries at once. With the defaults that
+    /// happens 5 to 8 s after its death. A consumer that keeps its heartbeat
+    /// keeps its entries, however long its handlers run. At least two
+    /// intervals.
+    pub heartbeat_timeout: Duration,
+    /// The fallback for consumers that show no heartbeat (older versions of
+    /// this crate): entries pending on one of them for longer than this are
+    /// taken over (`XCLAIM`), as it is presumed dead. Keep it larger than
+    /// the longest handler run of such consumers.
     pub claim_idle: Duration,
     /// How often to look for such entries.
     pub claim_interval: Duration,
-    /// How often a consumer of `Topics::All` looks for new event types.
+    /// How often a consumer of `Topics::All` looks for new streams: the
+    /// `{P}:types` set, and a step of a `SCAN` for `{P}:stream:*` (on a
+    /// cluster, the keys of the configuration's hash slot), so streams that
+    /// only other producers write are found too.
     pub types_poll: Duration,
     /// How often to look for delayed retries scheduled by other consumers of
     /// the group (own retries are tracked locally and fire on time).
@@ -70,6 +88,8 @@ impl Default for ConsumerOptions {
         ConsumerOptions {
             block: Duration::from_secs(2),
             busy_block: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
             claim_idle: Duration::from_secs(60),
             claim_interval: Duration::from_secs(10),
             types_poll: Duration::from_secs(1),
@@ -236,9 +256,10 @@ impl Consumer {
     }
 
     /// Gives entries back without acking them (e.g. at shutdown, for
-    /// entries whose handler did not finish): on Streams they become
-    /// claimable by the group's other consumers at their next claim pass
-    /// instead of after `claim_idle`. Pub/sub: forgets them.
+    /// entries whose handler did not finish): on Streams they go to the
+    /// group's retry zset as due now, so a consumer of the group takes them
+    /// at its next retry poll (`retry_poll`), bumping their delivery count.
+    /// Pub/sub: forgets them.
     pub async fn release(&self, ids: &[DeliveryId]) -> Result<()> {
         match &self.kind {
             Kind::Streams(c) => c.release(ids).await,
@@ -253,8 +274,8 @@ impl Consumer {
     /// settled): on Streams, every entry still pending on this consumer —
     /// read ahead and not handed out, handed out and not acked, or delivered
     /// by a read that was cancelled before its reply arrived — is handed
-    /// back, so the group's other consumers take it over at their next claim
-    /// pass (`claim_interval`) instead of after `claim_idle`. Entries waiting
+    /// back (as due now in the group's retry zset), so a consumer of the
+    /// group takes it at its next retry poll (`retry_poll`). Entries waiting
     /// for a scheduled retry come back when due, as always. Returns how many
     /// entries were handed back. Pub/sub: forgets the entries it holds.
     ///

@@ -8,12 +8,13 @@
 //! |---|---|---|
 //! | `{P}:stream:<type>` | stream | the events of one type (per-type layout) |
 //! | `<stream>` (e.g. `events`) | stream | every event (django layout) |
-//! | `{P}:types` | set | every type ever published (global consumers poll it) |
+//! | `{P}:types` | set | every type ever published (a hint for global consumers, which also scan for `{P}:stream:*`) |
 //! | `{P}:retry:<group>` | zset | entries waiting for a delayed retry, score = due ms |
 //! | `{P}:replay:<group>` | stream | dead letters replayed to one group |
 //! | `{P}:dlq` | stream | dead letters |
 //! | `{P}:schedule` | zset | events published for later, score = due ms |
 //! | `{P}:tick:<name>` | string | last claimed tick of a recurring schedule |
+//! | `{P}:alive:<group>` | zset | the group's consumers, score = the time (server ms) until which each counts as alive |
 //! | `{P}:lease:<group>` | string | the holder of a pub/sub group's lease (see [`lease`](crate::lease)) |
 //!
 //! `{P}` is `{prefix}` (default `{eventbus}`); in the django layout it is
@@ -76,6 +77,11 @@ impl Keys {
         key.strip_prefix(&self.stream_prefix)
     }
 
+    /// The glob that matches every per-type stream key (`{eventbus}:stream:*`).
+    pub fn stream_pattern(&self) -> String {
+        format!("{}*", glob_escape(&self.stream_prefix))
+    }
+
     /// The set of known event types.
     pub fn types(&self) -> String {
         format!("{}:types", self.base)
@@ -99,6 +105,12 @@ impl Keys {
     /// The stream of dead letters replayed to `group`.
     pub fn replay(&self, group: &str) -> String {
         format!("{}:replay:{group}", self.base)
+    }
+
+    /// The liveness of `group`'s consumers: member = consumer name, score =
+    /// the time (ms, the server's clock) until which it counts as alive.
+    pub fn alive(&self, group: &str) -> String {
+        format!("{}:alive:{group}", self.base)
     }
 
     /// The last claimed tick of the recurring schedule `name`.
@@ -208,6 +220,7 @@ mod tests {
             k.retry("g"),
             k.replay("g{weird}"),
             k.tick("t"),
+            k.alive("g"),
         ] {
             assert_eq!(hash_slot(&key), slot, "{key}");
         }
@@ -216,6 +229,8 @@ mod tests {
             "{eventbus}:stream:review_created"
         );
         assert_eq!(k.type_of_stream("{eventbus}:stream:a:b"), Some("a:b"));
+        assert_eq!(k.stream_pattern(), "{eventbus}:stream:*");
+        assert_eq!(k.alive("g"), "{eventbus}:alive:g");
 
         let d = RedisConfig::from_url("redis://h?layout=django&stream=events").unwrap();
         let k = Keys::new(&d);

@@ -36,23 +36,130 @@ return out
     )
 });
 
-/// Reclaims up to `limit` entries pending on other consumers for longer
-/// than `min_idle` (dead or stuck consumers), skipping entries that wait for
-/// a scheduled retry. Pages through the pending list (`count` at a time)
+/// The server's clock in ms, for scripts that compare liveness deadlines
+/// (one clock for every consumer, however far their hosts' clocks drift).
+const NOW_MS: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
+
+/// Shows that a consumer is alive: sets its deadline in the group's liveness
+/// zset to now + `ttl_ms` (server time), drops members dead for over an
+/// hour (whatever they still own is then taken over by idle time), and
+/// returns how many other members are dead (deadline passed): then the
+/// consumer looks for their entries.
+///
+/// KEYS[1] = liveness zset; ARGV = consumer, ttl_ms.
+pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}{}",
+        r#"
+local now = now_ms()
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - 3600000))
+return redis.call('ZCOUNT', KEYS[1], '-inf', now)
+"#
+    ))
+});
+
+/// Marks a consumer dead now (its process is dropping it): the group's
+/// other consumers take over what it still owns at their next look, without
+/// waiting for its deadline. A consumer not in the zset stays out of it.
+///
+/// KEYS[1] = liveness zset; ARGV = consumer.
+pub(crate) static MARK_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}{}",
+        r#"
+return redis.call('ZADD', KEYS[1], 'XX', now_ms(), ARGV[1])
+"#
+    ))
+});
+
+/// Takes over up to `limit` entries pending on consumers whose liveness
+/// deadline has passed (dead: killed, crashed, cut off), however short their
+/// idle time, skipping entries that wait for a scheduled retry (those come
+/// back through the retry zset). A dead consumer left owning nothing this
+/// scan can take is removed from the zset. Atomic: two survivors never take
+/// the same entry, and a consumer that is alive is never touched.
+///
+/// KEYS[1] = liveness zset, KEYS[2] = retry zset, KEYS[3..] = the streams
+/// this consumer reads; ARGV = group, consumer, limit.
+/// Returns `{more (0/1), {{stream index (1 = KEYS[3]), id, fields,
+/// delivery_count, dead consumer}, ...}}`; `more` when the limit stopped it.
+pub(crate) static RECLAIM_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}{}",
+        r#"
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, 50)
+local limit = tonumber(ARGV[3])
+local out = {}
+local more = false
+for _, d in ipairs(dead) do
+  if d ~= ARGV[2] then
+    for i = 3, #KEYS do
+      local start = '-'
+      while not more do
+        local ok, pend = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1], start, '+', 100, d)
+        if not ok or #pend == 0 then break end
+        for _, p in ipairs(pend) do
+          if not redis.call('ZSCORE', KEYS[2], KEYS[i] .. '\n' .. p[1]) then
+            if #out >= limit then
+              more = true
+              break
+            end
+            local c = redis.call('XCLAIM', KEYS[i], ARGV[1], ARGV[2], 0, p[1])
+            if c[1] and c[1][2] then
+              out[#out + 1] = {i - 2, c[1][1], c[1][2], p[4] + 1, d}
+            end
+          end
+        end
+        if #pend < 100 then break end
+        start = '(' .. pend[#pend][1]
+      end
+      if more then break end
+    end
+    if more then break end
+    redis.call('ZREM', KEYS[1], d)
+  end
+end
+return {more and 1 or 0, out}
+"#
+    ))
+});
+
+/// Reclaims up to `limit` entries pending for longer than `min_idle` on
+/// other consumers that do not show they are alive (the fallback for
+/// consumers without heartbeats, e.g. of older versions, and for dead ones),
+/// skipping entries that wait for a scheduled retry. A consumer whose
+/// liveness deadline has not passed keeps its entries however long its
+/// handler runs. Pages through the pending list (`count` at a time)
 /// with a cursor. The limit keeps a consumer from taking more than it is
 /// about to hand out: an entry claimed and left waiting in its buffer would
 /// look dead again to the other consumers, and each takeover counts as a
 /// delivery.
 ///
-/// KEYS[1] = stream, KEYS[2] = retry zset;
+/// KEYS[1] = stream, KEYS[2] = retry zset, KEYS[3] = liveness zset;
 /// ARGV = group, consumer, min_idle_ms, start (`-` or `(id`), count, limit.
 /// Returns `{next_start, {{id, fields, delivery_count}, ...}}`; `next_start`
 /// is `-` when the scan reached the end.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{NOW_MS}{}",
         r#"
 local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], ARGV[4], '+', ARGV[5])
 local limit = tonumber(ARGV[6])
+local now = now_ms()
+local alive = {}
+local function is_alive(c)
+  if alive[c] == nil then
+    local ok, s = pcall(redis.call, 'ZSCORE', KEYS[3], c)
+    alive[c] = (ok and s and tonumber(s) > now) or false
+  end
+  return alive[c]
+end
 local out = {}
 local last = nil
 local full = false
@@ -62,7 +169,7 @@ for _, p in ipairs(pend) do
     break
   end
   last = p[1]
-  if p[2] ~= ARGV[2] and not redis.call('ZSCORE', KEYS[2], KEYS[1] .. '\n' .. p[1]) then
+  if p[2] ~= ARGV[2] and not is_alive(p[2]) and not redis.call('ZSCORE', KEYS[2], KEYS[1] .. '\n' .. p[1]) then
     local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
     if c[1] and c[1][2] then
       out[#out + 1] = {c[1][1], c[1][2], p[4] + 1}
@@ -72,8 +179,8 @@ end
 local nxt = '-'
 if (full or #pend == tonumber(ARGV[5])) and last then nxt = '(' .. last end
 return {nxt, out}
-"#,
-    )
+"#
+    ))
 });
 
 /// Adds an entry to the dead-letter stream and, for Streams entries, acks it
@@ -236,13 +343,14 @@ return {len, trimmed, blocker}
 });
 
 /// Hands back every entry pending on one consumer of a stream (a consumer
-/// that is shutting down): each is marked idle for `idle_ms` without
-/// bumping its delivery count (`XCLAIM ... IDLE ... JUSTID`), so the group's
-/// other consumers take it over at their next claim pass instead of waiting
-/// out the claim idle time. Entries waiting for a scheduled retry are
-/// skipped by that pass as usual and come back when due.
+/// that is shutting down): each goes to the group's retry zset as due at
+/// once (score 0), unless a retry of it is scheduled already (that one
+/// keeps its time), so a consumer of the group takes it at its next retry
+/// poll, whether or not this one is still alive. The delivery count is not
+/// bumped by the handback itself (the taker's `XCLAIM` bumps it).
 ///
-/// KEYS[1] = stream; ARGV = group, consumer, idle_ms. Returns the count.
+/// KEYS[1] = stream, KEYS[2] = retry zset; ARGV = group, consumer.
+/// Returns the count.
 pub(crate) static RELEASE_OWN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -251,12 +359,9 @@ local start = '-'
 while true do
   local pend = redis.call('XPENDING', KEYS[1], ARGV[1], start, '+', 1000, ARGV[2])
   if #pend == 0 then break end
-  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
-  for _, p in ipairs(pend) do args[#args + 1] = p[1] end
-  args[#args + 1] = 'IDLE'
-  args[#args + 1] = ARGV[3]
-  args[#args + 1] = 'JUSTID'
-  redis.call(unpack(args))
+  for _, p in ipairs(pend) do
+    redis.call('ZADD', KEYS[2], 'NX', 0, KEYS[1] .. '\n' .. p[1])
+  end
   n = n + #pend
   if #pend < 1000 then break end
   start = '(' .. pend[#pend][1]

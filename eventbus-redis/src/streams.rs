@@ -5,8 +5,14 @@
 //! consumer wakes the moment an entry arrives. Entries stay pending until
 //! acked; delayed retries wait in a per-group zset while staying pending, and
 //! come back through `XCLAIM`, which bumps Redis's delivery count, so a
-//! poison message that crashes every consumer still ends in the DLQ. Entries
-//! pending on dead consumers are taken over after `claim_idle`.
+//! poison message that crashes every consumer still ends in the DLQ.
+//!
+//! Each consumer that reads shows it is alive (see [`liveness`](crate::liveness)):
+//! the entries of a consumer whose heartbeat stopped are taken over within
+//! seconds, those of a live one never; `claim_idle` is the fallback for
+//! consumers without heartbeats. A consumer of `Topics::All` finds streams
+//! through `{P}:types` and by scanning for `{P}:stream:*`, so it also reads
+//! the streams only other producers write.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -25,6 +31,8 @@ use crate::consumer::{
     ConsumerOptions, ConsumerStats, Entry, EntryId, StartFrom, dead_type, default_consumer_name,
 };
 use crate::error::{Error, Result};
+use crate::keys::hash_slot;
+use crate::liveness::Liveness;
 use crate::scripts;
 use eventbus_core::transport::{DeadLetterInfo, DeliveryId, Topics};
 
@@ -87,9 +95,36 @@ struct Reader {
     next_claim: Instant,
     next_types_poll: Instant,
     next_retry_poll: Instant,
+    /// While the group has dead members: when to look for their entries next.
+    next_dead_check: Instant,
     cursors: HashMap<u32, String>,
     interned: HashMap<Vec<u8>, Arc<str>>,
+    /// A `Topics::All` consumer's sweep for streams.
+    sweep: Sweep,
 }
+
+/// Where a `Topics::All` consumer's sweep of the keyspace for `{P}:stream:*`
+/// keys is.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// The `SCAN` cursor (0: the next step starts a new sweep).
+    cursor: u64,
+    /// Keys of the pattern found not to be streams in this sweep (each is
+    /// looked at once per sweep).
+    not_streams: HashSet<String>,
+    /// The sweep failed (e.g. a managed Redis that refuses `SCAN` or
+    /// `CLUSTER GETKEYSINSLOT`) and that was logged: `{P}:types` only.
+    warned: bool,
+}
+
+/// `SCAN` pages (of [`SCAN_COUNT`] keys) one look for new streams takes: a
+/// keyspace of up to 8,000 keys is swept at every `types_poll`, a larger one
+/// over several, so one look stays cheap however large the database.
+const SCAN_PAGES_PER_POLL: usize = 8;
+/// The `COUNT` of each `SCAN` page.
+const SCAN_COUNT: usize = 1000;
+/// The pages a consumer's first sweep may take (10 million keys).
+const SCAN_PAGES_AT_START: usize = 10_000;
 
 pub(crate) struct StreamConsumer {
     client: Client,
@@ -100,6 +135,13 @@ pub(crate) struct StreamConsumer {
     filter: Option<HashSet<String>>,
     opts: ConsumerOptions,
     retry_key: String,
+    /// The group's liveness zset.
+    alive_key: String,
+    /// This consumer's heartbeat.
+    liveness: Arc<Liveness>,
+    /// `Topics::All`: where the group starts on a stream found later (see
+    /// [`discovered_start`]).
+    discover_from: String,
     table: RwLock<Table>,
     reader: tokio::sync::Mutex<Reader>,
     /// Entries handed out and not yet acked, retried or dead-lettered.
@@ -120,16 +162,121 @@ fn start_id(start: StartFrom) -> String {
     match start {
         StartFrom::Latest => "$".to_owned(),
         StartFrom::Earliest => "0".to_owned(),
-        // Entry ids start with their Unix time in ms: `<ms>-0` is the first
-        // id at or after that time.
-        StartFrom::Since(t) => {
-            let ms = t
-                .duration_since(std::time::UNIX_EPOCH)
+        StartFrom::Since(t) => since_id(
+            t.duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
-                .as_millis();
-            format!("{}-{}", ms.saturating_sub(1), u64::MAX)
+                .as_millis() as u64,
+        ),
+    }
+}
+
+/// The group position before the first entry at or after `ms` (entry ids
+/// start with their Unix time in ms, so `<ms>-0` is the first such id).
+fn since_id(ms: u64) -> String {
+    format!("{}-{}", ms.saturating_sub(1), u64::MAX)
+}
+
+/// Where a `Topics::All` group starts on a stream it finds after it was
+/// created: at the group's own start, so it misses nothing written since
+/// then — [`StartFrom::Since`] its time, or for [`StartFrom::Latest`] the
+/// time the consumer was created (on the server's clock, which writes the
+/// entry ids) — and never replays a foreign stream's older history (only
+/// [`StartFrom::Earliest`] reads from `0`).
+async fn discovered_start(client: &Client, start: StartFrom) -> Result<String> {
+    Ok(match start {
+        StartFrom::Latest => {
+            let (secs, micros): (u64, u64) = client.run("TIME", &redis::cmd("TIME")).await?;
+            since_id(secs * 1000 + micros / 1000)
+        }
+        other => start_id(other),
+    })
+}
+
+/// Stream keys of the pattern `{P}:stream:*` not yet `known`: from a step of
+/// `SCAN ... MATCH` (up to `pages` pages, continuing `sweep`), or on a
+/// cluster from `CLUSTER GETKEYSINSLOT` on the master of the configuration's
+/// hash slot (every key of one prefix lives in that slot, whoever wrote it).
+/// Only keys of type `stream` are returned.
+async fn find_streams(
+    client: &Client,
+    sweep: &mut Sweep,
+    pages: usize,
+    known: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let keys = client.keys();
+    let mut found: Vec<String> = Vec::new();
+    let utf8 = |raw: Vec<Vec<u8>>, found: &mut Vec<String>| {
+        found.extend(
+            raw.into_iter()
+                .filter_map(|k| String::from_utf8(k).ok())
+                .filter(|k| keys.type_of_stream(k).is_some_and(|t| !t.is_empty())),
+        );
+    };
+    match client.conn() {
+        Conn::Cluster(conn) => {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let slot = hash_slot(keys.base());
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("GETKEYSINSLOT").arg(slot).arg(100_000);
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                slot,
+                SlotAddr::Master,
+            )));
+            let reply = conn::retry(
+                "CLUSTER GETKEYSINSLOT",
+                client.options().reconnect_for,
+                || {
+                    let (mut conn, cmd, route) = (conn.clone(), cmd.clone(), route.clone());
+                    async move { conn.route_command(cmd, route).await }
+                },
+            )
+            .await?;
+            let raw: Vec<Vec<u8>> = redis::from_redis_value(reply)
+                .map_err(|e| Error::redis("CLUSTER GETKEYSINSLOT", e.into()))?;
+            sweep.not_streams.clear();
+            utf8(raw, &mut found);
+        }
+        Conn::Single(_) => {
+            let pattern = keys.stream_pattern();
+            for _ in 0..pages {
+                if sweep.cursor == 0 {
+                    sweep.not_streams.clear();
+                }
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(sweep.cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, raw): (u64, Vec<Vec<u8>>) = client.run("SCAN", &cmd).await?;
+                utf8(raw, &mut found);
+                sweep.cursor = next;
+                if next == 0 {
+                    break;
+                }
+            }
         }
     }
+    found.sort();
+    found.dedup();
+    found.retain(|k| !known(k) && !sweep.not_streams.contains(k));
+    if found.is_empty() {
+        return Ok(found);
+    }
+    let mut pipe = redis::pipe();
+    for key in &found {
+        pipe.cmd("TYPE").arg(key);
+    }
+    let types: Vec<String> = client.run_pipe("TYPE", &pipe).await?;
+    let mut streams = Vec::with_capacity(found.len());
+    for (key, ty) in found.into_iter().zip(types) {
+        if ty == "stream" {
+            streams.push(key);
+        } else {
+            sweep.not_streams.insert(key);
+        }
+    }
+    Ok(streams)
 }
 
 impl StreamConsumer {
@@ -144,20 +291,33 @@ impl StreamConsumer {
         table.add(keys.replay(group), SlotKind::Replay, true);
         let all = types == Topics::All;
         let mut filter = None;
+        let mut sweep = Sweep::default();
         match client.config().layout() {
             Layout::PerType => {
                 let list = match types {
-                    Topics::Types(list) => list,
+                    Topics::Types(list) => list.iter().map(|t| keys.stream(t)).collect(),
                     Topics::All => {
-                        let mut known: Vec<String> = client
+                        let known: Vec<String> = client
                             .run("SMEMBERS", redis::cmd("SMEMBERS").arg(keys.types()))
                             .await?;
-                        known.sort();
-                        known
+                        let mut list: Vec<String> = known.iter().map(|t| keys.stream(t)).collect();
+                        match find_streams(&client, &mut sweep, SCAN_PAGES_AT_START, |_| false)
+                            .await
+                        {
+                            Ok(found) => list.extend(found),
+                            Err(e) => {
+                                sweep.warned = true;
+                                tracing::warn!(error = %e, "cannot look for streams by key pattern; a global consumer reads only the types eventbus publishers registered in {}", keys.types());
+                            }
+                        }
+                        list.sort();
+                        list.dedup();
+                        list
                     }
                 };
-                for t in list {
-                    table.add(keys.stream(&t), SlotKind::Type(Arc::from(t.as_str())), true);
+                for key in list {
+                    let ty = keys.type_of_stream(&key).unwrap_or_default();
+                    table.add(key.clone(), SlotKind::Type(Arc::from(ty)), true);
                 }
             }
             Layout::Django { stream } => {
@@ -175,8 +335,22 @@ impl StreamConsumer {
             None => default_consumer_name(),
         };
         let now = Instant::now();
+        let discover_from = if all {
+            discovered_start(&client, opts.start).await?
+        } else {
+            String::new()
+        };
+        let liveness = Arc::new(Liveness::new(
+            keys.alive(group),
+            name.clone(),
+            opts.heartbeat_interval,
+            opts.heartbeat_timeout,
+        ));
         let consumer = StreamConsumer {
             retry_key: keys.retry(group),
+            alive_key: keys.alive(group),
+            liveness,
+            discover_from,
             group: group.to_owned(),
             name,
             all,
@@ -189,8 +363,10 @@ impl StreamConsumer {
                 next_claim: now,
                 next_types_poll: now + opts.types_poll,
                 next_retry_poll: now,
+                next_dead_check: now,
                 cursors: HashMap::new(),
                 interned: HashMap::new(),
+                sweep,
             }),
             opts,
             table: RwLock::new(table),
@@ -319,10 +495,27 @@ impl StreamConsumer {
     /// One round of: housekeeping, due retries, history, then a blocking read.
     /// Leaves entries (possibly none) in the buffer.
     async fn fill(&self, rd: &mut Reader, max: usize) -> Result<(), Failure> {
+        // Alive before the first read: what it reads is never up for
+        // takeover while this consumer lives.
+        self.liveness.start(&self.client).await?;
         let now = Instant::now();
         if self.all && now >= rd.next_types_poll {
-            self.refresh_types().await?;
+            self.refresh_types(rd).await?;
             rd.next_types_poll = now + self.opts.types_poll;
+        }
+        if self.liveness.peers_dead() && now >= rd.next_dead_check {
+            if self.reclaim_dead(rd, max).await? {
+                // Took as many as asked for; more may be waiting.
+                rd.next_dead_check = now;
+            } else {
+                // The dead members left owning nothing are gone from the
+                // zset; the next heartbeat says whether more died.
+                self.liveness.peers_handled();
+                rd.next_dead_check = now + self.liveness.interval();
+            }
+            if !rd.buffer.is_empty() {
+                return Ok(());
+            }
         }
         if now >= rd.next_claim {
             if self.reclaim(rd, max).await? {
@@ -376,6 +569,9 @@ impl StreamConsumer {
             .min(later(rd.next_retry_poll));
         if self.all {
             block = block.min(later(rd.next_types_poll));
+        }
+        if self.liveness.peers_dead() {
+            block = block.min(later(rd.next_dead_check).max(self.liveness.interval()));
         }
 
         if rd.conn.is_none() {
@@ -532,39 +728,115 @@ impl StreamConsumer {
             .add(key.to_owned(), kind, false)
     }
 
-    /// A [`Topics::All`] consumer: start reading the streams of types first
-    /// published since the last look, from their first entry.
-    async fn refresh_types(&self) -> Result<(), Failure> {
+    /// A [`Topics::All`] consumer: start reading the streams found since the
+    /// last look (types registered in `{P}:types`, and a step of the sweep
+    /// for `{P}:stream:*`), from [`discovered_start`].
+    async fn refresh_types(&self, rd: &mut Reader) -> Result<(), Failure> {
         let keys = self.client.keys();
-        let known: Vec<String> = self
+        let registered: Vec<String> = self
             .client
             .run("SMEMBERS", redis::cmd("SMEMBERS").arg(keys.types()))
             .await
             .map_err(Failure::Other)?;
-        let new: Vec<String> = {
+        let mut new: Vec<String> = {
             let table = self.table();
-            known
-                .into_iter()
-                .filter(|t| !table.by_key.contains_key(&keys.stream(t)))
+            registered
+                .iter()
+                .map(|t| keys.stream(t))
+                .filter(|k| !table.by_key.contains_key(k))
                 .collect()
         };
+        if !rd.sweep.warned {
+            let found = {
+                let table = &self.table;
+                find_streams(&self.client, &mut rd.sweep, SCAN_PAGES_PER_POLL, |k| {
+                    table.read().expect("not poisoned").by_key.contains_key(k)
+                })
+                .await
+            };
+            match found {
+                Ok(found) => new.extend(found),
+                Err(Error::Redis { source, .. }) if conn::is_transient(&source) => {
+                    tracing::debug!(error = %source, "looking for new streams failed; again at the next poll");
+                }
+                Err(e) => {
+                    rd.sweep.warned = true;
+                    tracing::warn!(group = %self.group, error = %e, "cannot look for streams by key pattern; this global consumer reads only the types eventbus publishers registered in {}", keys.types());
+                }
+            }
+        }
+        new.sort();
+        new.dedup();
         if new.is_empty() {
             return Ok(());
         }
-        let stream_keys: Vec<String> = new.iter().map(|t| keys.stream(t)).collect();
-        self.ensure_groups(&stream_keys, "0")
+        self.ensure_groups(&new, &self.discover_from)
             .await
             .map_err(Failure::Other)?;
         let mut table = self.table.write().expect("not poisoned");
-        for (t, key) in new.iter().zip(stream_keys) {
-            table.add(key, SlotKind::Type(Arc::from(t.as_str())), true);
+        for key in &new {
+            let ty = keys.type_of_stream(key).unwrap_or_default();
+            table.add(key.clone(), SlotKind::Type(Arc::from(ty)), true);
         }
-        tracing::debug!(group = %self.group, new = ?new, "consuming new event types");
+        tracing::debug!(group = %self.group, new = ?new, "consuming new streams");
         Ok(())
     }
 
-    /// Takes over at most `max` entries pending on other consumers for longer
-    /// than `claim_idle`; true when it took `max` (more may be waiting).
+    /// Takes over at most `max` entries of consumers of the group that are
+    /// dead (liveness deadline passed), however short their idle time; true
+    /// when it took `max` (more may be waiting).
+    async fn reclaim_dead(&self, rd: &mut Reader, max: usize) -> Result<bool, Failure> {
+        let streams = self.table().read_keys();
+        let mut inv = scripts::RECLAIM_DEAD.prepare_invoke();
+        inv.key(&self.alive_key).key(&self.retry_key);
+        for (_, key) in &streams {
+            inv.key(key);
+        }
+        inv.arg(&self.group).arg(&self.name).arg(max);
+        let reply: Value = self
+            .client
+            .run_script("takeover script", &inv)
+            .await
+            .map_err(Failure::from_error)?;
+        let Value::Array(mut parts) = reply else {
+            return Ok(false);
+        };
+        if parts.len() != 2 {
+            return Ok(false);
+        }
+        let Value::Array(claimed) = parts.pop().expect("len 2") else {
+            return Ok(false);
+        };
+        let more = matches!(parts.pop(), Some(Value::Int(1)));
+        for item in claimed {
+            let Value::Array(mut f) = item else { continue };
+            if f.len() != 5 {
+                continue;
+            }
+            let Some((idx, key)) = value_u32(&f[0])
+                .and_then(|i| streams.get((i as usize).checked_sub(1)?))
+                .cloned()
+            else {
+                continue;
+            };
+            let count = value_u32(&f[3]).unwrap_or(2);
+            let owner = bulk_string(std::mem::take(&mut f[4])).unwrap_or_default();
+            let fields = std::mem::take(&mut f[2]);
+            let Some(id) = bulk_bytes(std::mem::take(&mut f[1])) else {
+                continue;
+            };
+            if let Made::Entry(e) = self.make_entry(rd, idx, &id, fields, count) {
+                tracing::info!(group = %self.group, stream = %eventbus_core::escape::Escaped(&key), id = %e.id, delivery_count = count, dead_consumer = %eventbus_core::escape::Escaped(&owner), "took over an entry from a consumer whose heartbeat stopped");
+                self.reclaimed.fetch_add(1, Ordering::Relaxed);
+                rd.buffer.push_back(e);
+            }
+        }
+        Ok(more)
+    }
+
+    /// Takes over at most `max` entries pending for longer than `claim_idle`
+    /// on other consumers that show no heartbeat (the fallback for older
+    /// versions); true when it took `max` (more may be waiting).
     async fn reclaim(&self, rd: &mut Reader, max: usize) -> Result<bool, Failure> {
         let idle_ms = self.opts.claim_idle.as_millis() as u64;
         let count = max.max(100);
@@ -578,6 +850,7 @@ impl StreamConsumer {
             let mut inv = scripts::RECLAIM.prepare_invoke();
             inv.key(&key)
                 .key(&self.retry_key)
+                .key(&self.alive_key)
                 .arg(&self.group)
                 .arg(&self.name)
                 .arg(idle_ms)
@@ -619,7 +892,7 @@ impl StreamConsumer {
                 };
                 taken += 1;
                 if let Made::Entry(e) = self.make_entry(rd, idx, &id, fields, count) {
-                    tracing::info!(group = %self.group, stream = %eventbus_core::escape::Escaped(&key), id = %e.id, delivery_count = count, "took over an entry from a dead consumer");
+                    tracing::info!(group = %self.group, stream = %eventbus_core::escape::Escaped(&key), id = %e.id, delivery_count = count, "took over an entry pending longer than claim_idle on a consumer without heartbeat");
                     self.reclaimed.fetch_add(1, Ordering::Relaxed);
                     rd.buffer.push_back(e);
                 }
@@ -787,26 +1060,24 @@ impl StreamConsumer {
         Ok(())
     }
 
-    /// Hands entries back to the group without acking them: they become
-    /// claimable by any consumer at its next claim pass (used at shutdown).
+    /// Hands entries back to the group without acking them: they go to the
+    /// group's retry zset as due now (a retry already scheduled keeps its
+    /// time), so a consumer of the group takes them at its next retry poll.
     pub(crate) async fn release(&self, ids: &[DeliveryId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let idle = (self.opts.claim_idle.as_millis() as u64).saturating_mul(2);
         let pipe = self.per_stream_pipe(ids, |pipe, key, _, ids| {
-            pipe.cmd("XCLAIM")
-                .arg(key)
-                .arg(&self.group)
-                .arg(&self.name)
-                .arg(0)
-                .arg(ids)
-                .arg("IDLE")
-                .arg(idle)
-                .arg("JUSTID")
-                .ignore();
+            for id in ids {
+                pipe.cmd("ZADD")
+                    .arg(&self.retry_key)
+                    .arg("NX")
+                    .arg(0)
+                    .arg(format!("{key}\n{id}"))
+                    .ignore();
+            }
         })?;
-        self.client.run_pipe::<()>("XCLAIM", &pipe).await?;
+        self.client.run_pipe::<()>("ZADD", &pipe).await?;
         let mut outstanding = self.outstanding.lock().expect("not poisoned");
         for id in ids {
             outstanding.remove(&EntryId::of(*id));
@@ -816,17 +1087,19 @@ impl StreamConsumer {
 
     /// Hands back everything this consumer owns: entries read and not yet
     /// handed out, handed out and not settled, and entries Redis delivered
-    /// to it by a read whose reply never arrived. The group's other
-    /// consumers take them over at their next claim pass.
+    /// to it by a read whose reply never arrived. A consumer of the group
+    /// takes them over at its next retry poll.
     pub(crate) async fn close(&self) -> Result<u64> {
         let mut rd = self.reader.lock().await;
         rd.buffer.clear();
-        let idle = (self.opts.claim_idle.as_millis() as u64).saturating_mul(2);
         let mut released = 0u64;
         let streams = self.table().read_keys();
         for (_, key) in streams {
             let mut inv = scripts::RELEASE_OWN.prepare_invoke();
-            inv.key(&key).arg(&self.group).arg(&self.name).arg(idle);
+            inv.key(&key)
+                .key(&self.retry_key)
+                .arg(&self.group)
+                .arg(&self.name);
             let n: u64 = self.client.run_script("release script", &inv).await?;
             released += n;
         }
@@ -927,6 +1200,14 @@ impl StreamConsumer {
             .remove(&entry.id);
         tracing::warn!(group = %self.group, handler = %info.handler, event_type = %eventbus_core::escape::Escaped(&entry.event_type), attempts = info.attempts, error = %eventbus_core::escape::Escaped(&info.error), dlq_id = %id, "event dead-lettered");
         Ok(id)
+    }
+}
+
+/// A consumer dropped can hand nothing out again: it is marked dead, so the
+/// group's other consumers take over what it still owns at once.
+impl Drop for StreamConsumer {
+    fn drop(&mut self) {
+        self.liveness.stop(&self.client);
     }
 }
 
