@@ -369,8 +369,10 @@ impl Client {
     /// A consumer of `group` reading `types`.
     ///
     /// Streams: creates the group on every stream it reads (`MKSTREAM`), at
-    /// [`ConsumerOptions::start`]; a [`Topics::All`] consumer also creates it,
-    /// at `0`, on the streams of types first published later. Pub/sub:
+    /// [`ConsumerOptions::start`]; a [`Topics::All`] consumer reads every
+    /// `{P}:stream:*` stream, whoever writes it, and creates the group on a
+    /// stream it finds later at the group's start (`Since` its time, the
+    /// consumer's creation for `Latest`, `0` for `Earliest`). Pub/sub:
     /// subscribes to the types' channels (or the prefix pattern for `All`)
     /// before returning, so nothing published after this call is missed.
     pub async fn consumer(

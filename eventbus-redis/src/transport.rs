@@ -38,8 +38,10 @@ pub struct RedisTransport {
 
 impl RedisTransport {
     /// Connects to the server(s) named by `url` (see `eventbus-redis` for
-    /// every option; `claim_idle_ms` and `claim_interval_ms` tune how soon
-    /// the entries of a dead instance are taken over).
+    /// every option). The entries of a dead instance are taken over within
+    /// seconds by liveness (heartbeats, see [`ConsumerOptions`]);
+    /// `claim_idle_ms` and `claim_interval_ms` tune the fallback for
+    /// consumers without heartbeats (older versions).
     pub async fn connect(url: &str) -> Result<Self> {
         let config = RedisConfig::from_url(url)?;
         let consumer = config.consumer_options();
@@ -94,13 +96,15 @@ impl RedisTransport {
                 .or_insert_with(SystemTime::now);
             opts.start = StartFrom::Since(since);
         }
-        // An entry pending longer than `claim_idle` is taken over as
-        // abandoned: that must never happen to a handler still running.
+        // A consumer that shows its heartbeat keeps its entries however long
+        // its handler runs. `claim_idle` decides only for consumers without
+        // heartbeats (older versions of this crate in the same group), and
+        // those must not take a running handler's event either.
         match group.handler_timeout {
             Some(timeout) if opts.claim_idle < timeout && self.claim_idle_explicit => {
-                tracing::warn!(
+                tracing::info!(
                     group = %group.group,
-                    "claim_idle ({:?}) is shorter than the handler timeout ({timeout:?}): a slow handler's event may be taken over by another instance while it runs",
+                    "claim_idle ({:?}) is shorter than the handler timeout ({timeout:?}): a consumer of an older version (without heartbeats) in this group may take over a slow handler's event while it runs",
                     opts.claim_idle
                 )
             }
@@ -112,9 +116,9 @@ impl RedisTransport {
                 );
                 opts.claim_idle = timeout * 2;
             }
-            None if !self.claim_idle_explicit => tracing::warn!(
+            None if !self.claim_idle_explicit => tracing::debug!(
                 group = %group.group,
-                "handlers have no timeout: one that runs longer than {:?} may be taken over by another instance; set Bus::builder().handler_timeout(..)",
+                "handlers have no timeout: a consumer of an older version (without heartbeats) in this group may take over one that runs longer than {:?}",
                 opts.claim_idle
             ),
             _ => {}
