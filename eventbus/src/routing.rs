@@ -1,9 +1,10 @@
 //! One bus, several transports: events routed by type, and bridges.
 //!
-//! A bus whose builder was given routes ([`BusBuilder::route`]) or bridges
-//! ([`BusBuilder::bridge`]), in code or from `EVENTBUS_ROUTES` /
-//! `EVENTBUS_BRIDGES`, runs on a [`Router`]: a [`Transport`] over the
-//! transports it names.
+//! A bus whose builder was given routes ([`BusBuilder::route`](crate::BusBuilder::route))
+//! or bridges ([`BusBuilder::bridge`](crate::BusBuilder::bridge)), in code or
+//! from `EVENTBUS_ROUTES` / `EVENTBUS_BRIDGES`, runs on a router: a
+//! [`Transport`] over the transports it names (what [`Bus::transport`](crate::Bus::transport)
+//! returns then).
 //!
 //! - **Publishing** goes to the transport of the event's type: the route
 //!   whose pattern matches (an exact type wins over a `prefix*`, a longer
