@@ -303,6 +303,8 @@ impl PubSubGroup {
             .holder
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Whether this subscriber's lease can still be valid: read once per batch.
+        let may_hold = self.lease.as_ref().is_some_and(Lease::may_hold);
         for d in batch {
             if lease::is_control(&d.event_type) {
                 if d.event_type == self.control.as_str()
@@ -322,9 +324,7 @@ impl PubSubGroup {
                 None => true,
                 // A retry was this instance's already; a first delivery is
                 // this instance's when the latest marker names it.
-                Some(lease) => {
-                    d.attempt > 1 || (holder.as_deref() == Some(lease.me()) && lease.may_hold())
-                }
+                Some(lease) => d.attempt > 1 || (may_hold && holder.as_deref() == Some(lease.me())),
             };
             if mine {
                 keep.push(d);

@@ -503,17 +503,19 @@ impl Router {
     }
 
     /// The parts of `group` with what their transports can do, for the
-    /// start-up check: `(transport name, label, capabilities, topics)`.
-    pub(crate) fn parts(
-        &self,
-        group: &GroupSpec,
-    ) -> Vec<(&'static str, String, Capabilities, Topics)> {
+    /// start-up check.
+    pub(crate) fn parts(&self, group: &GroupSpec) -> Vec<Part> {
         self.table
             .split(group)
             .into_iter()
             .map(|(i, topics)| {
                 let t = &self.transports[i];
-                (t.name(), self.labels[i].clone(), t.capabilities(), topics)
+                Part {
+                    name: t.name(),
+                    label: Some(self.labels[i].clone()),
+                    capabilities: t.capabilities(),
+                    topics,
+                }
             })
             .collect()
     }
@@ -700,14 +702,23 @@ impl Transport for Router {
 
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let Some((i, id)) = dead_letter_id
+            let routed = dead_letter_id
                 .split_once('/')
                 .and_then(|(i, id)| Some((i.parse::<usize>().ok()?, id)))
-                .filter(|(i, _)| *i < self.transports.len())
-            else {
-                return Ok(false);
-            };
-            self.transports[i].replay(id).await
+                .filter(|(i, _)| *i < self.transports.len());
+            if let Some((i, id)) = routed {
+                return self.transports[i].replay(id).await;
+            }
+            // An id as one transport lists it (a tool reading the DLQ
+            // directly): replayed through the transport its group reads.
+            let listed = self.dead_letters(100_000).await?;
+            match listed.iter().find(|d| {
+                d.id.split_once('/')
+                    .is_some_and(|(_, id)| id == dead_letter_id)
+            }) {
+                Some(d) => self.replay(&d.id).await,
+                None => Ok(false),
+            }
         })
     }
 
@@ -895,6 +906,15 @@ impl Subscriber for Merged {
     }
 }
 
+/// One transport a group subscribes on, for the start-up check.
+pub(crate) struct Part {
+    name: &'static str,
+    /// The route's URL (password redacted) on a routed bus.
+    label: Option<String>,
+    capabilities: Capabilities,
+    topics: Topics,
+}
+
 /// Checks each group the bus is about to run against what the transports
 /// it subscribes on can do; every problem is one sentence that says what to
 /// do, one per line.
@@ -907,15 +927,20 @@ pub(crate) fn check_groups<'a>(
     for g in groups {
         let parts = match router {
             Some(r) => r.parts(g),
-            None => vec![(
-                transport.name(),
-                format!("the {} transport", transport.name()),
-                transport.capabilities(),
-                g.topics.clone(),
-            )],
+            None => vec![Part {
+                name: transport.name(),
+                label: None,
+                capabilities: transport.capabilities(),
+                topics: g.topics.clone(),
+            }],
         };
-        for (name, label, caps, topics) in parts {
-            let types = match &topics {
+        for part in parts {
+            let (name, caps, topics) = (part.name, part.capabilities, &part.topics);
+            let at = match &part.label {
+                Some(label) => format!("{name} ({label})"),
+                None => name.to_owned(),
+            };
+            let types = match topics {
                 Topics::All => "every".to_owned(),
                 Topics::Types(t) => t
                     .iter()
@@ -923,24 +948,24 @@ pub(crate) fn check_groups<'a>(
                     .collect::<Vec<_>>()
                     .join(", "),
             };
-            let first = match &topics {
+            let first = match topics {
                 Topics::Types(t) => t.first().map_or("the_type", String::as_str),
                 Topics::All => "the_type",
             };
             if is_bridge_group(&g.group) {
                 if !caps.competing_consumers {
                     problems.push(format!(
-                        "cannot bridge {types} from {label}: {name} cannot make a group's instances compete, so every running instance would append each message; bridge from a transport whose groups compete (Redis pub/sub does, through a lease)"
+                        "cannot bridge {types} from {at}: it cannot make a group's instances compete, so every running instance would append each message; bridge from a transport whose groups compete (Redis pub/sub does, through a lease)"
                     ));
                 }
             } else if g.broadcast && !caps.broadcast {
                 problems.push(format!(
-                    "handler `{}` is broadcast, but {name} ({label}) gives each event of a group to one instance: route {types} to a transport that broadcasts (e.g. `EVENTBUS_ROUTES='{first}=redis://host:6379?mode=pubsub'`), or drop `broadcast` to have one instance handle each event",
+                    "handler `{}` is broadcast, but {at} gives each event of a group to one instance: route {types} to a transport that broadcasts (e.g. `EVENTBUS_ROUTES='{first}=redis://host:6379?mode=pubsub'`), or drop `broadcast` to have one instance handle each event",
                     g.handler
                 ));
             } else if !g.broadcast && !caps.competing_consumers {
                 problems.push(format!(
-                    "group `{}` (handler `{}`) cannot compete on {name} ({label}), so every running instance would handle each {types} event: route {types} to a transport whose groups compete (e.g. `EVENTBUS_ROUTES='{first}=redis://host:6379'` for Redis Streams, or `Bus::builder().route([..], url)`), or mark the handler `#[handler(broadcast)]` if every instance should handle each event",
+                    "group `{}` (handler `{}`) cannot compete on {at}, so every running instance would handle each {types} event: route {types} to a transport whose groups compete (e.g. `EVENTBUS_ROUTES='{first}=redis://host:6379'` for Redis Streams, or `Bus::builder().route([..], url)`), or mark the handler `#[handler(broadcast)]` if every instance should handle each event",
                     g.group, g.handler
                 ));
             }

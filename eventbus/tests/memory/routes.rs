@@ -419,7 +419,7 @@ async fn a_group_that_cannot_compete_is_refused_at_start_with_what_to_do() {
         .unwrap();
     assert_eq!(
         refusal(&bus).await,
-        "group `mr_sms_send_queue` (handler `send_short_message`) cannot compete on reporting (the reporting transport), so every running instance would handle each `mr.send_short_message` event: route `mr.send_short_message` to a transport whose groups compete (e.g. `EVENTBUS_ROUTES='mr.send_short_message=redis://host:6379'` for Redis Streams, or `Bus::builder().route([..], url)`), or mark the handler `#[handler(broadcast)]` if every instance should handle each event"
+        "group `mr_sms_send_queue` (handler `send_short_message`) cannot compete on reporting, so every running instance would handle each `mr.send_short_message` event: route `mr.send_short_message` to a transport whose groups compete (e.g. `EVENTBUS_ROUTES='mr.send_short_message=redis://host:6379'` for Redis Streams, or `Bus::builder().route([..], url)`), or mark the handler `#[handler(broadcast)]` if every instance should handle each event"
     );
 
     // Broadcast: what it can do, it runs.
@@ -462,7 +462,7 @@ async fn a_broadcast_handler_is_refused_where_it_cannot_broadcast() {
         .unwrap();
     assert_eq!(
         refusal(&bus).await,
-        "handler `drop_cache` is broadcast, but reporting (the reporting transport) gives each event of a group to one instance: route `mr.review_deleted` to a transport that broadcasts (e.g. `EVENTBUS_ROUTES='mr.review_deleted=redis://host:6379?mode=pubsub'`), or drop `broadcast` to have one instance handle each event"
+        "handler `drop_cache` is broadcast, but reporting gives each event of a group to one instance: route `mr.review_deleted` to a transport that broadcasts (e.g. `EVENTBUS_ROUTES='mr.review_deleted=redis://host:6379?mode=pubsub'`), or drop `broadcast` to have one instance handle each event"
     );
     // A bridge needs a source whose groups compete.
     let bus = builder()
@@ -472,7 +472,7 @@ async fn a_broadcast_handler_is_refused_where_it_cannot_broadcast() {
         .unwrap();
     let refused = refusal(&bus).await;
     assert!(
-        refused.starts_with("cannot bridge `mr.review_created` from the reporting transport given in code: reporting cannot make a group's instances compete"),
+        refused.starts_with("cannot bridge `mr.review_created` from reporting (the reporting transport given in code): it cannot make a group's instances compete"),
         "{refused}"
     );
 }
