@@ -8,6 +8,7 @@
 mod cluster;
 mod crash;
 mod delivery;
+mod discovery;
 mod legacy;
 mod legacy_replay;
 mod liveness;
