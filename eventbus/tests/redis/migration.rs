@@ -583,3 +583,131 @@ async fn the_routing_variables_fail_with_one_sentence_and_no_password() {
         assert_eq!(got.lines().count(), 1, "one sentence: {got}");
     }
 }
+
+/// A moderator's decision, on the legacy channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Event)]
+#[event("mig_moderate_action")]
+struct ModerateAction {
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_handler_on_a_routed_bus_sees_each_legacy_event_once() {
+    let server = server();
+    let legacy = with(&server.url(), "mode=pubsub&codec=legacy");
+    let audit: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+    let log = audit.clone();
+    let bus = Bus::builder()
+        .service("mig")
+        .without_registered()
+        .route(["mig_moderate_action"], legacy.clone())
+        .bridge(["mig_review_created"], legacy.clone())
+        .handler(HandlerDef::new("audit", move |e: eventbus::CloudEvent| {
+            let ty = eventbus::cloudevents::AttributesReader::ty(&e).to_owned();
+            log.lock().push(ty);
+            async {}
+        }))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let mut running = bus.spawn();
+    running.ready().await.unwrap();
+    // Django publishes both legacy types; Rust publishes a job on Streams.
+    server
+        .cmd(&["PUBLISH", "mig_review_created", r#"{"id": "r-1"}"#])
+        .unwrap();
+    server
+        .cmd(&["PUBLISH", "mig_moderate_action", r#"{"id": "m-1"}"#])
+        .unwrap();
+    bus.publish(SendShortMessage { n: 1 }).await.unwrap();
+    wait_until("the audit saw the three events", || audit.lock().len() >= 3).await;
+    settle().await;
+    running.shutdown().await.unwrap();
+    let mut seen = audit.lock().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "mig_moderate_action",
+            "mig_review_created",
+            "mig_send_short_message"
+        ],
+        "each once: the bridged event from Streams only, no lease markers"
+    );
+    assert_eq!(
+        server
+            .cmd(&["XLEN", &stream_key("mig_review_created")])
+            .unwrap(),
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_two_transports_on_one_server_are_listed_once_and_replayed_home() {
+    let server = server();
+    let legacy = with(&server.url(), "mode=pubsub&codec=legacy");
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let handled: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+    let handler = |name: &'static str| {
+        let (refuse, handled) = (refuse.clone(), handled.clone());
+        move |what: String| {
+            let outcome = if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(format!("{name} refused"))
+            } else {
+                handled.lock().push(what);
+                Ok(())
+            };
+            async move { outcome }
+        }
+    };
+    let on_moderation = handler("moderation");
+    let on_job = handler("job");
+    let bus = Bus::builder()
+        .service("mig")
+        .without_registered()
+        .route(["mig_moderate_*"], legacy.clone())
+        .handler(
+            HandlerDef::new("on_moderation", move |m: ModerateAction| {
+                on_moderation(m.id)
+            })
+            .retries(0),
+        )
+        .handler(
+            HandlerDef::new("on_job", move |j: SendShortMessage| on_job(j.n.to_string()))
+                .retries(0),
+        )
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let mut running = bus.spawn();
+    running.ready().await.unwrap();
+    server
+        .cmd(&["PUBLISH", "mig_moderate_action", r#"{"id": "m-1"}"#])
+        .unwrap();
+    bus.publish(SendShortMessage { n: 7 }).await.unwrap();
+    wait_until_async("two dead letters", || async {
+        bus.dead_letters(100).await.unwrap().len() >= 2
+    })
+    .await;
+    // Both transports read `{eventbus}:dlq` on this server: each entry once.
+    let dead = bus.dead_letters(100).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(
+        server.cmd(&["XLEN", "{eventbus}:dlq"]).unwrap(),
+        "2",
+        "one DLQ stream"
+    );
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    for d in &dead {
+        assert!(bus.replay_dead_letter(&d.id).await.unwrap(), "{d:?}");
+    }
+    wait_until("both replayed to their group and handled", || {
+        handled.lock().len() >= 2
+    })
+    .await;
+    running.shutdown().await.unwrap();
+    let mut got = handled.lock().clone();
+    got.sort();
+    assert_eq!(got, ["7", "m-1"]);
+    assert!(bus.dead_letters(100).await.unwrap().is_empty());
+}
