@@ -9,6 +9,7 @@
 //! options: mode=streams|pubsub  codec=cloudevents|legacy|auto  prefix=NAME
 //!          legacy_types=T1,T2  cloudevents_types=T3 (the codec of these types)
 //!          layout=per-type|django  stream=NAME (django layout)  maxlen=N
+//!          heartbeat_interval_ms=N  heartbeat_timeout_ms=N
 //!          claim_idle_ms=N  claim_interval_ms=N (defaults of ConsumerOptions)
 //!          tls_ca=PATH  (rediss: trust this PEM CA bundle instead of the system roots)
 //!          tls_cert=PATH&tls_key=PATH (rediss: client certificate for mutual TLS)
@@ -31,7 +32,7 @@ pub const DEFAULT_PREFIX: &str = "eventbus";
 /// The default stream of the `django` layout.
 pub const DEFAULT_DJANGO_STREAM: &str = "events";
 
-const OPTIONS: &str = "`mode`, `codec`, `legacy_types`, `cloudevents_types`, `prefix`, `layout`, `stream`, `maxlen`, `claim_idle_ms`, `claim_interval_ms`, `tls_ca`, `tls_cert`, `tls_key`";
+const OPTIONS: &str = "`mode`, `codec`, `legacy_types`, `cloudevents_types`, `prefix`, `layout`, `stream`, `maxlen`, `heartbeat_interval_ms`, `heartbeat_timeout_ms`, `claim_idle_ms`, `claim_interval_ms`, `tls_ca`, `tls_cert`, `tls_key`";
 
 /// How events travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +134,8 @@ pub struct RedisConfig {
     prefix: Option<String>,
     layout: Layout,
     maxlen: Option<u64>,
+    heartbeat_interval: Option<Duration>,
+    heartbeat_timeout: Option<Duration>,
     claim_idle: Option<Duration>,
     claim_interval: Option<Duration>,
     tls_files: TlsFiles,
@@ -164,6 +167,8 @@ impl fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix())
             .field("layout", &self.layout)
             .field("maxlen", &self.maxlen)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("claim_idle", &self.claim_idle)
             .field("claim_interval", &self.claim_interval)
             .field("tls_files", &self.tls_files)
@@ -226,6 +231,12 @@ impl fmt::Display for RedisConfig {
         if let Some(n) = self.maxlen {
             opt(f, "maxlen", &n)?;
         }
+        if let Some(d) = self.heartbeat_interval {
+            opt(f, "heartbeat_interval_ms", &d.as_millis())?;
+        }
+        if let Some(d) = self.heartbeat_timeout {
+            opt(f, "heartbeat_timeout_ms", &d.as_millis())?;
+        }
         if let Some(d) = self.claim_idle {
             opt(f, "claim_idle_ms", &d.as_millis())?;
         }
@@ -261,6 +272,8 @@ impl RedisConfig {
             prefix: None,
             layout: Layout::PerType,
             maxlen: None,
+            heartbeat_interval: None,
+            heartbeat_timeout: None,
             claim_idle: None,
             claim_interval: None,
             tls_files: TlsFiles::default(),
@@ -371,10 +384,17 @@ impl RedisConfig {
     }
 
     /// [`ConsumerOptions::default()`] with what the URL sets
-    /// (`claim_idle_ms`, `claim_interval_ms`): the options of consumers
-    /// created for this configuration when the caller has no others.
+    /// (`heartbeat_interval_ms`, `heartbeat_timeout_ms`, `claim_idle_ms`,
+    /// `claim_interval_ms`): the options of consumers created for this
+    /// configuration when the caller has no others.
     pub fn consumer_options(&self) -> ConsumerOptions {
         let mut opts = ConsumerOptions::default();
+        if let Some(d) = self.heartbeat_interval {
+            opts.heartbeat_interval = d;
+        }
+        if let Some(d) = self.heartbeat_timeout {
+            opts.heartbeat_timeout = d;
+        }
         if let Some(d) = self.claim_idle {
             opts.claim_idle = d;
         }
@@ -596,15 +616,19 @@ fn parse(url: &str) -> Result<RedisConfig, String> {
                     }
                     stream = Some(v);
                 }
-                "claim_idle_ms" | "claim_interval_ms" => {
+                "claim_idle_ms"
+                | "claim_interval_ms"
+                | "heartbeat_interval_ms"
+                | "heartbeat_timeout_ms" => {
                     let ms: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         format!("`{key}={value}` must be a positive number of milliseconds, like `{key}=60000`")
                     })?;
                     let d = Some(Duration::from_millis(ms));
-                    if key == "claim_idle_ms" {
-                        config.claim_idle = d;
-                    } else {
-                        config.claim_interval = d;
+                    match &*key {
+                        "claim_idle_ms" => config.claim_idle = d,
+                        "claim_interval_ms" => config.claim_interval = d,
+                        "heartbeat_interval_ms" => config.heartbeat_interval = d,
+                        _ => config.heartbeat_timeout = d,
                     }
                 }
                 "tls_ca" | "tls_cert" | "tls_key" => {
@@ -777,6 +801,25 @@ mod tests {
                 .contains("`claim_idle_ms=0` must be a positive number of milliseconds")
         );
         assert!(err("redis://h?claim_interval_ms=1s").contains("like `claim_interval_ms=60000`"));
+
+        let h =
+            RedisConfig::from_url("redis://h?heartbeat_interval_ms=250&heartbeat_timeout_ms=2000")
+                .unwrap();
+        let o = h.consumer_options();
+        assert_eq!(o.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(o.heartbeat_timeout, Duration::from_millis(2000));
+        assert_eq!(
+            h.to_string(),
+            "redis://h:6379/0?heartbeat_interval_ms=250&heartbeat_timeout_ms=2000"
+        );
+        assert_eq!(RedisConfig::from_url(&h.to_string()).unwrap(), h);
+        assert_eq!(
+            d.heartbeat_timeout,
+            ConsumerOptions::default().heartbeat_timeout
+        );
+        assert!(
+            err("redis://h?heartbeat_timeout_ms=-1").contains("positive number of milliseconds")
+        );
     }
 
     #[test]
