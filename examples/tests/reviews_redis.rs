@@ -6,8 +6,8 @@
 //! The example's scenario ([`reviews::run`], which its `main` prints) runs in
 //! this process, once on each transport, and the reports are compared. On
 //! pub/sub too the summary is the memory one, count for count: pub/sub is
-//! at-most-once and its groups do not compete across instances, but the
-//! scenario runs one instance and publishes only once its subscriptions are
+//! at-most-once (and one instance of a group at a time handles its events,
+//! through the group's lease), but the scenario publishes only once its subscriptions are
 //! live (`Running::ready`), so a healthy local Redis delivers every event
 //! once; in-process retries and the dead letter work as on the others.
 #![cfg(feature = "redis")]
