@@ -142,18 +142,19 @@ fn marker(control: &str, me: &str, holder: &str) -> String {
 }
 
 /// The holder a marker names (`""` when released); `None` if it is not one.
+/// A marker a reader wrapped as bare data (it never should: it is a
+/// CloudEvent) is read through the wrapping.
 pub(crate) fn holder_of(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Marker {
-        data: Data,
+        data: serde_json::Value,
     }
-    #[derive(serde::Deserialize)]
-    struct Data {
-        holder: String,
-    }
-    serde_json::from_slice::<Marker>(payload)
-        .ok()
-        .map(|m| m.data.holder)
+    let data = serde_json::from_slice::<Marker>(payload).ok()?.data;
+    let holder = match data.get("holder") {
+        Some(h) => h,
+        None => data.get("data")?.get("holder")?,
+    };
+    holder.as_str().map(str::to_owned)
 }
 
 /// One subscriber's part in its group's lease: tries to hold it, renews it
@@ -311,6 +312,9 @@ mod tests {
         let r = marker("eventbus.lease.g", "me", "");
         assert_eq!(holder_of(r.as_bytes()).as_deref(), Some(""));
         assert_eq!(holder_of(b"{\"id\":1}"), None);
+        let wrapped =
+            format!(r#"{{"specversion":"1.0","type":"t","source":"/s","id":"1","data":{m}}}"#);
+        assert_eq!(holder_of(wrapped.as_bytes()).as_deref(), Some("me"));
         assert!(is_control(&control_type("sms_send_queue")));
         assert!(!is_control("send_short_message"));
     }
