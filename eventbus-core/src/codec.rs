@@ -426,10 +426,19 @@ fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
     /// closing quote, and the rest; characters beyond ASCII are checked
     /// only when there are some.
     fn plain(s: &str) -> Option<(&str, &str)> {
+        /// The bytes that end a run of plain ASCII: `"`, `\`, control
+        /// characters and everything from DEL up (one load per byte).
+        static STOP: [bool; 256] = {
+            let mut t = [false; 256];
+            let mut i = 0;
+            while i < 256 {
+                t[i] = i < 0x20 || i >= 0x7f || i == b'"' as usize || i == b'\\' as usize;
+                i += 1;
+            }
+            t
+        };
         let b = s.as_bytes();
-        let end = b
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c))?;
+        let end = b.iter().position(|&c| STOP[usize::from(c)])?;
         if b[end] == b'"' {
             return (end > 0).then(|| (&s[..end], &s[end + 1..]));
         }

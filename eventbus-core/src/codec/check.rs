@@ -258,13 +258,7 @@ fn time_error(b: &[u8]) -> Option<String> {
     if !(1..=12).contains(&month) {
         return Some(format!("month {month:02} does not exist"));
     }
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
+    let days = days_in(year, month);
     if day == 0 || day > days {
         return Some(format!(
             "{year:04}-{month:02}-{day:02} is not a date ({year:04}-{month:02} has {days} days)"
@@ -278,9 +272,44 @@ fn time_error(b: &[u8]) -> Option<String> {
     None
 }
 
+/// The number of days of `month` (1-12) in `year` (Gregorian).
+fn days_in(year: u32, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// Whether `time` passes [`time`] (for the fast reader: no reason built).
+/// What this crate writes (`2026-11-27T11:01:30.123456Z`) is checked by
+/// position; anything else by the full rules.
 pub(super) fn time_ok(time: &str) -> bool {
-    time_error(time.as_bytes()).is_none()
+    let b = time.as_bytes();
+    if b.len() != 27 || b[19] != b'.' || b[26] != b'Z' {
+        return time_error(b).is_none();
+    }
+    let d = |i: usize| u32::from(b[i].wrapping_sub(b'0'));
+    let n2 = |i: usize| d(i) * 10 + d(i + 1);
+    let digits_ok = [
+        0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22, 23, 24, 25,
+    ]
+    .iter()
+    .all(|&i| d(i) < 10);
+    let (year, month, day) = (n2(0) * 100 + n2(2), n2(5), n2(8));
+    digits_ok
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && (1..=12).contains(&month)
+        && day >= 1
+        && day <= days_in(year, month)
+        && n2(11) < 24
+        && n2(14) < 60
+        && n2(17) <= 60
 }
 
 /// A `datacontenttype`: a media type (RFC 2046) `type/subtype`, parameters
@@ -529,6 +558,31 @@ mod tests {
             let got = time(bad).unwrap_err();
             assert!(got.contains(why), "{bad}: {got}");
             assert!(!time_ok(bad));
+        }
+        // The fast check of what this crate writes agrees with the rules.
+        for ok in [
+            "2026-11-27T11:01:30.123456Z",
+            "2024-02-29T23:59:60.000000Z",
+            "0000-01-01T00:00:00.000000Z",
+        ] {
+            assert!(time_ok(ok), "{ok}");
+        }
+        for bad in [
+            "2026-02-29T00:00:00.000000Z",
+            "2026-13-01T00:00:00.000000Z",
+            "2026-00-01T00:00:00.000000Z",
+            "2026-01-32T00:00:00.000000Z",
+            "2026-01-00T00:00:00.000000Z",
+            "2026-01-01T24:00:00.000000Z",
+            "2026-01-01T00:60:00.000000Z",
+            "2026-01-01T00:00:61.000000Z",
+            "2026-01-01T00:00:00.00000xZ",
+            "2026/01-01T00:00:00.000000Z",
+            "2026-01-01 00:00:00.000000Z",
+            "+026-01-01T00:00:00.000000Z",
+        ] {
+            assert!(!time_ok(bad), "{bad}");
+            assert!(time(bad).is_err(), "{bad}");
         }
     }
 
