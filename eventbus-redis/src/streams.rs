@@ -115,7 +115,13 @@ struct Sweep {
     /// The sweep failed (e.g. a managed Redis that refuses `SCAN` or
     /// `CLUSTER GETKEYSINSLOT`) and that was logged: `{P}:types` only.
     warned: bool,
+    /// Streams whose group could not be created (logged once), and when to
+    /// try again.
+    failed: HashMap<String, Instant>,
 }
+
+/// How long a stream whose group could not be created is left alone.
+const RETRY_FAILED_STREAM: Duration = Duration::from_secs(60);
 
 /// `SCAN` pages (of [`SCAN_COUNT`] keys) one look for new streams takes: a
 /// keyspace of up to 8,000 keys is swept at every `types_poll`, a larger one
@@ -279,6 +285,32 @@ async fn find_streams(
     Ok(streams)
 }
 
+/// The stream keys of the types registered in `{P}:types`, but for keys of
+/// another type (a stream not written yet is created with its group).
+async fn registered_streams(client: &Client, types: &[String]) -> Result<Vec<String>> {
+    let keys = client.keys();
+    let streams: Vec<String> = types.iter().map(|t| keys.stream(t)).collect();
+    if streams.is_empty() {
+        return Ok(streams);
+    }
+    let mut pipe = redis::pipe();
+    for key in &streams {
+        pipe.cmd("TYPE").arg(key);
+    }
+    let kinds: Vec<String> = client.run_pipe("TYPE", &pipe).await?;
+    Ok(streams
+        .into_iter()
+        .zip(kinds)
+        .filter_map(|(key, kind)| match kind.as_str() {
+            "stream" | "none" => Some(key),
+            _ => {
+                tracing::warn!(stream = %eventbus_core::escape::Escaped(&key), kind, "not a stream; a global consumer does not read it");
+                None
+            }
+        })
+        .collect())
+}
+
 impl StreamConsumer {
     pub(crate) async fn new(
         client: Client,
@@ -300,11 +332,14 @@ impl StreamConsumer {
                         let known: Vec<String> = client
                             .run("SMEMBERS", redis::cmd("SMEMBERS").arg(keys.types()))
                             .await?;
-                        let mut list: Vec<String> = known.iter().map(|t| keys.stream(t)).collect();
+                        let mut list = registered_streams(&client, &known).await?;
                         match find_streams(&client, &mut sweep, SCAN_PAGES_AT_START, |_| false)
                             .await
                         {
                             Ok(found) => list.extend(found),
+                            Err(Error::Redis { source, .. }) if conn::is_transient(&source) => {
+                                tracing::debug!(error = %source, "looking for streams failed; again at the next poll");
+                            }
                             Err(e) => {
                                 sweep.warned = true;
                                 tracing::warn!(error = %e, "cannot look for streams by key pattern; a global consumer reads only the types eventbus publishers registered in {}", keys.types());
@@ -417,8 +452,27 @@ impl StreamConsumer {
     /// `XGROUP CREATE key group id MKSTREAM` on each key, in one round trip;
     /// an existing group is fine.
     async fn ensure_groups(&self, keys: &[String], id: &str) -> Result<()> {
+        match self
+            .ensure_groups_each(keys, id)
+            .await?
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            Some(e) => Err(Error::redis("XGROUP CREATE", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// `XGROUP CREATE` on each key, in one round trip: the error of each key
+    /// where it failed (an existing group is fine).
+    async fn ensure_groups_each(
+        &self,
+        keys: &[String],
+        id: &str,
+    ) -> Result<Vec<Option<redis::RedisError>>> {
         if keys.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for key in keys {
@@ -432,15 +486,14 @@ impl StreamConsumer {
         pipe.ignore_errors();
         let results: Vec<redis::RedisResult<Value>> =
             self.client.run_pipe("XGROUP CREATE", &pipe).await?;
-        for r in results {
-            if let Err(e) = r
-                && e.code() != Some("BUSYGROUP")
-                && !e.to_string().contains("BUSYGROUP")
-            {
-                return Err(Error::redis("XGROUP CREATE", e));
-            }
-        }
-        Ok(())
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.err().filter(|e| {
+                    e.code() != Some("BUSYGROUP") && !e.to_string().contains("BUSYGROUP")
+                })
+            })
+            .collect())
     }
 
     pub(crate) async fn read(&self, max: usize) -> Result<Vec<Entry>> {
@@ -738,19 +791,23 @@ impl StreamConsumer {
             .run("SMEMBERS", redis::cmd("SMEMBERS").arg(keys.types()))
             .await
             .map_err(Failure::Other)?;
+        let now = Instant::now();
+        rd.sweep.failed.retain(|_, retry_at| *retry_at > now);
         let mut new: Vec<String> = {
             let table = self.table();
             registered
                 .iter()
                 .map(|t| keys.stream(t))
-                .filter(|k| !table.by_key.contains_key(k))
+                .filter(|k| !table.by_key.contains_key(k) && !rd.sweep.failed.contains_key(k))
                 .collect()
         };
         if !rd.sweep.warned {
             let found = {
                 let table = &self.table;
+                let failed = rd.sweep.failed.clone();
                 find_streams(&self.client, &mut rd.sweep, SCAN_PAGES_PER_POLL, |k| {
-                    table.read().expect("not poisoned").by_key.contains_key(k)
+                    failed.contains_key(k)
+                        || table.read().expect("not poisoned").by_key.contains_key(k)
                 })
                 .await
             };
@@ -770,14 +827,23 @@ impl StreamConsumer {
         if new.is_empty() {
             return Ok(());
         }
-        self.ensure_groups(&new, &self.discover_from)
+        let results = self
+            .ensure_groups_each(&new, &self.discover_from)
             .await
-            .map_err(Failure::Other)?;
+            .map_err(Failure::from_error)?;
         let mut table = self.table.write().expect("not poisoned");
-        for key in &new {
-            let ty = keys.type_of_stream(key).unwrap_or_default();
+        let mut added = Vec::with_capacity(new.len());
+        for (key, error) in new.into_iter().zip(results) {
+            if let Some(e) = error {
+                tracing::warn!(group = %self.group, stream = %eventbus_core::escape::Escaped(&key), error = %e, "cannot create the group on this stream; not reading it (tried again in {RETRY_FAILED_STREAM:?})");
+                rd.sweep.failed.insert(key, now + RETRY_FAILED_STREAM);
+                continue;
+            }
+            let ty = keys.type_of_stream(&key).unwrap_or_default();
             table.add(key.clone(), SlotKind::Type(Arc::from(ty)), true);
+            added.push(key);
         }
+        let new = added;
         tracing::debug!(group = %self.group, new = ?new, "consuming new streams");
         Ok(())
     }

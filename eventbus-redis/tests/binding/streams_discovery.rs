@@ -89,6 +89,35 @@ async fn a_global_consumer_reads_streams_only_other_producers_write() {
     assert_eq!(&*more[0].event_type, "sso_user_changed");
 }
 
+/// A key of the pattern that is not a stream, even one named in
+/// `{eventbus}:types`, neither stops a global consumer nor is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_the_pattern_that_are_not_streams_are_passed_over() {
+    let server = server();
+    let client = client(&server.url()).await;
+    server
+        .cmd(&["SET", "{eventbus}:stream:early", "x"])
+        .unwrap();
+    server.cmd(&["SADD", "{eventbus}:types", "early"]).unwrap();
+    let all = client
+        .consumer("audit", Topics::All, fast_opts())
+        .await
+        .unwrap();
+    server.cmd(&["SET", "{eventbus}:stream:late", "x"]).unwrap();
+    server.cmd(&["SADD", "{eventbus}:types", "late"]).unwrap();
+    xadd(&server, "fine", "data", r#""ok""#);
+    let got = read_n(&all, 1, Duration::from_secs(10)).await;
+    assert_eq!(&*got[0].event_type, "fine");
+    assert!(read_for(&all, Duration::from_millis(500)).await.is_empty());
+    for key in ["{eventbus}:stream:early", "{eventbus}:stream:late"] {
+        assert_eq!(
+            server.cmd(&["TYPE", key]).unwrap(),
+            "string",
+            "left as it was"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_found_later_is_read_from_the_groups_start_not_its_history() {
     let server = server();
