@@ -73,7 +73,9 @@ async fn groups_consumers_and_dead_letters_on_the_wire() {
     };
     let (bus_1, bus_2) = (instance().await.unwrap(), instance().await.unwrap());
     assert_eq!(bus_1.transport().name(), "redis-streams");
-    let (r1, r2) = (bus_1.spawn(), bus_2.spawn());
+    let (mut r1, mut r2) = (bus_1.spawn(), bus_2.spawn());
+    r1.ready().await.unwrap();
+    r2.ready().await.unwrap();
     bus_1
         .publish_batch((0..20).map(|n| Ping { n }))
         .await
@@ -93,14 +95,15 @@ async fn groups_consumers_and_dead_letters_on_the_wire() {
     for group in ["svc.a", "svc.b", "svc.flaky"] {
         assert!(groups.contains(group), "no group {group}: {groups}");
     }
-    let consumers = server
-        .cmd(&["XINFO", "CONSUMERS", &stream, "svc.a"])
-        .unwrap();
-    assert_eq!(
-        consumers.matches("name").count(),
-        2,
-        "one consumer per instance in one group: {consumers}"
-    );
+    // A consumer is listed once it has read (even an empty batch); both
+    // instances are reading by now, whichever got the events.
+    wait_until("one consumer per instance in one group", || {
+        let consumers = server
+            .cmd(&["XINFO", "CONSUMERS", &stream, "svc.a"])
+            .unwrap();
+        consumers.matches("name").count() == 2
+    })
+    .await;
     // The wire contract of the DLQ stream.
     let raw = server.cmd(&["XRANGE", "{eventbus}:dlq", "-", "+"]).unwrap();
     for field in [
