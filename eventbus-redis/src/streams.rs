@@ -556,8 +556,15 @@ impl StreamConsumer {
             self.refresh_types(rd).await?;
             rd.next_types_poll = now + self.opts.types_poll;
         }
+        // A claim script moves entries to this consumer before its reply
+        // arrives: if the read is cancelled meanwhile, the next one finds
+        // them in the consumer's pending history (no one else would take
+        // them from a live consumer).
         if self.liveness.peers_dead() && now >= rd.next_dead_check {
-            if self.reclaim_dead(rd, max).await? {
+            let history = std::mem::replace(&mut rd.need_history, true);
+            let more = self.reclaim_dead(rd, max).await?;
+            rd.need_history = history;
+            if more {
                 // Took as many as asked for; more may be waiting.
                 rd.next_dead_check = now;
             } else {
@@ -571,7 +578,10 @@ impl StreamConsumer {
             }
         }
         if now >= rd.next_claim {
-            if self.reclaim(rd, max).await? {
+            let history = std::mem::replace(&mut rd.need_history, true);
+            let more = self.reclaim(rd, max).await?;
+            rd.need_history = history;
+            if more {
                 // Took as many as asked for; more may be waiting: look
                 // again at the next read.
                 rd.next_claim = now;
@@ -594,7 +604,9 @@ impl StreamConsumer {
             any
         };
         if local_due || now >= rd.next_retry_poll {
+            let history = std::mem::replace(&mut rd.need_history, true);
             self.claim_retries(rd, max, now_ms).await?;
+            rd.need_history = history;
             rd.next_retry_poll = now + self.opts.retry_poll;
             if !rd.buffer.is_empty() {
                 return Ok(());
