@@ -14,6 +14,8 @@ fi
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # certificates of the TLS test server
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)  # the Python peers below
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -30,6 +32,15 @@ fi
 
 echo "==> the AsyncAPI validator (official @asyncapi/parser)"
 npm ci --prefix scripts/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
+
+echo "==> the Python peers of the interop tests (scripts/python-peers.txt, into target/python-peers)"
+mkdir -p target/python-peers
+if ! cmp -s scripts/python-peers.txt target/python-peers/.pins; then
+  pip_args=(-m pip install --quiet --disable-pip-version-check --upgrade --target target/python-peers -r scripts/python-peers.txt)
+  # Debian's Python refuses pip unless told the install is local to us.
+  python3 "${pip_args[@]}" || python3 "${pip_args[@]}" --break-system-packages
+  cp scripts/python-peers.txt target/python-peers/.pins
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,6 +7,8 @@
 //! - [`redis`]: a `redis-server` ([`RedisServer`]; restartable on the same
 //!   port and data, optionally with TLS from a private CA) or a Redis Cluster
 //!   ([`RedisCluster`]).
+//! - [`python`]: `python3` with the pinned Python peers of the interop
+//!   tests (redis-py, the CloudEvents SDK) installed in the workspace.
 //! - Condition waits with one generous deadline ([`wait_until`],
 //!   [`wait_until_async`], [`eventually`]): tests wait for what they expect,
 //!   they never assert on timing.
@@ -29,10 +31,12 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 
 pub mod postgres;
+pub mod python;
 pub mod redis;
 mod wait;
 
 pub use postgres::{PostgresOptions, PostgresServer};
+pub use python::python;
 pub use redis::{RedisCluster, RedisOptions, RedisServer};
 pub use wait::{DEADLINE, eventually, wait_until, wait_until_async};
 

@@ -2,7 +2,7 @@
 //! structured events read back by the Python `cloudevents` SDK.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
@@ -117,40 +117,6 @@ async fn django_layout_round_trip() {
     assert_eq!(client.keys().dlq(), "{events}:eventbus:dlq");
 }
 
-/// Makes sure `python3` can `import cloudevents`, installing it with pip if
-/// needed. `None` (with a message) when that is impossible here.
-fn python_with_cloudevents() -> Option<()> {
-    python_with("cloudevents", "cloudevents")
-}
-
-/// redis-py, the client Django services publish and subscribe with.
-const REDIS_PY: &str = "redis==5.2.1";
-
-/// Makes sure `python3` can `import module`, installing `requirement` with
-/// pip if needed. `None` (with a message) when that is impossible here.
-fn python_with(module: &str, requirement: &str) -> Option<()> {
-    let has = || {
-        Command::new("python3")
-            .args(["-c", &format!("import {module}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has() {
-        return Some(());
-    }
-    let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", requirement])
-        .status();
-    if has() {
-        return Some(());
-    }
-    eprintln!(
-        "SKIPPED: python3 with the `{module}` package is not available and `pip install {requirement}` failed"
-    );
-    None
-}
-
 const PY_READ: &str = r#"
 import json, sys
 raw = sys.stdin.buffer.read()
@@ -168,7 +134,7 @@ print(json.dumps(out))
 "#;
 
 fn python_read(payload: &[u8]) -> serde_json::Value {
-    let mut child = Command::new("python3")
+    let mut child = testkit::python()
         .args(["-c", PY_READ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -188,9 +154,6 @@ fn python_read(payload: &[u8]) -> serde_json::Value {
 
 #[tokio::test]
 async fn python_cloudevents_sdk_reads_what_we_write() {
-    if python_with_cloudevents().is_none() {
-        return;
-    }
     let server = server();
     // A CloudEvent as cloudevents-sdk (Rust) writes it, through a stream.
     let client = client(&server.url()).await;
@@ -258,9 +221,6 @@ async fn a_django_subscriber_gets_bare_json_from_pubsub_alone() {
     // Regression: with `?mode=pubsub` alone (enough to receive from
     // Django), Rust published CloudEvent envelopes on the legacy channels,
     // so `json.loads(msg)["id"]` in Django silently got the CloudEvent id.
-    if python_with("redis", REDIS_PY).is_none() {
-        return;
-    }
     use std::io::{BufRead, BufReader};
     let server = server();
     let client = client(&with(&server.url(), "mode=pubsub")).await;
@@ -272,7 +232,7 @@ async fn a_django_subscriber_gets_bare_json_from_pubsub_alone() {
         )
         .await
         .unwrap();
-    let mut django = Command::new("python3")
+    let mut django = testkit::python()
         .args([
             "-c",
             PY_PUBSUB,

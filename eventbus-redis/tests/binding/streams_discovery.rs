@@ -5,7 +5,6 @@
 //! later is read from the group's start on (nothing written since is
 //! missed), never from its older history.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use crate::common::*;
@@ -177,31 +176,6 @@ async fn a_latest_global_consumer_skips_history_and_misses_nothing_new() {
     assert!(read_for(&all, Duration::from_millis(500)).await.is_empty());
 }
 
-/// Makes sure `python3` can `import redis` (redis-py), installing it with
-/// pip if needed. `None` (with a message) when that is impossible here.
-fn python_with_redis_py() -> Option<()> {
-    let has = || {
-        Command::new("python3")
-            .args(["-c", "import redis"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has() {
-        return Some(());
-    }
-    let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "redis"])
-        .status();
-    if has() {
-        return Some(());
-    }
-    eprintln!(
-        "SKIPPED: python3 with the `redis` package is not available and `pip install redis` failed"
-    );
-    None
-}
-
 /// What a Python service does: `xadd` a structured CloudEvent to the
 /// stream of its type with redis-py, and nothing else.
 const PY_XADD: &str = r#"
@@ -223,7 +197,7 @@ print(r.xadd("{eventbus}:stream:" + ty, {"cloud_event": json.dumps(event)}).deco
 
 /// Runs [`PY_XADD`] against `port`; returns the entry id.
 pub fn python_xadd(port: u16, ty: &str) -> String {
-    let out = Command::new("python3")
+    let out = testkit::python()
         .args(["-c", PY_XADD, &port.to_string(), ty])
         .output()
         .unwrap();
@@ -237,9 +211,6 @@ pub fn python_xadd(port: u16, ty: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_consumer_reads_what_a_python_service_xadds() {
-    if python_with_redis_py().is_none() {
-        return;
-    }
     let server = server();
     let client = client(&server.url()).await;
     let all = client

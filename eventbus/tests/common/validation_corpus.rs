@@ -540,9 +540,8 @@ impl LogBuf {
     }
 }
 
-/// The Python `cloudevents` SDK the interop cases are written with (pinned;
-/// installed into `target/python-peers` when `python3` lacks it).
-pub const PYTHON_CLOUDEVENTS: &str = "cloudevents==2.2.0";
+/// The Python `cloudevents` SDK the interop cases are written with: pinned
+/// in `scripts/python-peers.txt`, run through `testkit::python()`.
 
 /// Writes CloudEvents 0.3 events with the Python SDK, one JSON per line:
 /// with its 2.x API (`cloudevents.core`) when there is one, and with its
@@ -582,34 +581,7 @@ print("\n".join(out))
 /// writes it: binary for a global handler, a reason for a typed one).
 /// `None`, with a message, when `python3` with the SDK is not available.
 pub fn python_cases(tag: &str) -> Option<Vec<Case>> {
-    use std::process::Command;
-    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-peers");
-    let python = || {
-        let mut c = Command::new("python3");
-        c.env("PYTHONPATH", &peers);
-        c
-    };
-    let has = || {
-        python()
-            .args(["-c", "import cloudevents"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has() {
-        let _ = python()
-            .args(["-m", "pip", "install", "--quiet", "--target"])
-            .arg(&peers)
-            .arg(PYTHON_CLOUDEVENTS)
-            .status();
-    }
-    if !has() {
-        eprintln!(
-            "SKIPPED: the Python cases need python3 with `{PYTHON_CLOUDEVENTS}` (pip install --target {} failed)",
-            peers.display()
-        );
-        return None;
-    }
+    let python = testkit::python;
     let out = python()
         .args(["-c", PY_WRITE_03, tag, TYPE])
         .output()

@@ -2,7 +2,7 @@
 //! a Python service writes with redis-py straight into a stream of the
 //! prefix that no eventbus publisher ever wrote (so `{eventbus}:types` does
 //! not name it), next to the typed handler of that type.
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 
 use crate::support::*;
@@ -38,33 +38,8 @@ r.xadd("{eventbus}:stream:" + ty, {"cloud_event": json.dumps(event)})
 print(event["id"])
 "#;
 
-/// Makes sure `python3` can `import redis` (redis-py), installing it with
-/// pip if needed.
-fn python_with_redis_py() -> bool {
-    let has = || {
-        Command::new("python3")
-            .args(["-c", "import redis"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has() {
-        return true;
-    }
-    let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "redis"])
-        .status();
-    has()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_handler_sees_what_a_python_service_xadds() {
-    if !python_with_redis_py() {
-        eprintln!(
-            "SKIPPED: python3 with the `redis` package is not available and `pip install redis` failed"
-        );
-        return;
-    }
     let server = server();
     let audited: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let typed: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -99,7 +74,7 @@ async fn a_global_handler_sees_what_a_python_service_xadds() {
     let mut running = bus.spawn();
     running.ready().await.unwrap();
 
-    let out = Command::new("python3")
+    let out = testkit::python()
         .args([
             "-c",
             PY_XADD,

@@ -378,10 +378,10 @@ fn python_publish(port: u16, channel: &str, prefix: &str, range: std::ops::Range
         "import json, redis\nr = redis.Redis(port={port})\nfor i in range({}, {}):\n    r.publish({channel:?}, json.dumps({{'id': '{prefix}-%d' % i}}))\n",
         range.start, range.end
     );
-    let out = Command::new("python3")
+    let out = testkit::python()
         .args(["-c", &script])
         .output()
-        .expect("python3 with redis-py (pip install redis)");
+        .expect("python3 with the pinned redis-py");
     assert!(
         out.status.success(),
         "redis-py: {}",
