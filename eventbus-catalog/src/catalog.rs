@@ -456,14 +456,20 @@ mod deprecation_tests {
             "Replaced by moderate_action.",
             "  USE moderate_action!  ",
         ] {
-            assert!(only_names_the_replacement(note, "moderate_action"), "{note:?}");
+            assert!(
+                only_names_the_replacement(note, "moderate_action"),
+                "{note:?}"
+            );
         }
         for note in [
             "use moderate_action with status 1",
             "use review_changed",
             "removed in 2027",
         ] {
-            assert!(!only_names_the_replacement(note, "moderate_action"), "{note:?}");
+            assert!(
+                !only_names_the_replacement(note, "moderate_action"),
+                "{note:?}"
+            );
         }
     }
 }

@@ -45,8 +45,14 @@ async fn a_bus_with_nothing_to_run_says_how_to_fix_it() {
         .unwrap();
     let out = start_and_stop(bus).await;
     assert!(out.contains("eventbus starting"), "{out}");
-    assert!(out.contains("transport=\"memory\"") || out.contains("transport=memory"), "{out}");
-    assert!(out.contains("no handlers or schedules are registered"), "{out}");
+    assert!(
+        out.contains("transport=\"memory\"") || out.contains("transport=memory"),
+        "{out}"
+    );
+    assert!(
+        out.contains("no handlers or schedules are registered"),
+        "{out}"
+    );
     assert!(out.contains("use my_handlers as _;"), "{out}");
 }
 
