@@ -540,10 +540,8 @@ impl LogBuf {
     }
 }
 
-/// The Python `cloudevents` SDK the interop cases are written with: pinned
-/// in `scripts/python-peers.txt`, run through `testkit::python()`.
-
-/// Writes CloudEvents 0.3 events with the Python SDK, one JSON per line:
+/// Writes CloudEvents 0.3 events with the Python SDK (pinned in
+/// `scripts/python-peers.txt`, run through `testkit::python()`), one JSON per line:
 /// with its 2.x API (`cloudevents.core`) when there is one, and with its
 /// 1.x API (`cloudevents.http`, kept as `cloudevents.v1.http` in 2.x).
 const PY_WRITE_03: &str = r#"
