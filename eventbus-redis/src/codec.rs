@@ -26,9 +26,11 @@ pub fn encode_event(event: &cloudevents::Event) -> Result<Bytes> {
         .map_err(|e| Error::Codec(e.to_string()))
 }
 
-/// Decodes structured-mode JSON into a `cloudevents::Event`.
+/// Decodes structured-mode JSON into a `cloudevents::Event`, by the one
+/// validator every reader uses ([`eventbus_core::codec::decode_cloudevent`]:
+/// CloudEvents 1.0.2 rules, 0.3 read as 1.0, reasons that name the attribute).
 pub fn decode_event(payload: &[u8]) -> Result<cloudevents::Event> {
-    serde_json::from_slice(payload).map_err(|e| Error::Codec(e.to_string()))
+    eventbus_core::codec::decode_cloudevent(payload).map_err(|e| Error::Codec(e.to_string()))
 }
 
 #[derive(Deserialize)]
