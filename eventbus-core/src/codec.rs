@@ -411,6 +411,18 @@ where
     }
 }
 
+/// The bytes that end a run of plain ASCII in a JSON string: `"`, `\`,
+/// control characters and everything from DEL up (one load per byte).
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i < 0x20 || i >= 0x7f || i == b'"' as usize || i == b'\\' as usize;
+        i += 1;
+    }
+    t
+};
+
 /// Reads a message laid out exactly as [`encode`] writes it — members in
 /// that order, strings without escapes, nothing after the closing brace —
 /// returning its attributes and the text of its `data` (not yet checked).
@@ -426,17 +438,6 @@ fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
     /// closing quote, and the rest; characters beyond ASCII are checked
     /// only when there are some.
     fn plain(s: &str) -> Option<(&str, &str)> {
-        /// The bytes that end a run of plain ASCII: `"`, `\`, control
-        /// characters and everything from DEL up (one load per byte).
-        static STOP: [bool; 256] = {
-            let mut t = [false; 256];
-            let mut i = 0;
-            while i < 256 {
-                t[i] = i < 0x20 || i >= 0x7f || i == b'"' as usize || i == b'\\' as usize;
-                i += 1;
-            }
-            t
-        };
         let b = s.as_bytes();
         let end = b.iter().position(|&c| STOP[usize::from(c)])?;
         if b[end] == b'"' {
@@ -1109,18 +1110,67 @@ pub fn new_event_id(now: SystemTime) -> uuid::Uuid {
 
 /// Whether `s` can be written between JSON quotes as it is.
 fn plain(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    plain_ascii(s.as_bytes())
 }
 
-/// Writes `s` as a JSON string, escaping only when it has to.
-fn put_str(buf: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+/// Whether no byte of `b` is a [`STOP`] byte (`"`, `\`, a control
+/// character, DEL or beyond ASCII), eight bytes at a time.
+fn plain_ascii(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    /// Whether a byte of `x` (all below 0x80) is below `n` (n <= 0x80).
+    fn below(x: u64, n: u8) -> bool {
+        x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0
+    }
+    /// Whether a byte of `x` equals `c`.
+    fn has(x: u64, c: u8) -> bool {
+        let v = x ^ (ONES * u64::from(c));
+        v.wrapping_sub(ONES) & !v & HIGH != 0
+    }
+    let mut chunks = b.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Every byte below 0x80 (so adding one carries into no other
+        // byte), none DEL (0x7f + 1 sets the high bit), none a control
+        // character, a quote or a backslash.
+        if x & HIGH != 0
+            || x.wrapping_add(ONES) & HIGH != 0
+            || below(x, 0x20)
+            || has(x, b'"')
+            || has(x, b'\\')
+        {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&c| !STOP[usize::from(c)])
+}
+
+/// Why this crate will not write `s` as attribute `name` (the validator
+/// would reject it): empty, or with a forbidden character.
+#[cold]
+fn unwritable(name: &str, why: String) -> serde_json::Error {
+    <serde_json::Error as serde::ser::Error>::custom(format_args!("attribute `{name}` {why}"))
+}
+
+/// Writes `s` as a JSON string, escaping only when it has to; a value the
+/// validator would reject (empty, a forbidden character) is an error, so
+/// the bus never publishes what its readers refuse.
+fn put_str(buf: &mut Vec<u8>, name: &str, s: &str) -> Result<(), serde_json::Error> {
+    if s.is_empty() {
+        return Err(unwritable(
+            name,
+            "is empty, expected a non-empty string".into(),
+        ));
+    }
     if plain(s) {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
         buf.push(b'"');
         Ok(())
     } else {
+        check::string(s, true).map_err(|why| unwritable(name, why))?;
         serde_json::to_writer(&mut *buf, s)
     }
 }
@@ -1135,19 +1185,30 @@ pub fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json
     let mut id_buf = uuid::Uuid::encode_buffer();
     buf.extend_from_slice(stamp.id.hyphenated().encode_lower(&mut id_buf).as_bytes());
     buf.extend_from_slice(b"\",\"type\":");
-    put_str(&mut buf, E::TYPE)?;
+    put_str(&mut buf, "type", E::TYPE)?;
     buf.extend_from_slice(b",\"source\":");
     if needs_slash(stamp.source) && plain(stamp.source) {
         buf.extend_from_slice(b"\"/");
         buf.extend_from_slice(stamp.source.as_bytes());
         buf.push(b'"');
     } else {
-        put_str(&mut buf, &normalize_source(stamp.source))?;
+        put_str(&mut buf, "source", &normalize_source(stamp.source))?;
     }
     buf.extend_from_slice(b",\"datacontenttype\":\"application/json\"");
     if let Some(subject) = event.subject() {
-        buf.extend_from_slice(b",\"subject\":");
+        const MEMBER: &[u8] = b",\"subject\":";
+        buf.extend_from_slice(MEMBER);
+        let at = buf.len();
         serde_json::to_writer(&mut buf, &AsStr(subject))?;
+        let written = &buf[at..];
+        if written == b"\"\"" {
+            // An empty subject is no subject (CloudEvents forbids an empty one).
+            buf.truncate(at - MEMBER.len());
+        } else if !plain_ascii(&written[1..written.len() - 1]) {
+            // Escaped or beyond ASCII: checked as the readers will.
+            let text: String = serde_json::from_slice(written)?;
+            check::string(&text, true).map_err(|why| unwritable("subject", why))?;
+        }
     }
     buf.extend_from_slice(b",\"time\":\"");
     buf.extend_from_slice(stamp.time);
@@ -1762,6 +1823,80 @@ mod tests {
             let err = decode::<Note>(text.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn plain_ascii_agrees_with_the_stop_table() {
+        for len in 0..40 {
+            let base = vec![b'a'; len];
+            assert!(plain_ascii(&base));
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    let mut b = base.clone();
+                    b[at] = c;
+                    assert_eq!(
+                        plain_ascii(&b),
+                        !STOP[usize::from(c)],
+                        "{c:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The bus never writes what its readers refuse: an empty subject is
+    /// left out, a forbidden character in the subject, the type or the
+    /// source is an error at publish.
+    #[test]
+    fn encode_writes_only_valid_events() {
+        let with_subject = |key: &str| {
+            let note = Note {
+                key: key.into(),
+                text: "t".into(),
+            };
+            let now = SystemTime::now();
+            let mut time = [0u8; 27];
+            Rfc3339(now).write(&mut time);
+            let stamp = Stamp {
+                id: new_event_id(now),
+                source: "svc",
+                time: &time,
+            };
+            encode(&note, stamp)
+        };
+        let empty = with_subject("").unwrap();
+        assert!(!std::str::from_utf8(&empty).unwrap().contains("subject"));
+        assert!(Attributes::parse(&empty).is_ok());
+        for ok in ["k-1", "Café", "quote \" and \\"] {
+            let bytes = with_subject(ok).unwrap();
+            assert_eq!(
+                Attributes::parse(&bytes).unwrap().subject.as_deref(),
+                Some(ok)
+            );
+        }
+        for (bad, why) in [
+            ("a\nb", "U+000A"),
+            ("\u{85}", "U+0085"),
+            ("\u{fffe}", "U+FFFE"),
+        ] {
+            let err = with_subject(bad).unwrap_err().to_string();
+            assert!(err.contains("attribute `subject` contains"), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+        let now = SystemTime::now();
+        let time = [b'0'; 27];
+        let stamp = |source| Stamp {
+            id: new_event_id(now),
+            source,
+            time: &time,
+        };
+        let err = encode(&Plain { n: 1 }, stamp("svc\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("attribute `source` contains the control character U+000A"),
+            "{err}"
+        );
     }
 
     /// Reasons name the field of the handler's type, and stay short when
