@@ -7,7 +7,7 @@
 //! - [`redis`]: a `redis-server` ([`RedisServer`]; restartable on the same
 //!   port and data, optionally with TLS from a private CA) or a Redis Cluster
 //!   ([`RedisCluster`]).
-//! - [`python`]: `python3` with the pinned Python peers of the interop
+//! - [`python()`]: `python3` with the pinned Python peers of the interop
 //!   tests (redis-py, the CloudEvents SDK) installed in the workspace.
 //! - Condition waits with one generous deadline ([`wait_until`],
 //!   [`wait_until_async`], [`eventually`]): tests wait for what they expect,
