@@ -188,7 +188,11 @@ pub(crate) async fn run(
         {
             match start(&bus, &spec, delivery, prefetching) {
                 Ok(fut) => in_flight.push(fut),
-                Err((delivery, reason)) => settler.push(dead(&spec, delivery, None, reason)),
+                Err(Refused {
+                    delivery,
+                    reason,
+                    read,
+                }) => settler.push(dead(&spec, delivery, None, read, reason)),
             }
         }
         // Room for the handler slots and the prefetch, minus what is held.
@@ -274,14 +278,18 @@ fn start(
     spec: &Arc<WorkerSpec>,
     delivery: Delivery,
     timed: bool,
-) -> Result<impl std::future::Future<Output = Finished> + Send + 'static, (Delivery, String)> {
+) -> Result<impl std::future::Future<Output = Finished> + Send + 'static, Refused> {
     if delivery.attempt > spec.max_attempts {
         let reason = format!(
             "delivered {} times without being acknowledged (the handler crashed, hung, or its worker was killed each time); at most {} attempts are allowed",
             delivery.attempt - 1,
             spec.max_attempts
         );
-        return Err((delivery, reason));
+        return Err(Refused {
+            delivery,
+            reason,
+            read: None,
+        });
     }
     let call = Call {
         payload: &delivery.payload,
@@ -295,8 +303,16 @@ fn start(
     let (envelope, fut) = match spec.handler.handler.call(call) {
         Ok(started) => started,
         Err(e) => {
-            let reason = e.to_string();
-            return Err((delivery, reason));
+            // What the decoder could read of the event (its type and id
+            // even when another attribute is broken).
+            let read = e
+                .event_type()
+                .map(|t| (t.to_owned(), e.event_id().map(str::to_owned)));
+            return Err(Refused {
+                reason: e.to_string(),
+                delivery,
+                read,
+            });
         }
     };
     let span = tracing::info_span!(
@@ -342,42 +358,55 @@ fn settle(
                 );
                 Settle::Retry(delivery.id, delay)
             } else {
-                dead(spec, delivery, Some(&envelope), error)
+                dead(spec, delivery, Some(&envelope), None, error)
             }
         }
     }
 }
 
-/// Dead-letters `delivery`, with the type and id from its envelope, or, when
-/// the message could not be decoded for the handler, from whatever of it
-/// can be read (a rare path: the one place a payload is parsed twice).
+/// A delivery the worker could not start: why, and what the decoder could
+/// read of the event.
+struct Refused {
+    delivery: Delivery,
+    reason: String,
+    /// The CloudEvents type and id, when readable.
+    read: Option<(String, Option<String>)>,
+}
+
+/// Dead-letters `delivery`, with the type and id from its envelope; when the
+/// handler never got the event, from what the decoder read (`read`), or
+/// else from whatever of the message can be read (a rare path: a message
+/// delivered too often is parsed a second time) and the delivery's type.
 fn dead(
     spec: &WorkerSpec,
     delivery: Delivery,
     envelope: Option<&Envelope>,
+    read: Option<(String, Option<String>)>,
     error: String,
 ) -> Settle {
-    let read;
-    let envelope = match envelope {
-        Some(e) => Some(e),
-        None => {
-            read = Envelope::parse(delivery.payload.clone()).ok();
-            read.as_ref()
+    let parsed;
+    let (event_type, event_id) = match (envelope, read) {
+        (Some(e), _) => (e.event_type().to_owned(), Some(e.id().to_owned())),
+        (None, Some(read)) => read,
+        (None, None) => {
+            parsed = Envelope::parse(delivery.payload.clone()).ok();
+            match &parsed {
+                Some(e) => (e.event_type().to_owned(), Some(e.id().to_owned())),
+                None => (delivery.event_type.as_str().to_owned(), None),
+            }
         }
     };
-    let event_type = envelope.map_or(delivery.event_type.as_str(), |e| e.event_type());
-    let event_id = envelope.map(|e| e.id().to_owned());
     tracing::error!(
         handler = %spec.group.handler,
         group = %spec.group.group,
-        event_type = %eventbus_core::escape::Escaped(event_type),
-        event_id = event_id.as_deref().unwrap_or(""),
+        event_type = %eventbus_core::escape::Escaped(&event_type),
+        event_id = %eventbus_core::escape::Escaped(event_id.as_deref().unwrap_or("")),
         attempts = delivery.attempt,
         "event moved to the dead-letter queue: {}",
         eventbus_core::escape::Escaped(&error)
     );
     let info = DeadLetterInfo {
-        event_type: event_type.to_owned(),
+        event_type,
         event_id,
         handler: spec.group.handler.clone(),
         attempts: delivery.attempt,

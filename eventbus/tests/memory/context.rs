@@ -159,8 +159,21 @@ async fn dead_letters_carry_the_event_type_and_id() {
         r#"{"specversion":"1.0","id":"bad-data","type":"ctx.note","source":"/x","data":{"n":"one"}}"#,
     )
     .await;
+    // A broken envelope whose type and id are readable keeps them too.
+    publish_raw(
+        &test,
+        r#"{"specversion":"1.0","id":"bad-source","type":"ctx.note","source":"","data":{"n":2}}"#,
+    )
+    .await;
     test.settle().await;
     let mut dead = test.dead_letters().await.unwrap();
+    let broken = dead
+        .iter()
+        .position(|d| d.error.contains("source"))
+        .map(|i| dead.remove(i))
+        .expect("the empty source is dead-lettered");
+    assert_eq!(broken.event_id.as_deref(), Some("bad-source"), "{broken:?}");
+    assert_eq!(broken.event_type.as_deref(), Some("ctx.note"));
     // The handler's failure first, then the data that did not fit.
     dead.sort_by_key(|d| d.error.contains("data.n"));
     dead.reverse();
