@@ -188,11 +188,14 @@ pub(crate) async fn run(
         {
             match start(&bus, &spec, delivery, prefetching) {
                 Ok(fut) => in_flight.push(fut),
-                Err(Refused {
-                    delivery,
-                    reason,
-                    read,
-                }) => settler.push(dead(&spec, delivery, None, read, reason)),
+                Err(refused) => {
+                    let Refused {
+                        delivery,
+                        reason,
+                        read,
+                    } = *refused;
+                    settler.push(dead(&spec, delivery, None, read, reason))
+                }
             }
         }
         // Room for the handler slots and the prefetch, minus what is held.
@@ -278,18 +281,18 @@ fn start(
     spec: &Arc<WorkerSpec>,
     delivery: Delivery,
     timed: bool,
-) -> Result<impl std::future::Future<Output = Finished> + Send + 'static, Refused> {
+) -> Result<impl std::future::Future<Output = Finished> + Send + 'static, Box<Refused>> {
     if delivery.attempt > spec.max_attempts {
         let reason = format!(
             "delivered {} times without being acknowledged (the handler crashed, hung, or its worker was killed each time); at most {} attempts are allowed",
             delivery.attempt - 1,
             spec.max_attempts
         );
-        return Err(Refused {
+        return Err(Box::new(Refused {
             delivery,
             reason,
             read: None,
-        });
+        }));
     }
     let call = Call {
         payload: &delivery.payload,
@@ -308,11 +311,11 @@ fn start(
             let read = e
                 .event_type()
                 .map(|t| (t.to_owned(), e.event_id().map(str::to_owned)));
-            return Err(Refused {
+            return Err(Box::new(Refused {
                 reason: e.to_string(),
                 delivery,
                 read,
-            });
+            }));
         }
     };
     let span = tracing::info_span!(
