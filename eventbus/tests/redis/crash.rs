@@ -7,7 +7,6 @@
 //! `EVENTBUS_E2E_CHILD` set (see [`child_process`]), so no extra binary is
 //! needed; they append what they handled to a log file the test reads.
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -42,26 +41,6 @@ fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
-}
-
-/// Appends one line to the log file shared with the test (one `write` per
-/// line, so a process killed mid-way leaves whole lines).
-fn log_line(path: &Path, line: String) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open the child log");
-    f.write_all(format!("{line}\n").as_bytes())
-        .expect("write the child log");
-}
-
-fn read_log(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// `(n, attempt)` of every `handled <n> <attempt>` line.
@@ -179,16 +158,6 @@ fn spawn_child(mode: &str, url: &str, log: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the child process")
-}
-
-/// Kills the child when the test fails before it does.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 type Seen = Arc<Mutex<Vec<(u32, u32)>>>;

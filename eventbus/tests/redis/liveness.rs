@@ -8,9 +8,8 @@
 //! set (see [`child_process`]); they append what they do to a log file the
 //! test reads.
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,17 +40,6 @@ const SHORT_IDLE: &str = "claim_idle_ms=2000&claim_interval_ms=200";
 /// The upper bound asserted on a takeover with the defaults: about 5 to 8 s
 /// is expected; this leaves room for a loaded 2-core machine.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(25);
-
-/// One `write` per line, so a process killed mid-way leaves whole lines.
-fn log_line(path: &Path, line: String) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open the child log");
-    f.write_all(format!("{line}\n").as_bytes())
-        .expect("write the child log");
-}
 
 /// The numbers of every `<what> <n> <attempt>` line of the log.
 fn logged(path: &Path, what: &str) -> Vec<u32> {
@@ -122,16 +110,6 @@ fn spawn_child(mode: &str, url: &str, log: &Path) -> KillOnDrop {
         .spawn()
         .expect("spawn the child process");
     KillOnDrop(child)
-}
-
-/// Kills the child when the test fails before it does.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 type Seen = Arc<Mutex<Vec<(u32, u32)>>>;

@@ -10,9 +10,8 @@
 //! (see [`child_process`]); they append what they handled to a log file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -36,25 +35,6 @@ struct SendShortMessage {
 const CHILD_ENV: &str = "MIGRATION_CHILD";
 const URL_ENV: &str = "MIGRATION_URL";
 const LOG_ENV: &str = "MIGRATION_LOG";
-
-/// Appends one line to the log shared with the test (one `write` per line).
-fn log_line(path: &Path, line: String) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open the child log");
-    f.write_all(format!("{line}\n").as_bytes())
-        .expect("write the child log");
-}
-
-fn read_log(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 /// The values of the `<what> <value>` lines of a log.
 fn values(path: &Path, what: &str) -> Vec<String> {
@@ -151,22 +131,6 @@ fn spawn_child(mode: &str, log: &Path, env: &[(&str, &str)]) -> KillOnDrop {
         cmd.env(k, v);
     }
     KillOnDrop(cmd.spawn().expect("spawn the child process"))
-}
-
-/// Kills the child when the test ends first.
-struct KillOnDrop(Child);
-
-impl KillOnDrop {
-    fn kill(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// How many times each value was handled, over all logs.

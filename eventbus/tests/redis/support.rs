@@ -80,3 +80,43 @@ pub fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
 pub fn stream_key(ty: &str) -> String {
     format!("{{eventbus}}:stream:{ty}")
 }
+
+/// A child process of a test, killed (SIGKILL) when the test ends first.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// SIGKILLs the child and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Appends one line to a log file shared between a test and its child
+/// processes (one `write` per line, so a process killed mid-way leaves whole
+/// lines).
+pub fn log_line(path: &std::path::Path, line: String) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open the child log");
+    f.write_all(format!("{line}\n").as_bytes())
+        .expect("write the child log");
+}
+
+/// The lines of such a log (none when it does not exist yet).
+pub fn read_log(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
