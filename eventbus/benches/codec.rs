@@ -4,9 +4,6 @@
 //!
 //! `cargo bench -p eventbus --bench codec`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use eventbus::{Bus, Event, codec};
 use serde::{Deserialize, Serialize};
@@ -22,41 +19,17 @@ struct ModerateAction {
     id: uuid::Uuid,
 }
 
-/// Counts heap allocations, to report them per encode and decode.
-struct CountingAlloc;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counter is the only addition.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::count as allocs;
 
 /// Allocations per call of `f`, over 1,000 calls.
 fn allocs_per_call<T>(mut f: impl FnMut() -> T) -> f64 {
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     for _ in 0..1_000 {
         black_box(f());
     }
-    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1_000.0
+    (allocs() - before) as f64 / 1_000.0
 }
 
 fn sample() -> ModerateAction {

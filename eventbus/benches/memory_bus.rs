@@ -9,9 +9,8 @@
 //!
 //! `cargo bench -p eventbus --bench memory_bus`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -19,29 +18,9 @@ use eventbus::{Bus, Event, HandlerDef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::count as allocs;
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Event)]
 #[event("review_created")]
@@ -167,12 +146,12 @@ fn memory_bus(c: &mut Criterion) {
 
     // Allocations per event on the bus path, steady state.
     rt.block_on(run_bus(&bus, &counter, BATCH));
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     rt.block_on(run_bus(&bus, &counter, BATCH));
-    let bus_allocs = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / BATCH as f64;
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let bus_allocs = (allocs() - before) as f64 / BATCH as f64;
+    let before = allocs();
     rt.block_on(run_raw_json(BATCH));
-    let raw_allocs = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / BATCH as f64;
+    let raw_allocs = (allocs() - before) as f64 / BATCH as f64;
     println!("allocations per event: bus {bus_allocs:.2}, raw mpsc (json) {raw_allocs:.2}");
 
     let mut g = c.benchmark_group("memory_bus");
