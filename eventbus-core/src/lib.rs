@@ -10,6 +10,8 @@
 //!   vocabulary — [`Outgoing`](transport::Outgoing),
 //!   [`Delivery`](transport::Delivery), [`GroupSpec`](transport::GroupSpec),
 //!   [`Topics`](transport::Topics), [`DeadLetter`](transport::DeadLetter);
+//! - [`feed`]: a transport's log read by position ([`feed::Feed`]), behind
+//!   the HTTP pull feed;
 //! - [`Error`] / [`Result`] and [`RetryPolicy`];
 //! - [`escape`]: event text made safe for log lines ([`escape::Escaped`]).
 //!
@@ -25,6 +27,7 @@ pub mod envelope;
 pub mod error;
 pub mod escape;
 pub mod event;
+pub mod feed;
 pub mod retry;
 pub mod transport;
 

@@ -387,6 +387,12 @@ pub trait Transport: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Its log, read by position (the HTTP pull feed), when it keeps one:
+    /// `None` for a transport that keeps nothing once delivered (pub/sub).
+    fn feed(&self) -> Option<&dyn crate::feed::Feed> {
+        None
+    }
+
     /// Background work the transport needs while the bus runs (moving due
     /// scheduled messages, ...); runs until `shutdown` fires.
     fn run_background(

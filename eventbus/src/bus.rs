@@ -1046,3 +1046,10 @@ fn strip_cargo_hash(name: &str) -> &str {
         _ => name,
     }
 }
+
+#[cfg(feature = "http")]
+impl eventbus_http::Source for Bus {
+    fn transport(&self) -> Arc<dyn Transport> {
+        self.inner.transport.clone()
+    }
+}

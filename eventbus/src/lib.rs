@@ -8,6 +8,10 @@ mod handler;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod outbox;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+/// CloudEvents over HTTP (`eventbus-http`): `eventbus::http::router(&bus)`.
+pub use eventbus_http as http;
 pub mod registry;
 pub mod routing;
 pub mod schedule;
