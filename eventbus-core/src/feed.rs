@@ -95,6 +95,10 @@ pub enum FeedError {
         /// The earliest cursor a read can start after without a gap.
         earliest: Cursor,
     },
+    /// The request asks for what this feed cannot serve (types that live on
+    /// transports without a log, or on several transports at once).
+    #[error("{0}")]
+    Unsupported(String),
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] crate::Error),

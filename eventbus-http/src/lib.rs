@@ -34,6 +34,7 @@ mod feed;
 mod ingest;
 mod send;
 
+pub use feed::{CURSOR_ATTRIBUTE, CURSOR_HEADER};
 pub use send::{Mode, SendError, send, send_with};
 
 /// What the router publishes to and reads from: an `eventbus::Bus`, or a

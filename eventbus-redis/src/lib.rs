@@ -9,6 +9,7 @@ mod conn;
 mod consumer;
 pub mod dlq;
 mod error;
+mod feed;
 pub mod keys;
 pub mod lease;
 pub mod liveness;

@@ -285,6 +285,13 @@ async fn find_streams(
     Ok(streams)
 }
 
+/// Every per-type stream key (`{P}:stream:*`, found by one whole sweep),
+/// for a reader of every type that keeps no sweep of its own.
+pub(crate) async fn all_streams(client: &Client) -> Result<Vec<String>> {
+    let mut sweep = Sweep::default();
+    find_streams(client, &mut sweep, usize::MAX, |_| false).await
+}
+
 /// The stream keys of the types registered in `{P}:types`, but for keys of
 /// another type (a stream not written yet is created with its group).
 async fn registered_streams(client: &Client, types: &[String]) -> Result<Vec<String>> {

@@ -34,6 +34,8 @@ pub struct RedisTransport {
     claim_idle_explicit: bool,
     /// The lease of pub/sub groups.
     lease: LeaseOptions,
+    /// The log read by position (Streams only).
+    feed: Option<Arc<crate::feed::StreamFeed>>,
 }
 
 impl RedisTransport {
@@ -58,7 +60,10 @@ impl RedisTransport {
             _ => "redis-streams",
         };
         let client = Client::connect(config).await?;
+        let feed = (client.config().mode() != Mode::PubSub)
+            .then(|| Arc::new(crate::feed::StreamFeed::new(client.clone())));
         Ok(Self {
+            feed,
             client,
             consumer,
             name,
@@ -128,6 +133,14 @@ impl RedisTransport {
 }
 
 impl Transport for RedisTransport {
+    /// Streams: the streams read by position (see the crate README's
+    /// "Pull feed"); pub/sub keeps nothing to read back.
+    fn feed(&self) -> Option<&dyn eventbus_core::feed::Feed> {
+        self.feed
+            .as_deref()
+            .map(|f| f as &dyn eventbus_core::feed::Feed)
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }

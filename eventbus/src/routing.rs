@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
+use eventbus_core::feed::{Cursor, Feed, FeedError, FeedPage};
 use crate::error::{Error, Result};
 use crate::transport::{
     Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing,
@@ -561,9 +562,71 @@ fn list(patterns: &[String]) -> String {
         .join(", ")
 }
 
+impl Router {
+    /// The one transport whose log holds `topics`, or why there is none.
+    fn feed_for(&self, topics: &Topics) -> std::result::Result<&dyn Feed, FeedError> {
+        let homes: BTreeSet<usize> = match topics {
+            Topics::All => self.table.all.iter().copied().collect(),
+            Topics::Types(types) => types.iter().map(|t| self.table.home(t)).collect(),
+        };
+        let mut homes = homes.into_iter();
+        let (Some(i), None) = (homes.next(), homes.next()) else {
+            let which = match topics {
+                Topics::All => "every type".to_owned(),
+                Topics::Types(types) => list(types),
+            };
+            return Err(FeedError::Unsupported(format!(
+                "{which} live on several transports of this bus ({}); read a feed of the types of one transport at a time",
+                self.labels.join(", ")
+            )));
+        };
+        self.transports[i].feed().ok_or_else(|| {
+            FeedError::Unsupported(format!(
+                "`{}` ({}) keeps no log to read a feed from; route these types to a transport that does (Redis Streams, memory)",
+                self.labels[i],
+                self.transports[i].name()
+            ))
+        })
+    }
+}
+
+impl Feed for Router {
+    fn read<'a>(
+        &'a self,
+        after: Option<&'a Cursor>,
+        topics: &'a Topics,
+        limit: usize,
+    ) -> BoxFuture<'a, std::result::Result<FeedPage, FeedError>> {
+        match self.feed_for(topics) {
+            Ok(feed) => feed.read(after, topics, limit),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn wait<'a>(
+        &'a self,
+        after: Option<&'a Cursor>,
+        topics: &'a Topics,
+        timeout: Duration,
+    ) -> BoxFuture<'a, std::result::Result<(), FeedError>> {
+        match self.feed_for(topics) {
+            Ok(feed) => feed.wait(after, topics, timeout),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
 impl Transport for Router {
     fn name(&self) -> &'static str {
         "routed"
+    }
+
+    /// Reads the log of the transport the asked types live on (see
+    /// [`Router::feed_for`]); `None` when no transport keeps one.
+    fn feed(&self) -> Option<&dyn Feed> {
+        self.each()
+            .any(|t| t.feed().is_some())
+            .then_some(self as &dyn Feed)
     }
 
     /// What every transport of the router can do (the bus checks each group

@@ -25,6 +25,138 @@ use super::{
     Subscriber, Topics, Transport,
 };
 use crate::error::{Error, Result};
+use eventbus_core::feed::{Cursor, Feed, FeedEntry, FeedError, FeedPage};
+
+/// How many published events the feed of a memory transport keeps unless
+/// told otherwise (`memory://?retain=N`).
+pub const DEFAULT_FEED_RETENTION: usize = 10_000;
+
+/// The last `retain` events published, numbered from 1.
+struct Log {
+    entries: VecDeque<Msg>,
+    /// The number of the first entry kept.
+    first: u64,
+    retain: usize,
+}
+
+impl Log {
+    fn new(retain: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            first: 1,
+            retain,
+        }
+    }
+
+    fn push(&mut self, msg: &Msg) {
+        if self.retain == 0 {
+            return;
+        }
+        if self.entries.len() == self.retain {
+            self.entries.pop_front();
+            self.first += 1;
+        }
+        self.entries.push_back(msg.clone());
+    }
+
+    /// The number the next entry gets.
+    fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    /// Where a read after `after` starts, as an index into `entries`.
+    fn start(&self, after: Option<&Cursor>) -> std::result::Result<usize, FeedError> {
+        let Some(cursor) = after else {
+            return Ok(0);
+        };
+        let n: u64 = cursor.as_str().parse().map_err(|_| {
+            FeedError::InvalidCursor(format!(
+                "`{}` is not a cursor of this feed (the memory transport's cursors are event numbers, like `42`)",
+                eventbus_core::escape::Escaped(cursor.as_str())
+            ))
+        })?;
+        if n >= self.end() {
+            return Err(FeedError::InvalidCursor(format!(
+                "cursor `{n}` is ahead of this feed, which has {} events: it was issued by another process (the memory transport keeps nothing across restarts)",
+                self.end() - 1
+            )));
+        }
+        if n + 1 < self.first {
+            return Err(FeedError::Expired {
+                cursor: cursor.clone(),
+                earliest: Cursor::new((self.first - 1).to_string()),
+            });
+        }
+        Ok((n + 1 - self.first) as usize)
+    }
+}
+
+impl MemoryTransport {
+    /// Whether an entry of `topics` is after the one `after` names.
+    fn has_after(&self, after: Option<&Cursor>, topics: &Topics) -> std::result::Result<bool, FeedError> {
+        let log = self.shared.log.lock();
+        let start = log.start(after)?;
+        Ok(log
+            .entries
+            .range(start..)
+            .any(|m| topics.contains(&m.event_type)))
+    }
+}
+
+impl Feed for MemoryTransport {
+    fn read<'a>(
+        &'a self,
+        after: Option<&'a Cursor>,
+        topics: &'a Topics,
+        limit: usize,
+    ) -> BoxFuture<'a, std::result::Result<FeedPage, FeedError>> {
+        let page = (|| {
+            let log = self.shared.log.lock();
+            let start = log.start(after)?;
+            let mut entries = Vec::new();
+            for (i, msg) in log.entries.range(start..).enumerate() {
+                if entries.len() >= limit {
+                    break;
+                }
+                if topics.contains(&msg.event_type) {
+                    entries.push(FeedEntry {
+                        cursor: Cursor::new((log.first + (start + i) as u64).to_string()),
+                        event_type: msg.event_type.clone(),
+                        payload: msg.payload.clone(),
+                    });
+                }
+            }
+            let next = match entries.last() {
+                Some(last) => Some(last.cursor.clone()),
+                None => after.cloned(),
+            };
+            Ok(FeedPage { entries, next })
+        })();
+        Box::pin(std::future::ready(page))
+    }
+
+    fn wait<'a>(
+        &'a self,
+        after: Option<&'a Cursor>,
+        topics: &'a Topics,
+        timeout: Duration,
+    ) -> BoxFuture<'a, std::result::Result<(), FeedError>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let notified = self.shared.log_wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.has_after(after, topics)? {
+                    return Ok(());
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Ok(());
+                }
+            }
+        })
+    }
+}
 
 /// The in-process transport. Cheap to clone; clones share state.
 #[derive(Clone)]
@@ -44,6 +176,10 @@ impl std::fmt::Debug for MemoryTransport {
 
 struct Shared {
     state: Mutex<State>,
+    /// What was published, for the feed (lock order: `state`, then `log`).
+    log: Mutex<Log>,
+    /// Wakes feed readers waiting for what comes after the log's end.
+    log_wake: Notify,
     /// Wakes the timer task when an earlier deadline was added (or on drop).
     timer: Arc<Notify>,
 }
@@ -188,9 +324,17 @@ impl Default for MemoryTransport {
 impl MemoryTransport {
     /// A new, private instance.
     pub fn new() -> Self {
+        Self::with_retention(DEFAULT_FEED_RETENTION)
+    }
+
+    /// A new, private instance whose [feed](Transport::feed) keeps the last
+    /// `events` published (0: no feed).
+    pub fn with_retention(events: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
+                log: Mutex::new(Log::new(events)),
+                log_wake: Notify::new(),
                 timer: Arc::new(Notify::new()),
             }),
         }
@@ -198,22 +342,48 @@ impl MemoryTransport {
 
     /// The process-wide instance called `name`, created on first use.
     pub fn named(name: &str) -> Self {
+        Self::named_with_retention(name, DEFAULT_FEED_RETENTION)
+    }
+
+    /// [`MemoryTransport::named`], created (on first use) with a feed that
+    /// keeps the last `events` published.
+    fn named_with_retention(name: &str, events: usize) -> Self {
         let mut named = registry().lock();
         if let Some(shared) = named.get(name).and_then(Weak::upgrade) {
             return Self { shared };
         }
-        let t = Self::new();
+        let t = Self::with_retention(events);
         named.insert(name.to_owned(), Arc::downgrade(&t.shared));
         t
     }
 
-    /// Opens `memory://` (private) or `memory://name` (shared by name).
+    /// Opens `memory://` (private) or `memory://name` (shared by name);
+    /// `?retain=N` sets how many published events the feed keeps (default
+    /// 10,000; `retain=0`: no feed).
     pub fn from_url(url: &str) -> Result<Self> {
         let rest = url.strip_prefix("memory://").ok_or_else(|| {
             Error::Config(format!(
                 "`{url}` is not a memory URL; write `memory://` or `memory://name`"
             ))
         })?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut retain = DEFAULT_FEED_RETENTION;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("retain", n)) => {
+                    retain = n.parse().map_err(|_| {
+                        Error::Config(format!(
+                            "`{url}`: `retain={n}` must be a number of events, like `retain=100000`"
+                        ))
+                    })?;
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "`{url}`: unknown option `{pair}`; a memory URL takes only `retain=N`, as in `memory://orders?retain=100000`"
+                    )));
+                }
+            }
+        }
         let name = rest.trim_end_matches('/');
         if name.contains(['/', '?', '#']) {
             return Err(Error::Config(format!(
@@ -221,9 +391,9 @@ impl MemoryTransport {
             )));
         }
         Ok(if name.is_empty() {
-            Self::new()
+            Self::with_retention(retain)
         } else {
-            Self::named(name)
+            Self::named_with_retention(name, retain)
         })
     }
 
@@ -298,11 +468,12 @@ impl MemoryTransport {
         }
     }
 
-    fn route(st: &State, message: &Outgoing) {
+    fn route(shared: &Shared, st: &State, message: &Outgoing) {
         let msg = Msg {
             event_type: EventType::from(&message.event_type),
             payload: message.payload.clone(),
         };
+        shared.log.lock().push(&msg);
         if let Some(groups) = st.by_type.get(&*message.event_type) {
             for g in groups {
                 g.push(msg.clone(), 1);
@@ -343,7 +514,7 @@ async fn timer_loop(shared: Weak<Shared>, wake: Arc<Notify>) {
                     break;
                 };
                 match timer.what {
-                    TimerKind::Publish(msg) => MemoryTransport::route(&st, &msg),
+                    TimerKind::Publish(msg) => MemoryTransport::route(&s, &st, &msg),
                     TimerKind::Retry {
                         group,
                         payload,
@@ -360,6 +531,7 @@ async fn timer_loop(shared: Weak<Shared>, wake: Arc<Notify>) {
             }
             st.timers.peek().map(|Reverse(t)| t.due)
         };
+        s.log_wake.notify_waiters();
         drop(s);
         match next_due {
             Some(due) => {
@@ -383,6 +555,10 @@ impl Transport for MemoryTransport {
         Capabilities::COMPETING.with_broadcast(true)
     }
 
+    fn feed(&self) -> Option<&dyn Feed> {
+        (self.shared.log.lock().retain > 0).then_some(self as &dyn Feed)
+    }
+
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
         Box::pin(std::future::ready(
             self.publish_now(batch).unwrap_or(Ok(())),
@@ -392,8 +568,10 @@ impl Transport for MemoryTransport {
     fn publish_now(&self, batch: &[Outgoing]) -> Option<Result<()>> {
         let st = self.shared.state.lock();
         for message in batch {
-            Self::route(&st, message);
+            Self::route(&self.shared, &st, message);
         }
+        drop(st);
+        self.shared.log_wake.notify_waiters();
         Some(Ok(()))
     }
 
@@ -403,7 +581,9 @@ impl Transport for MemoryTransport {
             .unwrap_or(Duration::ZERO);
         if delay.is_zero() {
             let st = self.shared.state.lock();
-            Self::route(&st, &message);
+            Self::route(&self.shared, &st, &message);
+            drop(st);
+            self.shared.log_wake.notify_waiters();
         } else {
             self.add_timer(Instant::now() + delay, TimerKind::Publish(message));
         }
