@@ -34,19 +34,33 @@ use crate::conn::Conn;
 use crate::streams::{bulk_string, entries_of, for_each_field};
 use crate::{Error, Layout, codec};
 
-/// Reads every key's entries from its start id, with the server time and
-/// each stream's `max-deleted-entry-id` (false when the key has none).
+/// Reads every stream's entries from its start id, with the server time
+/// and, when asked, the last id removed from each stream: by `maxlen`
+/// trimming (the hash of trimmed ids, the last key) or `XDEL`
+/// (`max-deleted-entry-id`); false when none was.
 const READ: &str = r#"
 local t = redis.call('TIME')
 local out = {t[1], t[2]}
-for i, key in ipairs(KEYS) do
+local n = #KEYS - 1
+local function later(a, b)
+  if not a then return b end
+  if not b then return a end
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am > bm or (am == bm and as > bs) then return a end
+  return b
+end
+for i = 1, n do
+  local key = KEYS[i]
   local entries = redis.call('XRANGE', key, ARGV[i + 1], '+', 'COUNT', ARGV[1])
   local deleted = false
-  if ARGV[#KEYS + 2] == '1' and redis.call('EXISTS', key) == 1 then
+  if ARGV[n + 2] == '1' and redis.call('EXISTS', key) == 1 then
     local info = redis.call('XINFO', 'STREAM', key)
     for j = 1, #info, 2 do
-      if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
+      if info[j] == 'max-deleted-entry-id' and info[j + 1] ~= '0-0' then deleted = info[j + 1] end
     end
+    deleted = later(deleted, redis.call('HGET', KEYS[#KEYS], key))
   end
   out[#out + 1] = {entries, deleted}
 end
@@ -270,6 +284,7 @@ impl StreamFeed {
                 (Some(p), None) => format!("({}-{}", p.id.0, p.id.1),
             });
         }
+        inv.key(self.client.keys().trimmed());
         inv.arg(if pos.is_some() { "1" } else { "0" });
         let reply: Value = self
             .client

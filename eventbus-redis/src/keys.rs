@@ -87,6 +87,12 @@ impl Keys {
         format!("{}:types", self.base)
     }
 
+    /// The hash of the last entry id `maxlen` trimming removed from each
+    /// stream (read by the pull feed).
+    pub fn trimmed(&self) -> String {
+        format!("{}:trimmed", self.base)
+    }
+
     /// The dead-letter stream.
     pub fn dlq(&self) -> String {
         format!("{}:dlq", self.base)

@@ -193,7 +193,7 @@ impl Client {
         let mut reports = Vec::new();
         for stream in streams {
             let mut inv = scripts::TRIM.prepare_invoke();
-            inv.key(&stream).arg(maxlen);
+            inv.key(&stream).key(self.keys().trimmed()).arg(maxlen);
             let (len_before, trimmed, held_by): (u64, u64, String) =
                 self.run_script("trim script", &inv).await?;
             let remaining = len_before - trimmed;

@@ -298,7 +298,10 @@ return 1
 /// Trims a stream to about `maxlen` entries, but never past an entry that a
 /// consumer group has not read yet or has read and not acked.
 ///
-/// KEYS[1] = stream; ARGV = maxlen.
+/// Records the id of the last entry trimmed in the hash KEYS[2] (for the
+/// pull feed, which tells a reader whose cursor fell into the trimmed part).
+///
+/// KEYS[1] = stream, KEYS[2] = the trimmed-ids hash; ARGV = maxlen.
 /// Returns `{length before, entries trimmed, group that held trimming back or ''}`.
 pub(crate) static TRIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -336,6 +339,8 @@ for _, g in ipairs(groups) do
     blocker = name
   end
 end
+local last = redis.call('XREVRANGE', KEYS[1], '(' .. limit, '-', 'COUNT', 1)
+if #last > 0 then redis.call('HSET', KEYS[2], KEYS[1], last[1][1]) end
 local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', limit)
 return {len, trimmed, blocker}
 "#,
