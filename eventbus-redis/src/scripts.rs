@@ -339,8 +339,10 @@ for _, g in ipairs(groups) do
     blocker = name
   end
 end
-local last = redis.call('XREVRANGE', KEYS[1], '(' .. limit, '-', 'COUNT', 1)
-if #last > 0 then redis.call('HSET', KEYS[2], KEYS[1], last[1][1]) end
+if limit ~= '0-0' then
+  local last = redis.call('XREVRANGE', KEYS[1], '(' .. limit, '-', 'COUNT', 1)
+  if #last > 0 then redis.call('HSET', KEYS[2], KEYS[1], last[1][1]) end
+end
 local trimmed = redis.call('XTRIM', KEYS[1], 'MINID', limit)
 return {len, trimmed, blocker}
 "#,
