@@ -17,7 +17,7 @@
 //!   header values, §3.1.3.2), usable on its own.
 //!
 //! The crate depends on `eventbus-core` only: it reads and publishes through
-//! the [`Transport`] seam and its [`Feed`](eventbus_core::feed::Feed).
+//! the [`Transport`] seam and its [`Feed`].
 //! Applications use it as `eventbus::http` (feature `http`), where
 //! `eventbus::Bus` is a [`Source`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
