@@ -55,20 +55,9 @@ struct Ask {
     compact: bool,
 }
 
-/// An error answer: status, `application/problem+json` (RFC 9457).
-pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
-    let detail = detail.into();
-    let body = serde_json::json!({
-        "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+/// An error answer (`application/problem+json`, as the ingest's).
+fn problem(status: StatusCode, detail: impl AsRef<str>) -> Response {
+    crate::ingest::problem(status, detail.as_ref())
 }
 
 fn unauthorized() -> Response {
@@ -84,18 +73,14 @@ fn unauthorized() -> Response {
 fn feed_error(e: FeedError) -> Response {
     match e {
         FeedError::Expired { cursor, earliest } => {
-            let body = serde_json::json!({
-                "title": "Gone",
-                "status": 410,
-                "detail": FeedError::Expired { cursor, earliest: earliest.clone() }.to_string(),
-                "earliest": earliest.as_str(),
-            });
-            let mut r = (
-                StatusCode::GONE,
-                [(header::CONTENT_TYPE, "application/problem+json")],
-                body.to_string(),
-            )
-                .into_response();
+            let detail = FeedError::Expired {
+                cursor,
+                earliest: earliest.clone(),
+            }
+            .to_string();
+            let mut members = serde_json::Map::new();
+            members.insert("earliest".into(), earliest.as_str().into());
+            let mut r = crate::ingest::problem_with(StatusCode::GONE, &detail, members);
             if let Ok(v) = HeaderValue::from_str(earliest.as_str()) {
                 r.headers_mut().insert(CURSOR_HEADER, v);
             }
@@ -134,8 +119,8 @@ impl Ask {
         headers: &HeaderMap,
         state: &crate::State,
         sse: bool,
-    ) -> Result<Self, Response> {
-        let bad = |m: String| Err(problem(StatusCode::BAD_REQUEST, m));
+    ) -> Result<Self, String> {
+        let bad = |m: String| Err(m);
         // SSE resumes from `Last-Event-ID` (what a browser's EventSource sends).
         let last_event_id = sse
             .then(|| headers.get("last-event-id"))
@@ -239,7 +224,7 @@ pub(crate) async fn page(
     };
     let ask = match Ask::parse(q, &headers, &state, false) {
         Ok(ask) => ask,
-        Err(r) => return r,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
     let deadline = tokio::time::Instant::now() + ask.wait;
     loop {
@@ -350,7 +335,8 @@ fn with_cursor(entry: &FeedEntry, out: &mut BytesMut) -> bool {
 }
 
 fn batch_response(entries: &[FeedEntry], next: Option<&Cursor>, ask: &Ask) -> Response {
-    let mut body = BytesMut::with_capacity(entries.iter().map(|e| e.payload.len() + 48).sum::<usize>() + 2);
+    let mut body =
+        BytesMut::with_capacity(entries.iter().map(|e| e.payload.len() + 48).sum::<usize>() + 2);
     body.put_u8(b'[');
     let mut first = true;
     for e in entries {
@@ -415,7 +401,7 @@ pub(crate) async fn stream(
     }
     let ask = match Ask::parse(q, &headers, &state, true) {
         Ok(ask) => ask,
-        Err(r) => return r,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
     // A cursor that is wrong or expired is an HTTP error, before the stream starts.
     let first = match state

@@ -17,7 +17,7 @@
 //!   header values, §3.1.3.2), usable on its own.
 //!
 //! The crate depends on `eventbus-core` only: it reads and publishes through
-//! the [`Transport`] seam and its [`Feed`](eventbus_core::feed::Feed).
+//! the [`Transport`] seam and its [`Feed`].
 //! Applications use it as `eventbus::http` (feature `http`), where
 //! `eventbus::Bus` is a [`Source`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -35,7 +35,7 @@ mod ingest;
 mod send;
 
 pub use feed::{CURSOR_ATTRIBUTE, CURSOR_HEADER};
-pub use send::{Mode, SendError, send, send_with};
+pub use send::{Mode, SendError, send, send_encoded, send_with};
 
 /// What the router publishes to and reads from: an `eventbus::Bus`, or a
 /// transport of its own.
@@ -166,10 +166,7 @@ impl Http {
             config: self,
         });
         axum::Router::new()
-            .route(
-                "/events",
-                axum::routing::post(ingest::post).get(feed::page),
-            )
+            .route("/events", axum::routing::post(ingest::post).get(feed::page))
             .route("/events/stream", axum::routing::get(feed::stream))
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state)

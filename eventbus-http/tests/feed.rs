@@ -55,7 +55,9 @@ struct Page {
 }
 
 async fn get(base: &str, query: &str) -> Page {
-    let r = reqwest::get(format!("{base}/events?{query}")).await.unwrap();
+    let r = reqwest::get(format!("{base}/events?{query}"))
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let cursor = r
         .headers()
@@ -109,22 +111,46 @@ async fn pages_in_order(base: &str, bus: &Bus, exact: bool) {
         .await;
         assert_eq!(p.status, 200, "{}", p.body);
         if p.events.is_empty() {
-            assert_eq!(p.cursor.as_deref(), Some(after.as_str()), "an empty page keeps the cursor");
+            assert_eq!(
+                p.cursor.as_deref(),
+                Some(after.as_str()),
+                "an empty page keeps the cursor"
+            );
             break;
         }
         assert!(p.events.len() <= 3);
-        let last = p.events.last().unwrap()["feedcursor"].as_str().unwrap().to_owned();
+        let last = p.events.last().unwrap()["feedcursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         assert_eq!(p.cursor.as_deref(), Some(last.as_str()));
         seen.extend(ns(&p.events));
         after = last;
         pages += 1;
     }
     if exact {
-        assert_eq!(seen, (0..10).collect::<Vec<u64>>(), "in publish order, once each");
+        assert_eq!(
+            seen,
+            (0..10).collect::<Vec<u64>>(),
+            "in publish order, once each"
+        );
     } else {
-        let of = |odd: u64| seen.iter().copied().filter(|n| n % 2 == odd).collect::<Vec<_>>();
-        assert_eq!(of(0), vec![0, 2, 4, 6, 8], "each type in publish order: {seen:?}");
-        assert_eq!(of(1), vec![1, 3, 5, 7, 9], "each type in publish order: {seen:?}");
+        let of = |odd: u64| {
+            seen.iter()
+                .copied()
+                .filter(|n| n % 2 == odd)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            of(0),
+            vec![0, 2, 4, 6, 8],
+            "each type in publish order: {seen:?}"
+        );
+        assert_eq!(
+            of(1),
+            vec![1, 3, 5, 7, 9],
+            "each type in publish order: {seen:?}"
+        );
         assert_eq!(seen.len(), 10, "once each: {seen:?}");
     }
     assert_eq!(pages, 4);
@@ -162,7 +188,12 @@ async fn long_poll_wakes(base: &str, bus: &Bus) {
 }
 
 /// Reads an SSE stream until `n` events arrived: (id, data) pairs.
-async fn sse(base: &str, query: &str, last_event_id: Option<&str>, n: usize) -> Vec<(String, Value)> {
+async fn sse(
+    base: &str,
+    query: &str,
+    last_event_id: Option<&str>,
+    n: usize,
+) -> Vec<(String, Value)> {
     let mut req = reqwest::Client::new().get(format!("{base}/events/stream?{query}"));
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
@@ -204,12 +235,27 @@ async fn sse(base: &str, query: &str, last_event_id: Option<&str>, n: usize) -> 
 }
 
 async fn sse_resumes(base: &str, bus: &Bus) {
-    let start = get(base, "types=moderate_action&limit=1000").await.cursor.unwrap();
+    let start = get(base, "types=moderate_action&limit=1000")
+        .await
+        .cursor
+        .unwrap();
     for n in 100..103 {
         bus.publish(ModerateAction { n }).await.unwrap();
     }
-    let first = sse(base, &format!("types=moderate_action&after={start}"), None, 2).await;
-    assert_eq!(first.iter().map(|(_, e)| e["data"]["n"].as_u64().unwrap()).collect::<Vec<_>>(), vec![100, 101]);
+    let first = sse(
+        base,
+        &format!("types=moderate_action&after={start}"),
+        None,
+        2,
+    )
+    .await;
+    assert_eq!(
+        first
+            .iter()
+            .map(|(_, e)| e["data"]["n"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![100, 101]
+    );
     // Reconnect as a browser would: Last-Event-ID = the last id seen.
     let resume = first[1].0.clone();
     let bus2 = bus.clone();
@@ -220,7 +266,9 @@ async fn sse_resumes(base: &str, bus: &Bus) {
     let rest = sse(base, "types=moderate_action", Some(&resume), 2).await;
     publisher.await.unwrap();
     assert_eq!(
-        rest.iter().map(|(_, e)| e["data"]["n"].as_u64().unwrap()).collect::<Vec<_>>(),
+        rest.iter()
+            .map(|(_, e)| e["data"]["n"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
         vec![102, 103],
         "resumed after the last id, then followed a live publish"
     );
@@ -228,13 +276,23 @@ async fn sse_resumes(base: &str, bus: &Bus) {
 
 async fn compaction(base: &str, bus: &Bus) {
     for (id, version) in [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3)] {
-        bus.publish(RecordChange { id: id.into(), version }).await.unwrap();
+        bus.publish(RecordChange {
+            id: id.into(),
+            version,
+        })
+        .await
+        .unwrap();
     }
     let p = get(base, "types=record_change&compact=subject").await;
     let got: Vec<(String, u64)> = p
         .events
         .iter()
-        .map(|e| (e["subject"].as_str().unwrap().to_owned(), e["data"]["version"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["subject"].as_str().unwrap().to_owned(),
+                e["data"]["version"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -244,12 +302,31 @@ async fn compaction(base: &str, bus: &Bus) {
     // Paged: two per page, still only the latest of each.
     let p1 = get(base, "types=record_change&compact=subject&limit=2").await;
     assert_eq!(p1.events.len(), 2);
-    let p2 = get(base, &format!("types=record_change&compact=subject&limit=2&after={}", p1.cursor.unwrap())).await;
+    let p2 = get(
+        base,
+        &format!(
+            "types=record_change&compact=subject&limit=2&after={}",
+            p1.cursor.unwrap()
+        ),
+    )
+    .await;
     assert_eq!(p2.events.len(), 1);
     assert_eq!(p2.events[0]["subject"], "a");
     // Then follow new ones.
-    bus.publish(RecordChange { id: "b".into(), version: 3 }).await.unwrap();
-    let p3 = get(base, &format!("types=record_change&compact=subject&after={}", p2.cursor.unwrap())).await;
+    bus.publish(RecordChange {
+        id: "b".into(),
+        version: 3,
+    })
+    .await
+    .unwrap();
+    let p3 = get(
+        base,
+        &format!(
+            "types=record_change&compact=subject&after={}",
+            p2.cursor.unwrap()
+        ),
+    )
+    .await;
     assert_eq!(p3.events.len(), 1);
     assert_eq!(p3.events[0]["data"]["version"], 3);
 }
@@ -294,9 +371,18 @@ async fn memory_feed_expired_cursor() {
     assert_eq!(p.status, 410, "{}", p.body);
     let earliest = p.body["earliest"].as_str().unwrap().to_owned();
     assert_eq!(p.cursor.as_deref(), Some(earliest.as_str()));
-    assert!(p.body["detail"].as_str().unwrap().contains("older than what the feed retains"));
+    assert!(
+        p.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("older than what the feed retains")
+    );
     let p = get(&base, &format!("after={earliest}")).await;
-    assert_eq!(ns(&p.events), vec![3, 4, 5], "everything retained, from the earliest valid cursor");
+    assert_eq!(
+        ns(&p.events),
+        vec![3, 4, 5],
+        "everything retained, from the earliest valid cursor"
+    );
     // The SSE stream refuses the expired cursor before it starts.
     let r = reqwest::Client::new()
         .get(format!("{base}/events/stream"))
@@ -310,7 +396,12 @@ async fn memory_feed_expired_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_and_feedless_transports() {
     let bus = open("memory://").await;
-    let base = serve(eventbus::http::Http::new(&bus).bearer_token("s3cret").router()).await;
+    let base = serve(
+        eventbus::http::Http::new(&bus)
+            .bearer_token("s3cret")
+            .router(),
+    )
+    .await;
     let r = reqwest::get(format!("{base}/events")).await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
@@ -327,7 +418,11 @@ async fn bearer_token_and_feedless_transports() {
     let base = serve(eventbus::http::router(&pubsub)).await;
     let p = get(&base, "").await;
     assert_eq!(p.status, 501);
-    assert!(p.body["detail"].as_str().unwrap().contains("keeps no log"), "{}", p.body);
+    assert!(
+        p.body["detail"].as_str().unwrap().contains("keeps no log"),
+        "{}",
+        p.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,14 +439,25 @@ async fn redis_streams_feed() {
     // Every type, merged across the streams in (entry id, type) order.
     let all = get(&base, "limit=1000").await;
     assert_eq!(all.status, 200);
-    let cursors: Vec<&str> = all.events.iter().map(|e| e["feedcursor"].as_str().unwrap()).collect();
+    let cursors: Vec<&str> = all
+        .events
+        .iter()
+        .map(|e| e["feedcursor"].as_str().unwrap())
+        .collect();
     assert!(all.events.len() >= 20, "{}", all.events.len());
     let key = |c: &str| {
         let (id, ty) = c.split_once('~').unwrap();
         let (ms, seq) = id.split_once('-').unwrap();
-        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap(), ty.to_owned())
+        (
+            ms.parse::<u64>().unwrap(),
+            seq.parse::<u64>().unwrap(),
+            ty.to_owned(),
+        )
     };
-    assert!(cursors.windows(2).all(|w| key(w[0]) < key(w[1])), "monotonic cursors");
+    assert!(
+        cursors.windows(2).all(|w| key(w[0]) < key(w[1])),
+        "monotonic cursors"
+    );
 
     // A restarted service (a new bus and router on the same Redis) resumes from a cursor.
     let mid = cursors[cursors.len() / 2].to_owned();
