@@ -343,7 +343,10 @@ async fn raw_page(State(raw): State<Arc<Raw>>, Query(q): Query<RawQuery>) -> Res
         .into_response();
     let next = match last {
         Some(redis::Value::BulkString(id)) => HeaderValue::from_bytes(&id).ok(),
-        _ => q.after.as_deref().and_then(|a| HeaderValue::from_str(a).ok()),
+        _ => q
+            .after
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok()),
     };
     if let Some(next) = next {
         r.headers_mut().insert(CURSOR_HEADER, next);
@@ -409,10 +412,7 @@ async fn start_servers(url: String, run_id: String) -> anyhow::Result<Servers> {
         pull_key: format!("{run_id}-raw-pull"),
     });
     let raw_app = axum::Router::new()
-        .route(
-            "/events",
-            axum::routing::post(raw_ingest).get(raw_page),
-        )
+        .route("/events", axum::routing::post(raw_ingest).get(raw_page))
         .with_state(raw.clone());
     Ok(Servers {
         ingest: listen(eventbus::http::router(&ingest_bus)).await?,
@@ -490,7 +490,13 @@ impl Env {
 // ---- scenarios ---------------------------------------------------------------
 
 /// `clients` tasks posting one event per request until `n` were accepted.
-async fn ingest(env: &Env, url: &str, key: &str, n: usize, clients: usize) -> anyhow::Result<Sample> {
+async fn ingest(
+    env: &Env,
+    url: &str,
+    key: &str,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<Sample> {
     env.del(key).await?;
     // One request first: connections and the type's registration stay out of the timing.
     post_one(&env.http, url, env.payload.fresh()).await?;
@@ -539,17 +545,18 @@ async fn post_one(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::R
     let status = response.status();
     let text = response.bytes().await?;
     if status != StatusCode::ACCEPTED {
-        bail!(
-            "POST {url}: {status} {}",
-            String::from_utf8_lossy(&text)
-        );
+        bail!("POST {url}: {status} {}", String::from_utf8_lossy(&text));
     }
     Ok(())
 }
 
 /// One reader paging through the whole feed; the events it counted and the
 /// latency of each page.
-async fn read_all(http: &reqwest::Client, url: &str, eventbus: bool) -> anyhow::Result<(usize, Vec<u64>)> {
+async fn read_all(
+    http: &reqwest::Client,
+    url: &str,
+    eventbus: bool,
+) -> anyhow::Result<(usize, Vec<u64>)> {
     let mut after: Option<String> = None;
     let mut count = 0;
     let mut lat = Vec::new();
@@ -574,8 +581,8 @@ async fn read_all(http: &reqwest::Client, url: &str, eventbus: bool) -> anyhow::
         if status != StatusCode::OK {
             bail!("GET {url}: {status} {}", String::from_utf8_lossy(&body));
         }
-        let events: Vec<&RawValue> =
-            serde_json::from_slice(&body).with_context(|| format!("GET {url}: not a JSON array"))?;
+        let events: Vec<&RawValue> = serde_json::from_slice(&body)
+            .with_context(|| format!("GET {url}: not a JSON array"))?;
         if events.is_empty() {
             return Ok((count, lat));
         }
@@ -585,9 +592,22 @@ async fn read_all(http: &reqwest::Client, url: &str, eventbus: bool) -> anyhow::
     }
 }
 
-async fn pull(env: &Env, url: &str, n: usize, readers: usize, eventbus: bool) -> anyhow::Result<Sample> {
+async fn pull(
+    env: &Env,
+    url: &str,
+    n: usize,
+    readers: usize,
+    eventbus: bool,
+) -> anyhow::Result<Sample> {
     // Warm the connections up.
-    let _ = env.http.get(url).query(&[("limit", "1")]).send().await?.bytes().await?;
+    let _ = env
+        .http
+        .get(url)
+        .query(&[("limit", "1")])
+        .send()
+        .await?
+        .bytes()
+        .await?;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..readers {
@@ -598,7 +618,10 @@ async fn pull(env: &Env, url: &str, n: usize, readers: usize, eventbus: bool) ->
     let mut total = 0;
     while let Some(r) = tasks.join_next().await {
         let (count, l) = r??;
-        ensure!(count == n, "GET {url}: a reader counted {count} events of {n}");
+        ensure!(
+            count == n,
+            "GET {url}: a reader counted {count} events of {n}"
+        );
         total += count;
         lat.extend(l);
     }
@@ -638,7 +661,10 @@ impl Scenario {
             ),
             Scenario::Pull => format!("2 pull: GET /events, pages of {PAGE}, 1 reader"),
             Scenario::PullConcurrent => {
-                format!("2 pull: GET /events, pages of {PAGE}, {} readers", opts.readers)
+                format!(
+                    "2 pull: GET /events, pages of {PAGE}, {} readers",
+                    opts.readers
+                )
             }
         }
     }
@@ -929,7 +955,11 @@ async fn measure(env: &Env, opts: &Opts, url: &str) -> anyhow::Result<()> {
     for (s, (raw, ours)) in &results {
         let (r, o) = (summarize(raw), summarize(ours));
         let ratio = median(raw.iter().zip(ours).map(|(r, o)| o.rate / r.rate).collect());
-        let target = if ratio >= 0.8 { ">= 0.80x ok" } else { ">= 0.80x MISS" };
+        let target = if ratio >= 0.8 {
+            ">= 0.80x ok"
+        } else {
+            ">= 0.80x MISS"
+        };
         println!(
             "{:<50} {:>10.0} {:>10.0} {:>5.2}x  {:<12} {:<20} {:<20} {:<32}",
             s.title(opts),
@@ -952,7 +982,9 @@ async fn measure(env: &Env, opts: &Opts, url: &str) -> anyhow::Result<()> {
             r.cpu.2 / 1e3,
         ));
     }
-    println!("latencies in ms, per request (ingest: one event; pull: one page), as the client sees them");
+    println!(
+        "latencies in ms, per request (ingest: one event; pull: one page), as the client sees them"
+    );
     println!();
     println!(
         "CPU per event, us (median; server = the HTTP servers' runtime, client = the load's, redis = redis-server):"
