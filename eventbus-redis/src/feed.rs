@@ -490,7 +490,9 @@ fn payload_of(fields: Value, ty: Option<&EventType>) -> (Bytes, Option<EventType
         b"cloud_event" => cloud_event = Some(value),
         b"data" => data = Some(value),
         b"event_type" if ty.is_none() => {
-            event_type = Some(EventType::from(String::from_utf8_lossy(&value).into_owned()))
+            event_type = Some(EventType::from(
+                String::from_utf8_lossy(&value).into_owned(),
+            ))
         }
         _ => {}
     });

@@ -57,7 +57,10 @@ async fn the_http_example_ingests_and_serves_the_feed_until_shut_down() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let problem: serde_json::Value = r.json().await.unwrap();
-    assert!(problem["detail"].as_str().unwrap().contains("source"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("source"),
+        "{problem}"
+    );
 
     // curl 'localhost:8080/events?types=review_created'
     let r = client

@@ -1675,7 +1675,8 @@ fn feed_message(ty: &str, n: u32) -> Outgoing {
 }
 
 fn feed_n(entry: &crate::feed::FeedEntry) -> (String, u32) {
-    let v: serde_json::Value = serde_json::from_slice(&entry.payload).expect("the payload as published");
+    let v: serde_json::Value =
+        serde_json::from_slice(&entry.payload).expect("the payload as published");
     (
         entry.event_type.to_string(),
         v["data"]["n"].as_u64().expect("data.n") as u32,
@@ -1696,14 +1697,25 @@ async fn feed_read_all(
     let mut cursor = after;
     let deadline = Instant::now() + DEADLINE;
     while out.len() < want {
-        assert!(Instant::now() < deadline, "the feed gave {} of {want} entries", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "the feed gave {} of {want} entries",
+            out.len()
+        );
         let page = feed
             .read(cursor.as_ref(), topics, limit)
             .await
             .unwrap_or_else(|e| panic!("feed read: {e}"));
-        assert!(page.entries.len() <= limit, "a page is at most `limit` long");
+        assert!(
+            page.entries.len() <= limit,
+            "a page is at most `limit` long"
+        );
         match page.entries.last() {
-            Some(last) => assert_eq!(page.next.as_ref(), Some(&last.cursor), "`next` is the last entry's cursor"),
+            Some(last) => assert_eq!(
+                page.next.as_ref(),
+                Some(&last.cursor),
+                "`next` is the last entry's cursor"
+            ),
             None => {
                 if cursor.is_some() {
                     assert_eq!(page.next, cursor, "an empty page keeps the cursor");
@@ -1725,10 +1737,16 @@ async fn feed_read_all(
 pub async fn the_feed_reads_what_was_published_in_order(c: &Conformance) {
     let transport = c.connect().await;
     let Some(feed) = transport.feed() else {
-        assert!(!c.features.feed, "Features::feed, but the transport has no feed");
+        assert!(
+            !c.features.feed,
+            "Features::feed, but the transport has no feed"
+        );
         return;
     };
-    assert!(c.features.feed, "the transport has a feed; set Features::feed");
+    assert!(
+        c.features.feed,
+        "the transport has a feed; set Features::feed"
+    );
     let (a, b) = (format!("{}_feed_a", c.tag), format!("{}_feed_b", c.tag));
     for n in 0..6u32 {
         let ty = if n % 2 == 0 { &a } else { &b };
@@ -1741,7 +1759,12 @@ pub async fn the_feed_reads_what_was_published_in_order(c: &Conformance) {
     let all = feed_read_all(feed, None, &both, 2, 6).await;
     let got: Vec<(String, u32)> = all.iter().map(feed_n).collect();
     assert_eq!(got.len(), 6, "each once: {got:?}");
-    let of = |ty: &str| got.iter().filter(|(t, _)| t == ty).map(|(_, n)| *n).collect::<Vec<_>>();
+    let of = |ty: &str| {
+        got.iter()
+            .filter(|(t, _)| t == ty)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(of(&a), vec![0, 2, 4], "{got:?}");
     assert_eq!(of(&b), vec![1, 3, 5], "{got:?}");
     // Exclusive: after each entry's cursor comes exactly what followed it.
@@ -1755,14 +1778,24 @@ pub async fn the_feed_reads_what_was_published_in_order(c: &Conformance) {
     }
     // One type only.
     let only_a = feed_read_all(feed, None, &Topics::Types(vec![a.clone()]), 100, 3).await;
-    assert_eq!(only_a.iter().map(feed_n).map(|(_, n)| n).collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!(
+        only_a
+            .iter()
+            .map(feed_n)
+            .map(|(_, n)| n)
+            .collect::<Vec<_>>(),
+        vec![0, 2, 4]
+    );
     // A cursor of nobody's.
     match feed
         .read(Some(&crate::feed::Cursor::new("not*a*cursor")), &both, 10)
         .await
     {
         Err(crate::feed::FeedError::InvalidCursor(why)) => {
-            assert!(why.contains("not*a*cursor"), "the reason names the cursor: {why}")
+            assert!(
+                why.contains("not*a*cursor"),
+                "the reason names the cursor: {why}"
+            )
         }
         other => panic!("a foreign cursor must be refused, got {other:?}"),
     }
@@ -1773,19 +1806,28 @@ pub async fn the_feed_reads_what_was_published_in_order(c: &Conformance) {
 pub async fn the_feed_wakes_a_waiting_reader_on_a_publish(c: &Conformance) {
     let transport = c.connect().await;
     let Some(feed) = transport.feed() else {
-        assert!(!c.features.feed, "Features::feed, but the transport has no feed");
+        assert!(
+            !c.features.feed,
+            "Features::feed, but the transport has no feed"
+        );
         return;
     };
     let ty = format!("{}_feed_wait", c.tag);
     let topics = Topics::Types(vec![ty.clone()]);
-    transport.publish(&[feed_message(&ty, 0)]).await.expect("publish");
+    transport
+        .publish(&[feed_message(&ty, 0)])
+        .await
+        .expect("publish");
     let first = feed_read_all(feed, None, &topics, 10, 1).await;
     let cursor = first[0].cursor.clone();
     let publisher = c.connect().await;
     let ty2 = ty.clone();
     let later = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        publisher.publish(&[feed_message(&ty2, 1)]).await.expect("publish");
+        publisher
+            .publish(&[feed_message(&ty2, 1)])
+            .await
+            .expect("publish");
     });
     let timeout = Duration::from_secs(30);
     let start = Instant::now();
@@ -1798,7 +1840,10 @@ pub async fn the_feed_wakes_a_waiting_reader_on_a_publish(c: &Conformance) {
             assert_eq!(feed_n(entry).1, 1);
             break;
         }
-        assert!(start.elapsed() < timeout, "the wait ran into its timeout: the publish did not wake it");
+        assert!(
+            start.elapsed() < timeout,
+            "the wait ran into its timeout: the publish did not wake it"
+        );
     }
     assert!(
         start.elapsed() < timeout,
