@@ -45,9 +45,6 @@ pub const ACTOR_SETTING: &str = "eventbus.actor";
 /// inside the transaction by [`set_actor`]).
 pub const ACTOR_TABLE: &str = "eventbus_capture_actor";
 
-/// SQLite: columns of a captured table the `record_change` trigger can compare.
-const SQLITE_MAX_COLUMNS: usize = 100;
-
 /// The change capture of one table. See the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
@@ -421,9 +418,12 @@ mod pg {
 mod lite {
     use sqlx::SqlitePool;
 
-    use super::{ACTOR_TABLE, Capture, SQLITE_MAX_COLUMNS, TRIGGER, quote_ident, quote_literal};
+    use super::{ACTOR_TABLE, Capture, TRIGGER, quote_ident, quote_literal};
     use crate::error::{Error, Result};
     use crate::outbox::db_error;
+
+    /// Columns of a captured table the `record_change` trigger can compare.
+    const SQLITE_MAX_COLUMNS: usize = 100;
 
     /// The actor's table: at most one row, written inside the transaction
     /// that makes the changes.

@@ -9,7 +9,7 @@ use eventbus_core::feed::{Cursor, Feed, FeedEntry, FeedError, FeedPage};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::DropGuard;
 
 use super::Database;
 #[cfg(feature = "postgres")]
@@ -39,12 +39,14 @@ pub(super) struct FeedRows {
 pub struct OutboxFeed {
     db: Database,
     poll: Duration,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     wake: Arc<Mutex<Option<Wake>>>,
 }
 
 /// The `LISTEN` task shared by the clones of one feed (PostgreSQL), stopped
 /// when the last clone goes.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 struct Wake {
     notified: watch::Receiver<u64>,
     _stop: DropGuard,
@@ -128,7 +130,7 @@ impl OutboxFeed {
                 let mut wake = self.wake.lock();
                 let wake = wake.get_or_insert_with(|| {
                     let (tx, rx) = watch::channel(0u64);
-                    let token = CancellationToken::new();
+                    let token = tokio_util::sync::CancellationToken::new();
                     postgres::spawn_listener_with(
                         pool.clone(),
                         move || tx.send_modify(|n| *n = n.wrapping_add(1)),
