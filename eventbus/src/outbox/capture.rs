@@ -792,3 +792,99 @@ pub fn current_actor() -> Option<String> {
         .ok()
         .flatten()
 }
+
+/// A tower layer (for axum, or any `http` service) that runs each request
+/// [`with_actor`] the actor `who` finds in it (the user of a session, a
+/// header set by the gateway, ...), so that [`set_actor_from_task`] in the
+/// handler records it with the changes the request makes (feature `http`).
+///
+/// ```
+/// use eventbus::outbox::capture::ActorLayer;
+/// let layer = ActorLayer::new(|req: &http::Request<axum::body::Body>| {
+///     req.headers()
+///         .get("x-user-id")
+///         .and_then(|v| v.to_str().ok())
+///         .map(|id| format!("user:{id}"))
+/// });
+/// let app: axum::Router = axum::Router::new().layer(layer);
+/// ```
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Clone)]
+pub struct ActorLayer<F> {
+    who: F,
+}
+
+#[cfg(feature = "http")]
+impl<F> std::fmt::Debug for ActorLayer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorLayer").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "http")]
+impl<F> ActorLayer<F> {
+    /// A layer taking each request's actor from `who` (`None`: no actor).
+    pub fn new<B>(who: F) -> Self
+    where
+        F: Fn(&http::Request<B>) -> Option<String> + Clone,
+    {
+        Self { who }
+    }
+}
+
+#[cfg(feature = "http")]
+impl<S, F: Clone> tower::Layer<S> for ActorLayer<F> {
+    type Service = ActorService<S, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ActorService {
+            inner,
+            who: self.who.clone(),
+        }
+    }
+}
+
+/// The service of [`ActorLayer`].
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Clone)]
+pub struct ActorService<S, F> {
+    inner: S,
+    who: F,
+}
+
+#[cfg(feature = "http")]
+impl<S, F> std::fmt::Debug for ActorService<S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorService").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "http")]
+impl<S, F, B> tower::Service<http::Request<B>> for ActorService<S, F>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+    F: Fn(&http::Request<B>) -> Option<String>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, std::result::Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let actor = (self.who)(&req);
+        let fut = self.inner.call(req);
+        match actor {
+            Some(actor) => Box::pin(with_actor(actor, fut)),
+            None => Box::pin(fut),
+        }
+    }
+}

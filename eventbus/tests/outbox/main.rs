@@ -5,6 +5,7 @@
 mod capture;
 mod common;
 mod feed;
+mod http;
 mod postgres;
 mod redis;
 mod sqlite;
