@@ -84,15 +84,14 @@ async fn stop_signal() {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let addr = addr_from_env()?;
     let bus = Bus::builder().service("reviews").connect_env().await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}; set EVENTBUS_HTTP_ADDR to a free address"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr}: {e}; set EVENTBUS_HTTP_ADDR to a free address")
+    })?;
     println!(
         "eventbus http example: {} transport, listening on http://{addr} (POST /events, GET /events, GET /events/stream); Ctrl-C stops it",
         bus.transport().name()

@@ -67,8 +67,9 @@ check_features() {
   done
 }
 check_features eventbus-core ""
-check_features eventbus "" memory test-util redis redis-tls postgres sqlite
+check_features eventbus "" memory test-util redis redis-tls postgres sqlite http
 check_features eventbus-redis "" tls
+check_features eventbus-http ""
 check_features eventbus-catalog ""
 check_features eventbus-cli "" postgres sqlite redis redis-tls
 echo "all checks passed"

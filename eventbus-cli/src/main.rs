@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "eventbus",
     version,
-    about = "Operate the transactional outbox of eventbus services: relay, migrate, outbox-stats, retry-failed.",
+    about = "Operate the transactional outbox of eventbus services: relay, migrate, capture, outbox-stats, retry-failed.",
     after_help = "Logs go to stderr (RUST_LOG, default `info`). Exit codes: 0 ok, 1 error, 2 usage.",
     arg_required_else_help = true
 )]
@@ -58,6 +58,72 @@ enum Command {
             {\"database\":\"postgres\",\"retried\":2}"
     )]
     RetryFailed(RetryFailedArgs),
+
+    /// Record a table's changes in the outbox with database triggers.
+    #[command(
+        subcommand,
+        long_about = "Record a table's changes in the outbox with database triggers: every \
+            INSERT, UPDATE (that changes a value) and DELETE, whoever makes it, writes a \
+            record_create / record_change / record_delete CloudEvent into the outbox in the same \
+            transaction, for the relay to publish."
+    )]
+    Capture(CaptureCommand),
+}
+
+/// `capture apply` / `capture drop`.
+#[derive(Debug, Subcommand)]
+enum CaptureCommand {
+    /// Create (or replace) the capture triggers of a table (idempotent).
+    #[command(
+        long_about = "Create (or replace) the capture triggers of a table, and the outbox table if it \
+            is missing. Idempotent: applying again leaves one set of triggers (with the new options).",
+        after_help = "Example:\n  eventbus capture apply --database-url postgres://app@db/app --table review --model Review --id id"
+    )]
+    Apply(CaptureArgs),
+
+    /// Remove the capture triggers of a table (idempotent).
+    #[command(
+        long_about = "Remove the capture triggers of a table: its changes are no longer recorded. \
+            Idempotent, also when the table does not exist; rows already in the outbox stay.",
+        after_help = "Example:\n  eventbus capture drop --database-url sqlite:app.db --table review"
+    )]
+    Drop(CaptureArgs),
+}
+
+/// Options of `capture apply` and `capture drop`.
+#[derive(Debug, Args)]
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+struct CaptureArgs {
+    /// The database: `postgres://user:pass@host/db` or `sqlite:path/to/app.db`.
+    #[arg(
+        long,
+        visible_alias = "database",
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        value_parser = non_empty
+    )]
+    database_url: String,
+
+    /// The table whose changes are recorded (as stored: case-sensitive).
+    #[arg(long, value_name = "NAME")]
+    table: String,
+
+    /// The PostgreSQL schema of the table (default: the search_path).
+    #[arg(long, value_name = "NAME")]
+    schema: Option<String>,
+
+    /// The `model_name` in the events' data (default: the table name).
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+
+    /// The column identifying a row: `data.id` and the `subject`.
+    #[arg(long, value_name = "COLUMN", default_value = "id")]
+    id: String,
+
+    /// The CloudEvents `source` of the events (default `/<table>`).
+    #[arg(long, value_name = "URI")]
+    source: Option<String>,
 }
 
 /// The outbox database, shared by every command.
@@ -166,6 +232,8 @@ impl Command {
             Command::Migrate(_) => "migrate",
             Command::OutboxStats(_) => "outbox-stats",
             Command::RetryFailed(_) => "retry-failed",
+            Command::Capture(CaptureCommand::Apply(_)) => "capture apply",
+            Command::Capture(CaptureCommand::Drop(_)) => "capture drop",
         }
     }
 
@@ -176,6 +244,9 @@ impl Command {
             Command::Migrate(a) => vec![&a.database.database_url],
             Command::OutboxStats(a) => vec![&a.database.database_url],
             Command::RetryFailed(a) => vec![&a.database.database_url],
+            Command::Capture(CaptureCommand::Apply(a) | CaptureCommand::Drop(a)) => {
+                vec![&a.database_url]
+            }
         }
     }
 }
@@ -277,6 +348,39 @@ async fn run(command: &Command) -> Result<(), String> {
                 println!("{n} failed row(s) are pending again");
             }
         }
+        Command::Capture(command) => {
+            let (CaptureCommand::Apply(args) | CaptureCommand::Drop(args)) = command;
+            let db = Database::connect(&args.database_url).await.map_err(fail)?;
+            let mut capture =
+                outbox::capture::Capture::table(args.table.as_str()).id(args.id.as_str());
+            if let Some(schema) = &args.schema {
+                capture = capture.schema(schema.as_str());
+            }
+            if let Some(model) = &args.model {
+                capture = capture.model(model.as_str());
+            }
+            if let Some(source) = &args.source {
+                capture = capture.source(source.as_str());
+            }
+            match command {
+                CaptureCommand::Apply(_) => {
+                    capture.apply(&db).await.map_err(fail)?;
+                    println!(
+                        "the changes of `{}` are captured into the outbox ({})",
+                        args.table,
+                        db.kind()
+                    );
+                }
+                CaptureCommand::Drop(_) => {
+                    capture.drop(&db).await.map_err(fail)?;
+                    println!(
+                        "the changes of `{}` are no longer captured ({})",
+                        args.table,
+                        db.kind()
+                    );
+                }
+            }
+        }
         Command::Relay(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await
@@ -368,6 +472,33 @@ mod tests {
         assert_eq!(a.max_attempts, None);
         assert!(a.migrate);
         assert_eq!(a.service, "eventbus-relay");
+    }
+
+    #[test]
+    fn parses_the_capture_commands() {
+        let cli = parse(
+            "capture apply --database postgres://x/db --table review --model Review --id uid --source /reviews",
+        )
+        .unwrap();
+        let Command::Capture(CaptureCommand::Apply(a)) = cli.command else {
+            panic!("not capture apply: {cli:?}");
+        };
+        assert_eq!(a.database_url, "postgres://x/db");
+        assert_eq!(a.table, "review");
+        assert_eq!(a.model.as_deref(), Some("Review"));
+        assert_eq!(a.id, "uid");
+        assert_eq!(a.source.as_deref(), Some("/reviews"));
+        let cli = parse("capture drop --database-url sqlite:a.db --table review").unwrap();
+        let Command::Capture(CaptureCommand::Drop(a)) = cli.command else {
+            panic!("not capture drop: {cli:?}");
+        };
+        assert_eq!((a.id.as_str(), a.model, a.schema), ("id", None, None));
+        let kind = |line| parse(line).unwrap_err().kind();
+        assert_eq!(
+            kind("capture apply --database-url a"),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(kind("capture frob --table t"), ErrorKind::InvalidSubcommand);
     }
 
     #[test]

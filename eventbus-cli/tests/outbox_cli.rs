@@ -134,6 +134,21 @@ mod outbox {
             eventbus::outbox::counts(&self.db).await.expect("counts")
         }
 
+        /// Runs one statement of a test's own (a business table, a change).
+        pub async fn exec(&self, sql: &'static str) {
+            match &self.db {
+                #[cfg(feature = "postgres")]
+                Database::Postgres(pool) => {
+                    sqlx::raw_sql(sql).execute(pool).await.expect("statement");
+                }
+                #[cfg(feature = "sqlite")]
+                Database::Sqlite(pool) => {
+                    sqlx::raw_sql(sql).execute(pool).await.expect("statement");
+                }
+                other => panic!("unexpected database {other:?}"),
+            }
+        }
+
         /// Marks one row `failed`, as the relay does after `max_attempts`.
         pub async fn fail_one_row(&self) {
             let sql = "UPDATE eventbus_outbox SET status = 'failed' \
@@ -302,6 +317,95 @@ async fn every_command_on_sqlite() {
     assert_eq!(stdout(&out), "0 failed row(s) are pending again\n");
 }
 
+/// `capture apply` records a table's changes, idempotently; `capture drop`
+/// stops it; a bad or missing table is one sentence and exit 1.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+async fn capture_apply_and_drop(url: &str, kind: &str) {
+    let db = outbox::Db::open(url).await;
+    db.exec("CREATE TABLE review (id BIGINT PRIMARY KEY, title TEXT)")
+        .await;
+    let apply = [
+        "capture",
+        "apply",
+        "--database",
+        url,
+        "--table",
+        "review",
+        "--model",
+        "Review",
+        "--id",
+        "id",
+    ];
+    for _ in 0..2 {
+        let out = eventbus(&apply);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(
+            stdout(&out),
+            format!("the changes of `review` are captured into the outbox ({kind})\n")
+        );
+    }
+    db.exec("INSERT INTO review (id, title) VALUES (1, 'a')")
+        .await;
+    db.exec("UPDATE review SET title = 'b' WHERE id = 1").await;
+    assert_eq!(db.counts().await.pending, 2, "one row per change");
+
+    let drop = [
+        "capture",
+        "drop",
+        "--database-url",
+        url,
+        "--table",
+        "review",
+    ];
+    for _ in 0..2 {
+        let out = eventbus(&drop);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(
+            stdout(&out),
+            format!("the changes of `review` are no longer captured ({kind})\n")
+        );
+    }
+    db.exec("UPDATE review SET title = 'c' WHERE id = 1").await;
+    assert_eq!(db.counts().await.pending, 2, "nothing after the drop");
+
+    let out = eventbus(&[
+        "capture",
+        "apply",
+        "--database-url",
+        url,
+        "--table",
+        "review;--",
+    ]);
+    let text = assert_one_sentence_error(&out, "hunter2");
+    assert!(text.contains("capture apply failed"), "{text}");
+    assert!(text.contains("is not a valid table name"), "{text}");
+    let out = eventbus(&[
+        "capture",
+        "apply",
+        "--database-url",
+        url,
+        "--table",
+        "reviews",
+    ]);
+    let text = assert_one_sentence_error(&out, "hunter2");
+    assert!(text.contains("no table `reviews`"), "{text}");
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn capture_apply_and_drop_on_postgres() {
+    let server = testkit::PostgresServer::shared().unwrap();
+    capture_apply_and_drop(&server.create_database().unwrap(), "postgres").await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn capture_apply_and_drop_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("app.db").display());
+    capture_apply_and_drop(&url, "sqlite").await;
+}
+
 // ------------------------------------------------------------ help and usage
 
 #[test]
@@ -339,7 +443,13 @@ fn mistakes_are_explained() {
     assert_eq!(code(&out), 0);
     let help = stdout(&out);
     assert!(help.contains("Usage: eventbus"), "{help}");
-    for command in ["relay", "migrate", "outbox-stats", "retry-failed"] {
+    for command in [
+        "relay",
+        "migrate",
+        "capture",
+        "outbox-stats",
+        "retry-failed",
+    ] {
         assert!(help.contains(command), "{command} missing from {help}");
     }
 
@@ -409,6 +519,33 @@ fn every_command_has_help_naming_its_options() {
         // `-h` is the short form.
         assert_eq!(code(&eventbus(&[command, "-h"])), 0);
     }
+    for command in ["apply", "drop"] {
+        let out = eventbus(&["capture", command, "--help"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("Usage: eventbus capture {command}")),
+            "{text}"
+        );
+        for option in [
+            "--database-url",
+            "--table",
+            "--model",
+            "--id",
+            "--schema",
+            "--source",
+            "idempotent",
+        ] {
+            assert!(
+                text.to_lowercase().contains(option),
+                "`capture {command} --help` lacks {option}: {text}"
+            );
+        }
+    }
+    // `capture` alone names its subcommands, as a usage error.
+    let out = eventbus(&["capture"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("apply"), "{}", stderr(&out));
     let out = eventbus(&["--version"]);
     assert_eq!(code(&out), 0);
     assert!(stdout(&out).starts_with("eventbus "), "{}", stdout(&out));

@@ -483,3 +483,36 @@ async fn redis_streams_feed() {
     assert_eq!(p.status, 200);
     assert_eq!(p.events.len(), 2, "the two entries kept");
 }
+
+/// A bus that routes types to several transports reads the feed of the one
+/// the asked types live on, and names the transports when they span two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_bus_reads_the_feed_of_the_types_transport() {
+    let bus = Bus::builder()
+        .service("feed-test")
+        .without_registered()
+        .event::<ReviewCreated>()
+        .event::<ModerateAction>()
+        .route(["moderate_action"], "memory://feed-test-moderation")
+        .connect("memory://feed-test-main")
+        .await
+        .unwrap();
+    let base = serve(eventbus::http::router(&bus)).await;
+    bus.publish(ReviewCreated { n: 1 }).await.unwrap();
+    bus.publish(ModerateAction { n: 2 }).await.unwrap();
+    assert_eq!(
+        ns(&get(&base, "types=review_created").await.events),
+        vec![1]
+    );
+    assert_eq!(
+        ns(&get(&base, "types=moderate_action").await.events),
+        vec![2]
+    );
+    let p = get(&base, "types=review_created,moderate_action").await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    let detail = p.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("several transports") && detail.contains("memory://feed-test-moderation"),
+        "{detail}"
+    );
+}

@@ -65,10 +65,28 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Returns `None` when `data` is not valid JSON (such a payload is passed on
 /// unchanged, so the consumer reports it as malformed instead of it vanishing).
 pub fn wrap_legacy(event_type: &str, source: &str, data: &[u8]) -> Option<Bytes> {
-    let data: &RawValue = serde_json::from_slice(data).ok()?;
     let now = SystemTime::now();
-    let id = eventbus_core::codec::new_event_id(now);
-    let time = format_time(now);
+    wrap_legacy_as(
+        event_type,
+        source,
+        data,
+        eventbus_core::codec::new_event_id(now),
+        now,
+    )
+}
+
+/// [`wrap_legacy`] with the given `id` and `time`: a stream entry is given
+/// the same ones every time it is read ([`entry_event_id`]), so that a
+/// redelivery or a second read of the feed is recognisably the same event.
+pub fn wrap_legacy_as(
+    event_type: &str,
+    source: &str,
+    data: &[u8],
+    id: uuid::Uuid,
+    time: SystemTime,
+) -> Option<Bytes> {
+    let data: &RawValue = serde_json::from_slice(data).ok()?;
+    let time = format_time(time);
     let mut out = Vec::with_capacity(data.get().len() + event_type.len() + source.len() + 160);
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
     out.extend_from_slice(id.hyphenated().encode_lower(&mut [0u8; 36]).as_bytes());
@@ -82,6 +100,27 @@ pub fn wrap_legacy(event_type: &str, source: &str, data: &[u8]) -> Option<Bytes>
     out.extend_from_slice(data.get().as_bytes());
     out.push(b'}');
     Some(Bytes::from(out))
+}
+
+/// The CloudEvents id of the bare-data entry `entry_id` (`<ms>-<seq>`) of
+/// `stream`: a UUIDv7 of the entry's time whose other bits are the sequence
+/// and a hash of the stream key, the same on every read; `None` for an id
+/// that is not `<ms>-<seq>`.
+pub fn entry_event_id(stream: &str, entry_id: &str) -> Option<(uuid::Uuid, SystemTime)> {
+    let (ms, seq) = entry_id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    // FNV-1a of the key: entries of two streams with one id differ.
+    let hash = stream.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let mut rest = [0u8; 10];
+    rest[..4].copy_from_slice(&hash.to_be_bytes());
+    rest[4..].copy_from_slice(&seq.to_be_bytes()[2..]);
+    let id = uuid::Builder::from_unix_timestamp_millis(ms, &rest).into_uuid();
+    Some((
+        id,
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+    ))
 }
 
 /// `payload` as structured CloudEvent JSON: unchanged when it already is one
@@ -181,6 +220,32 @@ mod tests {
     #[test]
     fn not_json_is_not_wrapped() {
         assert!(wrap_legacy("t", "/s", b"not json").is_none());
+        let (a, t) = entry_event_id("{eventbus}:stream:x", "1733050000000-7").unwrap();
+        assert_eq!(
+            entry_event_id("{eventbus}:stream:x", "1733050000000-7")
+                .unwrap()
+                .0,
+            a,
+            "stable"
+        );
+        assert_ne!(
+            entry_event_id("{eventbus}:stream:y", "1733050000000-7")
+                .unwrap()
+                .0,
+            a
+        );
+        assert_ne!(
+            entry_event_id("{eventbus}:stream:x", "1733050000000-8")
+                .unwrap()
+                .0,
+            a
+        );
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(
+            t,
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1733050000000)
+        );
+        assert!(entry_event_id("k", "nope").is_none());
         let b = ensure_structured("t", "/s", Bytes::from_static(b"not json"));
         assert_eq!(&b[..], b"not json");
     }

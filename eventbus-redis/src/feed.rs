@@ -315,7 +315,7 @@ impl StreamFeed {
         // The django stream: how far it was read (entries of other types included).
         let mut scanned: Option<Id> = None;
         let mut expired: Option<Id> = None;
-        for (part, name) in per_key.into_iter().zip(&names) {
+        for ((part, name), key) in per_key.into_iter().zip(&names).zip(&keys) {
             let Value::Array(mut pair) = part else {
                 return Err(bad_reply());
             };
@@ -339,7 +339,7 @@ impl StreamFeed {
                     break;
                 }
                 scanned = Some(id);
-                let (payload, event_type) = payload_of(fields, ty.as_ref());
+                let (payload, event_type) = payload_of(fields, ty.as_ref(), key, id);
                 if name.is_none() && !event_type.as_deref().is_some_and(|t| topics.contains(t)) {
                     continue;
                 }
@@ -482,7 +482,12 @@ fn bad_reply() -> FeedError {
 
 /// The structured CloudEvent an entry holds, and its `event_type` field
 /// (the django layout's).
-fn payload_of(fields: Value, ty: Option<&EventType>) -> (Bytes, Option<EventType>) {
+fn payload_of(
+    fields: Value,
+    ty: Option<&EventType>,
+    key: &str,
+    entry_id: Id,
+) -> (Bytes, Option<EventType>) {
     let mut cloud_event = None;
     let mut data = None;
     let mut event_type = None;
@@ -490,7 +495,9 @@ fn payload_of(fields: Value, ty: Option<&EventType>) -> (Bytes, Option<EventType
         b"cloud_event" => cloud_event = Some(value),
         b"data" => data = Some(value),
         b"event_type" if ty.is_none() => {
-            event_type = Some(EventType::from(String::from_utf8_lossy(&value).into_owned()))
+            event_type = Some(EventType::from(
+                String::from_utf8_lossy(&value).into_owned(),
+            ))
         }
         _ => {}
     });
@@ -500,8 +507,15 @@ fn payload_of(fields: Value, ty: Option<&EventType>) -> (Bytes, Option<EventType
         .unwrap_or_default();
     let payload = match (cloud_event, data) {
         (Some(ce), _) => Bytes::from(ce),
+        // The id and time the consumers give the entry too.
         (None, Some(d)) => {
-            codec::wrap_legacy(&ty_name, &source_of(&ty_name), &d).unwrap_or_else(|| Bytes::from(d))
+            match codec::entry_event_id(key, &format!("{}-{}", entry_id.0, entry_id.1)) {
+                Some((id, time)) => {
+                    codec::wrap_legacy_as(&ty_name, &source_of(&ty_name), &d, id, time)
+                }
+                None => codec::wrap_legacy(&ty_name, &source_of(&ty_name), &d),
+            }
+            .unwrap_or_else(|| Bytes::from(d))
         }
         (None, None) => Bytes::new(),
     };

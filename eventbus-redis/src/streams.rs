@@ -767,8 +767,17 @@ impl StreamConsumer {
         };
         let payload = match (cloud_event, data) {
             (Some(ce), _) => Bytes::from(ce),
-            (None, Some(d)) => codec::wrap_legacy(&event_type, &source_of(&event_type), &d)
-                .unwrap_or_else(|| Bytes::from(d)),
+            (None, Some(d)) => {
+                // The same id and time at every delivery of the entry.
+                let key = self.table().slots[idx as usize].key.clone();
+                let wrapped = match codec::entry_event_id(&key, &String::from_utf8_lossy(id)) {
+                    Some((eid, time)) => {
+                        codec::wrap_legacy_as(&event_type, &source_of(&event_type), &d, eid, time)
+                    }
+                    None => codec::wrap_legacy(&event_type, &source_of(&event_type), &d),
+                };
+                wrapped.unwrap_or_else(|| Bytes::from(d))
+            }
             (None, None) => {
                 tracing::warn!(id = %entry_id, event_type = %eventbus_core::escape::Escaped(&event_type), "stream entry has neither `cloud_event` nor `data`");
                 Bytes::new()

@@ -30,6 +30,8 @@ pub use eventbus_core::codec;
 pub use eventbus_core::error;
 /// The [`Event`] trait and [`EventInfo`] (`eventbus-core`'s).
 pub use eventbus_core::event;
+/// Reading a transport's log by cursor (`eventbus-core`'s), behind the HTTP pull feed.
+pub use eventbus_core::feed;
 pub use eventbus_core::{Envelope, Error, Event, EventInfo, Result, RetryPolicy};
 pub use handler::{ContextArg, HandlerDef, HandlerMeta, HandlerReturn, IntoHandler};
 pub use schedule::ScheduleDef;

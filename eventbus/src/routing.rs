@@ -41,12 +41,12 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
-use eventbus_core::feed::{Cursor, Feed, FeedError, FeedPage};
 use crate::error::{Error, Result};
 use crate::transport::{
     Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing,
     Subscriber, Topics, Transport, redact,
 };
+use eventbus_core::feed::{Cursor, Feed, FeedError, FeedPage};
 
 /// The environment variable with the routes of [`BusBuilder::connect_env`](crate::BusBuilder::connect_env).
 pub const ROUTES_ENV: &str = "EVENTBUS_ROUTES";

@@ -221,6 +221,23 @@ impl PostgresServer {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// `psql` of the server's installation (next to `initdb`), connected to
+    /// the database `url` names, with `-X` (no `.psqlrc`), `-q` and
+    /// `ON_ERROR_STOP`: a failing statement makes it exit non-zero. A test
+    /// adds `-c SQL` or pipes a script into it.
+    pub fn psql(&self, url: &str) -> Command {
+        let beside = self.bins.join("psql");
+        let psql = if beside.is_file() {
+            beside
+        } else {
+            which("psql").unwrap_or(beside)
+        };
+        let mut c = Command::new(psql);
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url])
+            .env("PGCONNECT_TIMEOUT", "10");
+        c
+    }
+
     /// Creates a fresh, empty database with a unique name and returns its URL.
     pub fn create_database(&self) -> Result<String, Error> {
         let n = self.databases.fetch_add(1, Ordering::Relaxed);

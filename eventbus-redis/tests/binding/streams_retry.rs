@@ -299,3 +299,47 @@ async fn close_hands_back_everything_the_consumer_owns() {
         .unwrap();
     assert_eq!(pending(&server, "{eventbus}:stream:t", "g"), 0);
 }
+
+/// A bare-data entry (a legacy producer's `XADD ... data {...}`) is wrapped
+/// into a CloudEvent with the same id and time at every delivery, so a
+/// handler that deduplicates by id recognises a redelivery.
+#[tokio::test]
+async fn a_bare_data_entry_keeps_its_cloudevent_id_across_redeliveries() {
+    let server = server();
+    let client = client(&server.url()).await;
+    let consumer = client.consumer("g", only("t"), fast_opts()).await.unwrap();
+    server
+        .cmd(&["XADD", "{eventbus}:stream:t", "*", "data", r#"{"id":7}"#])
+        .unwrap();
+    let id_of = |d: &eventbus_core::transport::Delivery| {
+        let v: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["time"].as_str().unwrap().to_owned(),
+        )
+    };
+    let first = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(data(&first), json!({"id": 7}));
+    consumer
+        .retry_later(first.id, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = read_n(&consumer, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(again.attempt, 2);
+    assert_eq!(
+        id_of(&again),
+        id_of(&first),
+        "same id and time on redelivery"
+    );
+    // Another group reading the same entry gives it the same id too.
+    let other = client
+        .consumer("h", only("t"), {
+            let mut o = fast_opts();
+            o.start = eventbus_redis::StartFrom::Earliest;
+            o
+        })
+        .await
+        .unwrap();
+    let seen = read_n(&other, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(id_of(&seen), id_of(&first));
+}

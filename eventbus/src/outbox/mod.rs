@@ -8,12 +8,15 @@ use crate::bus::{Bus, BusBuilder};
 use crate::error::{Error, Result};
 use crate::event::Event;
 
+pub mod capture;
+mod feed;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod relay;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use feed::{OutboxFeed, feed};
 pub use relay::{Relay, RelayOptions, RoundReport};
 
 /// The outbox table's name.
@@ -22,15 +25,25 @@ pub const TABLE: &str = "eventbus_outbox";
 /// The PostgreSQL channel relays `LISTEN` on.
 pub const CHANNEL: &str = "eventbus_outbox";
 
-/// The PostgreSQL schema (`eventbus/migrations/postgres/0001_outbox.sql`).
+/// The PostgreSQL schema: the files of `eventbus/migrations/postgres/`
+/// (`0001_outbox.sql`, `0002_feed.sql`), in order.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub const POSTGRES_SCHEMA: &str = include_str!("../../migrations/postgres/0001_outbox.sql");
+pub const POSTGRES_SCHEMA: &str = concat!(
+    include_str!("../../migrations/postgres/0001_outbox.sql"),
+    "\n",
+    include_str!("../../migrations/postgres/0002_feed.sql"),
+);
 
-/// The SQLite schema (`eventbus/migrations/sqlite/0001_outbox.sql`).
+/// The SQLite schema: the files of `eventbus/migrations/sqlite/`
+/// (`0001_outbox.sql`, `0002_feed.sql`), in order.
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_outbox.sql");
+pub const SQLITE_SCHEMA: &str = concat!(
+    include_str!("../../migrations/sqlite/0001_outbox.sql"),
+    "\n",
+    include_str!("../../migrations/sqlite/0002_feed.sql"),
+);
 
 /// The database holding the outbox: a connection pool.
 ///

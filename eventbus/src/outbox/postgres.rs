@@ -8,6 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::feed::{FeedRows, Position};
 use super::{CHANNEL, ClaimRow, Claimed, Failure, NewRow, db_error};
 use crate::error::{Error, Result};
 
@@ -28,7 +29,7 @@ pub(super) async fn connect(url: &str) -> Result<PgPool> {
 
 /// A transaction-level advisory lock key ("ebus" "outb") serializing
 /// concurrent migrations.
-const MIGRATION_LOCK: i64 = 0x6562_7573_6f75_7462;
+pub(super) const MIGRATION_LOCK: i64 = 0x6562_7573_6f75_7462;
 
 pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
     let mut tx = pool.begin().await.map_err(db_error("cannot migrate"))?;
@@ -205,6 +206,15 @@ pub(super) fn spawn_listener(
     wake: Arc<Notify>,
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_listener_with(pool, move || wake.notify_one(), token)
+}
+
+/// [`spawn_listener`] calling `wake` instead of waking one waiter.
+pub(super) fn spawn_listener_with(
+    pool: PgPool,
+    wake: impl Fn() + Send + Sync + 'static,
+    token: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -225,17 +235,110 @@ pub(super) fn spawn_listener(
     })
 }
 
-async fn listen(pool: &PgPool, wake: &Notify) -> Result<std::convert::Infallible, sqlx::Error> {
+async fn listen(
+    pool: &PgPool,
+    wake: &(impl Fn() + Send + Sync),
+) -> Result<std::convert::Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     // Rows may have arrived before we listened.
-    wake.notify_one();
+    wake();
     loop {
         match listener.try_recv().await? {
             // Coalesce a burst of notifications into one wake-up.
             Some(_) => while listener.next_buffered().is_some() {},
             None => tracing::debug!("outbox listener reconnected"),
         }
-        wake.notify_one();
+        wake();
     }
+}
+
+/// The feed's page: the rows after `$1.$2` in (txid, seq) order whose
+/// transaction is older than every running one (so none can commit behind
+/// them later), with the deletion horizon, in one statement (one snapshot).
+macro_rules! feed_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT h.txid::text, h.seq, r.txid::text, r.seq, r.event_type, r.payload
+FROM (SELECT) AS one
+LEFT JOIN eventbus_outbox_horizon h ON true
+LEFT JOIN (
+    SELECT o.txid, o.seq, o.event_type, o.payload::text AS payload
+    FROM eventbus_outbox o
+    WHERE o.txid < pg_snapshot_xmin(pg_current_snapshot())
+      AND (o.txid, o.seq) > ($1::text::xid8, $2)",
+            $filter,
+            "
+    ORDER BY o.txid, o.seq
+    LIMIT $3) r ON true
+ORDER BY r.txid, r.seq"
+        )
+    };
+}
+const FEED_ALL: &str = feed_sql!("");
+const FEED_TYPES: &str = feed_sql!(" AND o.event_type = ANY($4)");
+
+type FeedRow = (
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+pub(super) async fn feed_read(
+    pool: &PgPool,
+    after: Option<Position>,
+    types: Option<&[String]>,
+    limit: usize,
+) -> Result<FeedRows> {
+    let after = after.unwrap_or(Position {
+        txid: 0,
+        seq: i64::MIN,
+    });
+    let sql = if types.is_some() {
+        FEED_TYPES
+    } else {
+        FEED_ALL
+    };
+    let mut query = sqlx::query_as::<_, FeedRow>(sql)
+        .bind(after.txid.to_string())
+        .bind(after.seq)
+        .bind(limit.min(i64::MAX as usize) as i64);
+    if let Some(types) = types {
+        query = query.bind(types);
+    }
+    let rows = query
+        .fetch_all(pool)
+        .await
+        .map_err(db_error("cannot read the outbox feed"))?;
+    let txid = |text: &str| {
+        text.parse::<u64>().map_err(|e| Error::Outbox {
+            message: format!("the outbox row has a txid `{text}` that is not a number: {e}"),
+            source: None,
+        })
+    };
+    let mut page = FeedRows::default();
+    for (h_txid, h_seq, r_txid, r_seq, event_type, payload) in rows {
+        if let (Some(t), Some(seq)) = (h_txid, h_seq) {
+            page.horizon = Some(Position {
+                txid: txid(&t)?,
+                seq,
+            });
+        }
+        if let (Some(t), Some(seq), Some(event_type), Some(payload)) =
+            (r_txid, r_seq, event_type, payload)
+        {
+            page.rows.push((
+                Position {
+                    txid: txid(&t)?,
+                    seq,
+                },
+                event_type,
+                payload,
+            ));
+        }
+    }
+    Ok(page)
 }

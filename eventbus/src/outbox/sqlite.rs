@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{SqliteConnection, SqlitePool};
 
+use super::feed::{FeedRows, Position};
 use super::{ClaimRow, Claimed, Failure, NewRow, db_error, unix_ms};
 use crate::error::{Error, Result};
 
@@ -171,12 +172,16 @@ pub(super) async fn recover(pool: &SqlitePool) -> Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Deletes published rows older than the retention, except the newest row of
+/// the table: SQLite gives a new row max(rowid) + 1, so deleting the maximum
+/// would hand its seq out again, behind feed cursors already served.
 pub(super) async fn cleanup(pool: &SqlitePool, retention_ms: i64, limit: i64) -> Result<u64> {
     let cutoff = unix_ms(SystemTime::now()).saturating_sub(retention_ms);
     let done = sqlx::query(
         "DELETE FROM eventbus_outbox WHERE seq IN (\
              SELECT seq FROM eventbus_outbox \
              WHERE status = 'published' AND published_at < ?1 \
+               AND seq < (SELECT max(seq) FROM eventbus_outbox) \
              ORDER BY published_at LIMIT ?2)",
     )
     .bind(cutoff)
@@ -204,4 +209,68 @@ pub(super) async fn retry_failed(pool: &SqlitePool) -> Result<u64> {
     .await
     .map_err(db_error("cannot retry failed outbox rows"))?;
     Ok(done.rows_affected())
+}
+
+/// The feed's page: the rows after `?1` in seq order (SQLite serializes
+/// writers, so this is commit order), with the deletion horizon, in one
+/// statement (one snapshot).
+macro_rules! feed_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT h.seq, r.seq, r.event_type, r.payload
+FROM (SELECT 1) AS one
+LEFT JOIN eventbus_outbox_horizon h ON h.one = 1
+LEFT JOIN (
+    SELECT o.seq, o.event_type, o.payload
+    FROM eventbus_outbox o
+    WHERE o.seq > ?1",
+            $filter,
+            "
+    ORDER BY o.seq
+    LIMIT ?2) r ON 1
+ORDER BY r.seq"
+        )
+    };
+}
+const FEED_ALL: &str = feed_sql!("");
+const FEED_TYPES: &str = feed_sql!(" AND o.event_type IN (SELECT value FROM json_each(?3))");
+
+type FeedRow = (Option<i64>, Option<i64>, Option<String>, Option<String>);
+
+pub(super) async fn feed_read(
+    pool: &SqlitePool,
+    after: Option<Position>,
+    types: Option<&[String]>,
+    limit: usize,
+) -> Result<FeedRows> {
+    let sql = if types.is_some() {
+        FEED_TYPES
+    } else {
+        FEED_ALL
+    };
+    let mut query = sqlx::query_as::<_, FeedRow>(sql)
+        .bind(after.map_or(i64::MIN, |p| p.seq))
+        .bind(limit.min(i64::MAX as usize) as i64);
+    if let Some(types) = types {
+        let list = serde_json::to_string(types).map_err(|e| Error::Outbox {
+            message: format!("cannot write the feed's types as JSON: {e}"),
+            source: None,
+        })?;
+        query = query.bind(list);
+    }
+    let rows = query
+        .fetch_all(pool)
+        .await
+        .map_err(db_error("cannot read the outbox feed"))?;
+    let mut page = FeedRows::default();
+    for (h_seq, r_seq, event_type, payload) in rows {
+        if let Some(seq) = h_seq {
+            page.horizon = Some(Position { txid: 0, seq });
+        }
+        if let (Some(seq), Some(event_type), Some(payload)) = (r_seq, event_type, payload) {
+            page.rows
+                .push((Position { txid: 0, seq }, event_type, payload));
+        }
+    }
+    Ok(page)
 }

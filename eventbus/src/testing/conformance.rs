@@ -107,6 +107,10 @@ pub struct Features {
     /// One subscriber handling one event at a time gets the events of one
     /// type in publish order.
     pub per_type_order: bool,
+    /// [`Transport::feed`] reads back what was published, by cursor
+    /// (eventbus-core's [`Feed`](crate::feed::Feed)). Without: the
+    /// transport has no feed (`None`).
+    pub feed: bool,
     /// Run the scenarios on tokio's paused clock (an in-process transport):
     /// delays and backoff take no real time, and their upper bounds are checked.
     pub paused_clock: bool,
@@ -124,6 +128,7 @@ impl Features {
             delays: true,
             schedules: true,
             per_type_order: true,
+            feed: true,
             paused_clock: false,
         }
     }
@@ -149,6 +154,7 @@ impl Features {
             broadcast: true,
             durable: false,
             targeted_replay: false,
+            feed: false,
             ..Self::durable()
         }
     }
@@ -277,6 +283,8 @@ macro_rules! conformance_tests {
             the_concurrency_limit_is_respected
             a_global_group_sees_every_type_even_new_ones
             broadcast_groups_reach_every_instance
+            the_feed_reads_what_was_published_in_order
+            the_feed_wakes_a_waiting_reader_on_a_publish
         );
     };
 }
@@ -1653,4 +1661,194 @@ fn fast_retries() -> RetryPolicy {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(400),
     }
+}
+
+/// A structured CloudEvent of `ty` numbered `n`, for the feed scenarios.
+fn feed_message(ty: &str, n: u32) -> Outgoing {
+    let json = format!(
+        r#"{{"specversion":"1.0","id":"{ty}-{n}","source":"/conformance","type":"{ty}","datacontenttype":"application/json","data":{{"n":{n}}}}}"#
+    );
+    Outgoing {
+        event_type: ty.to_owned().into(),
+        payload: Bytes::from(json),
+    }
+}
+
+fn feed_n(entry: &crate::feed::FeedEntry) -> (String, u32) {
+    let v: serde_json::Value =
+        serde_json::from_slice(&entry.payload).expect("the payload as published");
+    (
+        entry.event_type.to_string(),
+        v["data"]["n"].as_u64().expect("data.n") as u32,
+    )
+}
+
+/// Reads `topics` after `after` in pages of `limit` until `want` entries
+/// arrived (a feed may hold back the newest for a moment), checking the
+/// page contract on the way.
+async fn feed_read_all(
+    feed: &dyn crate::feed::Feed,
+    after: Option<crate::feed::Cursor>,
+    topics: &Topics,
+    limit: usize,
+    want: usize,
+) -> Vec<crate::feed::FeedEntry> {
+    let mut out = Vec::new();
+    let mut cursor = after;
+    let deadline = Instant::now() + DEADLINE;
+    while out.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "the feed gave {} of {want} entries",
+            out.len()
+        );
+        let page = feed
+            .read(cursor.as_ref(), topics, limit)
+            .await
+            .unwrap_or_else(|e| panic!("feed read: {e}"));
+        assert!(
+            page.entries.len() <= limit,
+            "a page is at most `limit` long"
+        );
+        match page.entries.last() {
+            Some(last) => assert_eq!(
+                page.next.as_ref(),
+                Some(&last.cursor),
+                "`next` is the last entry's cursor"
+            ),
+            None => {
+                if cursor.is_some() {
+                    assert_eq!(page.next, cursor, "an empty page keeps the cursor");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if page.next.is_some() {
+            cursor = page.next;
+        }
+        out.extend(page.entries);
+    }
+    out
+}
+
+/// The feed gives every published message once, each type in publish
+/// order, in pages after exclusive cursors; a cursor it did not issue is
+/// refused with a reason. A transport without a feed says so (`None`).
+pub async fn the_feed_reads_what_was_published_in_order(c: &Conformance) {
+    let transport = c.connect().await;
+    let Some(feed) = transport.feed() else {
+        assert!(
+            !c.features.feed,
+            "Features::feed, but the transport has no feed"
+        );
+        return;
+    };
+    assert!(
+        c.features.feed,
+        "the transport has a feed; set Features::feed"
+    );
+    let (a, b) = (format!("{}_feed_a", c.tag), format!("{}_feed_b", c.tag));
+    for n in 0..6u32 {
+        let ty = if n % 2 == 0 { &a } else { &b };
+        transport
+            .publish(&[feed_message(ty, n)])
+            .await
+            .expect("publish");
+    }
+    let both = Topics::Types(vec![a.clone(), b.clone()]);
+    let all = feed_read_all(feed, None, &both, 2, 6).await;
+    let got: Vec<(String, u32)> = all.iter().map(feed_n).collect();
+    assert_eq!(got.len(), 6, "each once: {got:?}");
+    let of = |ty: &str| {
+        got.iter()
+            .filter(|(t, _)| t == ty)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(&a), vec![0, 2, 4], "{got:?}");
+    assert_eq!(of(&b), vec![1, 3, 5], "{got:?}");
+    // Exclusive: after each entry's cursor comes exactly what followed it.
+    for (i, entry) in all.iter().enumerate() {
+        let rest = feed
+            .read(Some(&entry.cursor), &both, 100)
+            .await
+            .expect("read after a cursor");
+        let rest: Vec<(String, u32)> = rest.entries.iter().map(feed_n).collect();
+        assert_eq!(rest, got[i + 1..].to_vec(), "after entry {i}");
+    }
+    // One type only.
+    let only_a = feed_read_all(feed, None, &Topics::Types(vec![a.clone()]), 100, 3).await;
+    assert_eq!(
+        only_a
+            .iter()
+            .map(feed_n)
+            .map(|(_, n)| n)
+            .collect::<Vec<_>>(),
+        vec![0, 2, 4]
+    );
+    // A cursor of nobody's.
+    match feed
+        .read(Some(&crate::feed::Cursor::new("not*a*cursor")), &both, 10)
+        .await
+    {
+        Err(crate::feed::FeedError::InvalidCursor(why)) => {
+            assert!(
+                why.contains("not*a*cursor"),
+                "the reason names the cursor: {why}"
+            )
+        }
+        other => panic!("a foreign cursor must be refused, got {other:?}"),
+    }
+}
+
+/// A reader waiting after the newest entry wakes when the next is
+/// published, well before its timeout.
+pub async fn the_feed_wakes_a_waiting_reader_on_a_publish(c: &Conformance) {
+    let transport = c.connect().await;
+    let Some(feed) = transport.feed() else {
+        assert!(
+            !c.features.feed,
+            "Features::feed, but the transport has no feed"
+        );
+        return;
+    };
+    let ty = format!("{}_feed_wait", c.tag);
+    let topics = Topics::Types(vec![ty.clone()]);
+    transport
+        .publish(&[feed_message(&ty, 0)])
+        .await
+        .expect("publish");
+    let first = feed_read_all(feed, None, &topics, 10, 1).await;
+    let cursor = first[0].cursor.clone();
+    let publisher = c.connect().await;
+    let ty2 = ty.clone();
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publisher
+            .publish(&[feed_message(&ty2, 1)])
+            .await
+            .expect("publish");
+    });
+    let timeout = Duration::from_secs(30);
+    let start = Instant::now();
+    loop {
+        feed.wait(Some(&cursor), &topics, timeout)
+            .await
+            .expect("wait");
+        let page = feed.read(Some(&cursor), &topics, 10).await.expect("read");
+        if let Some(entry) = page.entries.first() {
+            assert_eq!(feed_n(entry).1, 1);
+            break;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the wait ran into its timeout: the publish did not wake it"
+        );
+    }
+    assert!(
+        start.elapsed() < timeout,
+        "woken by the publish, not by the timeout ({:?})",
+        start.elapsed()
+    );
+    later.await.expect("the publisher");
 }

@@ -93,7 +93,11 @@ impl Log {
 
 impl MemoryTransport {
     /// Whether an entry of `topics` is after the one `after` names.
-    fn has_after(&self, after: Option<&Cursor>, topics: &Topics) -> std::result::Result<bool, FeedError> {
+    fn has_after(
+        &self,
+        after: Option<&Cursor>,
+        topics: &Topics,
+    ) -> std::result::Result<bool, FeedError> {
         let log = self.shared.log.lock();
         let start = log.start(after)?;
         Ok(log
