@@ -302,13 +302,33 @@ async fn compacted(
     Ok((out, next))
 }
 
+/// Whether an entry can be served in a batch: one JSON object (the feed
+/// hands out what was stored; whether it is a valid CloudEvent is for its
+/// consumers, whose dead-letter queue takes what is not). `Some(true)` when
+/// it has a `feedcursor` member of its own, which is then left as it is.
+fn servable(payload: &[u8]) -> Option<bool> {
+    let starts_an_object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !starts_an_object || serde_json::from_slice::<&serde_json::value::RawValue>(payload).is_err()
+    {
+        return None;
+    }
+    let needle = b"\"feedcursor\"";
+    if !payload.windows(needle.len()).any(|w| w == needle) {
+        return Some(false);
+    }
+    // Only a member name counts (not a string in `data`).
+    let own = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
+        .map(|m| m.contains_key(CURSOR_ATTRIBUTE))
+        .unwrap_or(true);
+    Some(own)
+}
+
 /// The structured event with `"feedcursor": "<cursor>"` as its first member;
-/// `None` when the payload is not a valid CloudEvent (never served).
+/// false when the payload is not a JSON object (never served).
 fn with_cursor(entry: &FeedEntry, out: &mut BytesMut) -> bool {
-    let Ok(attrs) = Attributes::parse(&entry.payload) else {
+    let Some(has_own) = servable(&entry.payload) else {
         return false;
     };
-    let has_own = attrs.extensions.iter().any(|(n, _)| n == CURSOR_ATTRIBUTE);
     let text = &entry.payload[..];
     let start = text.iter().position(|b| !b.is_ascii_whitespace());
     match start {
@@ -316,12 +336,19 @@ fn with_cursor(entry: &FeedEntry, out: &mut BytesMut) -> bool {
             out.put_slice(b"{\"");
             out.put_slice(CURSOR_ATTRIBUTE.as_bytes());
             out.put_slice(b"\":");
-            // Cursors are printable ASCII (checked by every feed); quote for JSON.
-            out.put_slice(
-                serde_json::to_string(entry.cursor.as_str())
-                    .unwrap_or_default()
-                    .as_bytes(),
-            );
+            // Cursors are URL-safe ASCII (what feeds issue): quoted as
+            // they are; anything else is escaped as JSON.
+            let cursor = entry.cursor.as_str();
+            if cursor
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                out.put_u8(b'"');
+                out.put_slice(cursor.as_bytes());
+                out.put_u8(b'"');
+            } else {
+                out.put_slice(serde_json::to_string(cursor).unwrap_or_default().as_bytes());
+            }
             let rest = &text[i + 1..];
             let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
             if !empty {
@@ -351,7 +378,7 @@ fn batch_response(entries: &[FeedEntry], next: Option<&Cursor>, ask: &Ask) -> Re
             tracing::warn!(
                 cursor = %e.cursor,
                 event_type = %Escaped(&e.event_type),
-                "pull feed: skipping an entry that is not a valid CloudEvent (it went to the dead-letter queue of every consumer group)"
+                "pull feed: skipping an entry that is not a JSON object (the consumer groups dead-letter it)"
             );
         }
     }
@@ -439,7 +466,7 @@ pub(crate) async fn stream(
                 let Ok(text) = std::str::from_utf8(&entry.payload) else {
                     continue;
                 };
-                if Attributes::parse(&entry.payload).is_err() {
+                if servable(&entry.payload).is_none() {
                     continue;
                 }
                 // One `data:` line: a compact JSON text has no raw newline.

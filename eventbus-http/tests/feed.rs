@@ -516,3 +516,35 @@ async fn a_routed_bus_reads_the_feed_of_the_types_transport() {
         "{detail}"
     );
 }
+
+/// What another program wrote to a stream is served as stored when it is a
+/// JSON object (with its cursor added), and left out when it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_entries_are_served_as_stored_or_left_out() {
+    let redis = testkit::RedisServer::start().expect("start redis-server");
+    let bus = open(&redis.url()).await;
+    let base = serve(eventbus::http::router(&bus)).await;
+    let stream = "{eventbus}:stream:foreign_thing";
+    redis
+        .cmd(&["XADD", stream, "*", "cloud_event", "not json {"])
+        .unwrap();
+    let odd = r#"{"specversion":"1.0","id":"f-1","source":"/py","type":"foreign_thing","data":{"note":"\"feedcursor\" is just text here"}}"#;
+    redis
+        .cmd(&["XADD", stream, "*", "cloud_event", odd])
+        .unwrap();
+    // A legacy producer's bare data: wrapped, with the id every reader gives it.
+    redis
+        .cmd(&["XADD", stream, "*", "data", r#"{"id":5}"#])
+        .unwrap();
+    let p = get(&base, "types=foreign_thing").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(p.events.len(), 2, "{}", p.body);
+    assert_eq!(p.events[0]["id"], "f-1");
+    assert!(p.events[0]["feedcursor"].is_string(), "{}", p.events[0]);
+    assert_eq!(p.events[1]["data"], serde_json::json!({"id": 5}));
+    let again = get(&base, "types=foreign_thing").await;
+    assert_eq!(
+        again.events[1]["id"], p.events[1]["id"],
+        "the same id at every read"
+    );
+}
