@@ -312,8 +312,7 @@ fn servable(payload: &[u8]) -> Option<bool> {
     {
         return None;
     }
-    let needle = b"\"feedcursor\"";
-    if !payload.windows(needle.len()).any(|w| w == needle) {
+    if memchr::memmem::find(payload, b"\"feedcursor\"").is_none() {
         return Some(false);
     }
     // Only a member name counts (not a string in `data`).
