@@ -312,7 +312,9 @@ fn servable(payload: &[u8]) -> Option<bool> {
     {
         return None;
     }
-    if memchr::memmem::find(payload, b"\"feedcursor\"").is_none() {
+    static MEMBER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"feedcursor\""));
+    if MEMBER.find(payload).is_none() {
         return Some(false);
     }
     // Only a member name counts (not a string in `data`).
