@@ -94,14 +94,23 @@ async fn a_request_s_actor_reaches_the_captured_change_and_the_pull_feed_serves_
             .router(),
     )
     .await;
-    let page: Vec<Value> = client
-        .get(format!("{feed}/events?compact=subject"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // A row is served once every transaction older than it ended, on the
+    // whole server (other tests' transactions included): poll for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let page = loop {
+        let page: Vec<Value> = client
+            .get(format!("{feed}/events?compact=subject"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page.len() >= 3 || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let latest: Vec<(String, String, Option<String>)> = page
         .iter()
         .map(|e| {
