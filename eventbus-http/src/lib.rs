@@ -13,6 +13,9 @@
 //!     with `Last-Event-ID`;
 //! - [`send`]: the egress client, for pushing a CloudEvent to someone else's
 //!   endpoint in binary or structured mode, with the same header mapping;
+//! - [`guard`]: the client for webhook sinks at untrusted URLs, which
+//!   connects only to global (or allow-listed) addresses and never follows
+//!   redirects;
 //! - [`binding`]: that mapping itself (the binding's percent-encoding of
 //!   header values, §3.1.3.2), usable on its own.
 //!
@@ -31,6 +34,7 @@ use eventbus_core::feed::Feed;
 
 pub mod binding;
 mod feed;
+pub mod guard;
 mod ingest;
 mod send;
 
