@@ -17,7 +17,10 @@
 //!   connects only to global (or allow-listed) addresses and never follows
 //!   redirects;
 //! - [`binding`]: that mapping itself (the binding's percent-encoding of
-//!   header values, §3.1.3.2), usable on its own.
+//!   header values, §3.1.3.2), usable on its own;
+//! - [`signature`]: signed webhooks, Standard Webhooks (`webhook-signature`,
+//!   HMAC-SHA256 or ed25519) and WebSub's `X-Hub-Signature`, with
+//!   [`verify`] for Rust receivers.
 //!
 //! The crate depends on `eventbus-core` only: it reads and publishes through
 //! the [`Transport`] seam and its [`Feed`].
@@ -37,9 +40,11 @@ mod feed;
 pub mod guard;
 mod ingest;
 mod send;
+pub mod signature;
 
 pub use feed::{CURSOR_ATTRIBUTE, CURSOR_HEADER};
 pub use send::{Mode, SendError, send, send_encoded, send_with};
+pub use signature::verify;
 
 /// What the router publishes to and reads from: an `eventbus::Bus`, or a
 /// transport of its own.
