@@ -41,6 +41,7 @@ pub mod guard;
 mod ingest;
 mod send;
 pub mod signature;
+pub mod webhooks;
 
 pub use feed::{CURSOR_ATTRIBUTE, CURSOR_HEADER};
 pub use send::{Mode, SendError, send, send_encoded, send_with};
@@ -76,6 +77,7 @@ pub struct Http {
     max_wait: Duration,
     max_limit: usize,
     keep_alive: Duration,
+    hub: Option<webhooks::Hub>,
 }
 
 impl std::fmt::Debug for Http {
@@ -90,6 +92,7 @@ impl std::fmt::Debug for Http {
             .field("max_wait", &self.max_wait)
             .field("max_limit", &self.max_limit)
             .field("keep_alive", &self.keep_alive)
+            .field("webhooks", &self.hub.is_some())
             .finish()
     }
 }
@@ -110,7 +113,16 @@ impl Http {
             max_wait: Duration::from_secs(60),
             max_limit: 1000,
             keep_alive: Duration::from_secs(15),
+            hub: None,
         }
+    }
+
+    /// Serves the subscriptions API of `hub` (`/subscriptions`, WebSub's
+    /// form protocol on the same `POST`); run the hub's deliveries with
+    /// [`webhooks::Hub::run`].
+    pub fn webhooks(mut self, hub: webhooks::Hub) -> Self {
+        self.hub = Some(hub);
+        self
     }
 
     /// Reads the pull feed from `feed` (an outbox's retained rows, say)
@@ -168,7 +180,8 @@ impl Http {
         self
     }
 
-    /// The router: `POST /events`, `GET /events`, `GET /events/stream`.
+    /// The router: `POST /events`, `GET /events`, `GET /events/stream`, and
+    /// with [`Http::webhooks`] the subscriptions API (`501` without).
     pub fn router(self) -> axum::Router {
         let state = Arc::new(State {
             in_flight: Arc::new(tokio::sync::Semaphore::new(self.max_in_flight)),
@@ -177,6 +190,7 @@ impl Http {
         axum::Router::new()
             .route("/events", axum::routing::post(ingest::post).get(feed::page))
             .route("/events/stream", axum::routing::get(feed::stream))
+            .merge(webhooks::routes())
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state)
     }
