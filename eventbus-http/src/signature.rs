@@ -78,11 +78,19 @@ const PUBLIC_KEY_PREFIX: &str = "whpk_";
 /// A shared HMAC secret of Standard Webhooks, written `whsec_<base64>`.
 ///
 /// Its `Debug` never shows the key, and it has no `Display`: the one way to
-/// the text is [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq)]
+/// the text is [`Secret::expose`]. Two secrets compare in constant time.
+#[derive(Clone)]
 pub struct Secret {
     key: Box<[u8]>,
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        crate::constant_time_eq(&self.key, &other.key)
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// A fresh secret of 32 random bytes from the operating system.
