@@ -607,11 +607,7 @@ async fn filters_rotation_and_bad_requests() {
     .await;
     let (h, b) = {
         let g = got.lock();
-        let (_, h, b) = g
-            .iter()
-            .filter(|(m, _, _)| *m == Method::PUT)
-            .next_back()
-            .unwrap();
+        let (_, h, b) = g.iter().rfind(|(m, _, _)| *m == Method::PUT).unwrap();
         (h.clone(), b.clone())
     };
     eventbus_http::verify(&h, &b, &new).expect("signed with the new secret");

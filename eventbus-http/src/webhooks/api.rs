@@ -29,7 +29,7 @@ pub(crate) fn routes() -> axum::Router<Arc<crate::State>> {
 }
 
 /// The hub, or the answer when the request may not go on.
-fn hub<'a>(state: &'a crate::State, headers: &HeaderMap) -> Result<&'a Hub, Response> {
+fn hub<'a>(state: &'a crate::State, headers: &HeaderMap) -> Result<&'a Hub, Box<Response>> {
     if !state.authorized(headers) {
         let mut r = problem(
             StatusCode::UNAUTHORIZED,
@@ -39,13 +39,13 @@ fn hub<'a>(state: &'a crate::State, headers: &HeaderMap) -> Result<&'a Hub, Resp
             header::WWW_AUTHENTICATE,
             axum::http::HeaderValue::from_static("Bearer"),
         );
-        return Err(r);
+        return Err(Box::new(r));
     }
     state.config.hub.as_ref().ok_or_else(|| {
-        problem(
+        Box::new(problem(
             StatusCode::NOT_IMPLEMENTED,
             "this service has no webhook hub; build the router with `Http::webhooks(hub)`",
-        )
+        ))
     })
 }
 
@@ -215,13 +215,17 @@ impl Request {
 
 /// Stores `sub` as pending, declares its queue, and verifies it in the
 /// background (active once the sink confirmed).
-async fn start(hub: &Hub, sub: &Subscription) -> Result<(), Response> {
-    hub.inner.store.put(sub).await.map_err(store_error)?;
+async fn start(hub: &Hub, sub: &Subscription) -> Result<(), Box<Response>> {
+    hub.inner
+        .store
+        .put(sub)
+        .await
+        .map_err(|e| Box::new(store_error(e)))?;
     hub.declare(sub).await.map_err(|e| {
-        problem(
+        Box::new(problem(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("cannot create the subscription's queue: {e}; try again"),
-        )
+        ))
     })?;
     let hub = hub.clone();
     let sub = sub.clone();
@@ -256,7 +260,7 @@ async fn create(
 ) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let form = headers
         .get(header::CONTENT_TYPE)
@@ -295,7 +299,7 @@ async fn create(
         Err(why) => return problem(StatusCode::BAD_REQUEST, &why),
     };
     if let Err(r) = start(hub, &sub).await {
-        return r;
+        return *r;
     }
     let mut view = sub.view();
     if let Some(secret) = generated {
@@ -378,7 +382,7 @@ async fn websub(hub: &Hub, body: &[u8]) -> Response {
             sub.hub_secret = get("hub.secret").map(str::to_owned);
             sub.status = Status::Pending;
             if let Err(r) = start(hub, &sub).await {
-                return r;
+                return *r;
             }
             StatusCode::ACCEPTED.into_response()
         }
@@ -430,14 +434,14 @@ fn topic_filter(topic: &str) -> Filter {
 fn form_urlencoded(body: &[u8]) -> BTreeMap<String, String> {
     let text = String::from_utf8_lossy(body);
     text.split('&')
-        .filter_map(|pair| {
+        .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let decode = |s: &str| {
                 percent_encoding::percent_decode_str(&s.replace('+', " "))
                     .decode_utf8_lossy()
                     .into_owned()
             };
-            Some((decode(k), decode(v)))
+            (decode(k), decode(v))
         })
         .collect()
 }
@@ -445,7 +449,7 @@ fn form_urlencoded(body: &[u8]) -> BTreeMap<String, String> {
 async fn list(State(state): State<Arc<crate::State>>, headers: HeaderMap) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match hub.inner.store.list().await {
         Ok(list) => {
@@ -455,14 +459,14 @@ async fn list(State(state): State<Arc<crate::State>>, headers: HeaderMap) -> Res
     }
 }
 
-async fn find(hub: &Hub, id: &str) -> Result<Subscription, Response> {
+async fn find(hub: &Hub, id: &str) -> Result<Subscription, Box<Response>> {
     match hub.inner.store.get(id).await {
         Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(problem(
+        Ok(None) => Err(Box::new(problem(
             StatusCode::NOT_FOUND,
             &format!("no subscription `{}`", eventbus_core::escape::Escaped(id)),
-        )),
-        Err(e) => Err(store_error(e)),
+        ))),
+        Err(e) => Err(Box::new(store_error(e))),
     }
 }
 
@@ -473,11 +477,11 @@ async fn show(
 ) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match find(hub, &id).await {
         Ok(s) => axum::Json(s.view()).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -489,11 +493,11 @@ async fn replace(
 ) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let old = match find(hub, &id).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let request: Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -530,7 +534,7 @@ async fn replace(
         }
         hub.inner.changed.notify_one();
     } else if let Err(r) = start(hub, &sub).await {
-        return r;
+        return *r;
     }
     axum::Json(sub.view()).into_response()
 }
@@ -542,7 +546,7 @@ async fn remove(
 ) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match hub.inner.store.delete(&id).await {
         Ok(true) => {
@@ -570,10 +574,10 @@ async fn attempts(
 ) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = find(hub, &id).await {
-        return r;
+        return *r;
     }
     let limit = q.limit.unwrap_or(100).clamp(1, super::store::ATTEMPTS_KEPT);
     match hub.inner.store.attempts(&id, limit).await {
@@ -611,11 +615,11 @@ async fn rotate(
 ) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut sub = match find(hub, &id).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ask: Rotate = if body.is_empty() {
         Rotate::default()
@@ -695,11 +699,11 @@ async fn recover(
 ) -> Response {
     let hub = match hub(&state, &headers) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let sub = match find(hub, &id).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ask: Recover = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -712,22 +716,22 @@ async fn recover(
     };
     let parse = |t: &str| {
         eventbus_core::codec::parse_time(t).ok_or_else(|| {
-            problem(
+            Box::new(problem(
                 StatusCode::BAD_REQUEST,
                 &format!(
                     "`{}` is not an RFC 3339 time",
                     eventbus_core::escape::Escaped(t)
                 ),
-            )
+            ))
         })
     };
     let since = match parse(&ask.since) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let until = match ask.until.as_deref().map(parse).transpose() {
         Ok(t) => t.unwrap_or_else(std::time::SystemTime::now),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let oldest = std::time::SystemTime::now() - Duration::from_secs(14 * 24 * 3600);
     let since = since.max(oldest);
