@@ -153,6 +153,18 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
+    /// Whether deliveries to `other` are made exactly as to this one (the
+    /// bookkeeping of successes and failures aside): a worker keeps going
+    /// across such changes.
+    pub fn delivers_like(&self, other: &Subscription) -> bool {
+        let strip = |s: &Subscription| Subscription {
+            last_success_ms: None,
+            failing_since_ms: None,
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+
     /// The consumer group of its delivery queue.
     pub fn group(&self) -> String {
         format!("webhook.{}", self.id)
