@@ -533,7 +533,7 @@ async fn filters_rotation_and_bad_requests() {
             "sink": url,
             "filters": [{"all": [{"prefix": {"type": "review"}}, {"not": {"exact": {"subject": "skip"}}}]}],
             "protocolsettings": {"method": "PUT", "headers": {"x-tenant": "acme"}},
-            "config": {"mode": "binary"},
+            "config": {"mode": "binary", "signature": "ed25519"},
             "sinkcredential": {"accesstoken": "tok"}
         }))
         .await;
@@ -611,6 +611,10 @@ async fn filters_rotation_and_bad_requests() {
         (h.clone(), b.clone())
     };
     eventbus_http::verify(&h, &b, &new).expect("signed with the new secret");
+    let public: eventbus_http::signature::PublicKey =
+        s["config"]["public_key"].as_str().unwrap().parse().unwrap();
+    eventbus_http::signature::verify_ed25519(&h, &b, &public)
+        .expect("and with the ed25519 key (v1a)");
     eventbus_http::verify(&h, &b, &old).expect("and with the old one during the grace period");
 
     for (body, needle) in [

@@ -97,6 +97,10 @@ struct Config {
     /// The subscriber's own `whsec_` secret.
     #[serde(default)]
     secret: Option<String>,
+    /// `"ed25519"`: sign with an ed25519 key as well (`v1a`); its public
+    /// key is in `config.public_key`.
+    #[serde(default)]
+    signature: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +173,18 @@ impl Request {
         {
             return Err("only `\"credentialtype\": \"ACCESSTOKEN\"` is supported: the token is sent as `Authorization: Bearer`".into());
         }
+        let ed25519_key = match self.config.signature.as_deref() {
+            None | Some("hmac") | Some("v1") => None,
+            Some("ed25519") | Some("v1a") => {
+                Some(crate::signature::SigningKey::generate().expose())
+            }
+            Some(other) => {
+                return Err(format!(
+                    "`config.signature` is `{}`; write `hmac` (v1, the default) or `ed25519` (v1a as well)",
+                    eventbus_core::escape::Escaped(other)
+                ));
+            }
+        };
         let mut filters = self.filters;
         if let Some(source) = self.source {
             filters.push(Filter::Exact(BTreeMap::from([(
@@ -200,6 +216,7 @@ impl Request {
                     secret,
                     until_ms: None,
                 }],
+                ed25519_key,
                 hub_secret: None,
                 websub: None,
                 rate_per_minute: None,
@@ -366,6 +383,7 @@ async fn websub(hub: &Hub, body: &[u8]) -> Response {
                     secret: super::sign::new_secret(),
                     until_ms: None,
                 }],
+                ed25519_key: None,
                 hub_secret: None,
                 websub: None,
                 rate_per_minute: None,
@@ -515,6 +533,10 @@ async fn replace(
     };
     if keep_secret {
         sub.secrets = old.secrets.clone();
+    }
+    if sub.ed25519_key.is_some() && old.ed25519_key.is_some() {
+        // The same key as before: the subscriber has its public key.
+        sub.ed25519_key = old.ed25519_key.clone();
     }
     sub.created_ms = old.created_ms;
     sub.hub_secret = old.hub_secret.clone();

@@ -117,6 +117,10 @@ pub struct Subscription {
     /// Standard Webhooks signing secrets, the current one first.
     #[serde(default)]
     pub secrets: Vec<SigningSecret>,
+    /// An ed25519 signing key (`whsk_...`): deliveries also carry a `v1a`
+    /// signature, checked with its public key (`whpk_...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ed25519_key: Option<String>,
     /// WebSub's `hub.secret` (`X-Hub-Signature`), when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_secret: Option<String>,
@@ -222,6 +226,13 @@ impl Subscription {
                 "topic": ws.topic,
                 "lease_until": crate::webhooks::rfc3339_ms(ws.lease_until_ms),
             });
+        }
+        if let Some(key) = self
+            .ed25519_key
+            .as_deref()
+            .and_then(|k| k.parse::<crate::signature::SigningKey>().ok())
+        {
+            v["config"]["public_key"] = key.public_key().to_string().into();
         }
         if let Some(t) = self.last_success_ms {
             v["last_success"] = crate::webhooks::rfc3339_ms(t).into();

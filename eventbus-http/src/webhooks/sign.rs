@@ -28,11 +28,21 @@ pub(crate) fn check_secret(secret: &str) -> Result<(), String> {
 pub(crate) fn sign_delivery(sub: &Subscription, id: &str, body: &[u8], headers: &mut HeaderMap) {
     let now = SystemTime::now();
     let now_ms = super::now_ms();
-    let mut secrets = sub
+    let secrets = sub
         .signing_secrets(now_ms)
         .filter_map(|s| s.parse::<Secret>().ok());
-    if let Some(first) = secrets.next() {
-        let signer = secrets.fold(Signer::new(first), Signer::with);
+    let key = sub
+        .ed25519_key
+        .as_deref()
+        .and_then(|k| k.parse::<signature::SigningKey>().ok());
+    let mut signer: Option<Signer> = key.map(Signer::ed25519);
+    for secret in secrets {
+        signer = Some(match signer {
+            None => Signer::new(secret),
+            Some(s) => s.with(secret),
+        });
+    }
+    if let Some(signer) = signer {
         match signer.sign(id, now, body) {
             Ok(signed) => headers.extend(signed),
             Err(_) => {
