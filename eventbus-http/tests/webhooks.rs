@@ -36,6 +36,8 @@ struct Sink {
     answers: Arc<Vec<(u16, Option<&'static str>)>>,
     delay: Duration,
     handshake: bool,
+    /// `WebHook-Allowed-Rate` of the handshake.
+    rate: Option<&'static str>,
 }
 
 async fn receive(
@@ -52,7 +54,12 @@ async fn receive(
     }
     if method == Method::OPTIONS {
         return if sink.handshake {
-            (StatusCode::OK, [("webhook-allowed-origin", "*")]).into_response()
+            let mut r = (StatusCode::OK, [("webhook-allowed-origin", "*")]).into_response();
+            if let Some(rate) = sink.rate {
+                r.headers_mut()
+                    .insert("webhook-allowed-rate", rate.parse().unwrap());
+            }
+            r
         } else {
             StatusCode::FORBIDDEN.into_response()
         };
@@ -88,12 +95,22 @@ async fn sink(
     delay: Duration,
     handshake: bool,
 ) -> (String, Got) {
+    sink_with_rate(answers, delay, handshake, None).await
+}
+
+async fn sink_with_rate(
+    answers: Vec<(u16, Option<&'static str>)>,
+    delay: Duration,
+    handshake: bool,
+    rate: Option<&'static str>,
+) -> (String, Got) {
     let got: Got = Arc::default();
     let state = Sink {
         got: got.clone(),
         answers: Arc::new(answers),
         delay,
         handshake,
+        rate,
     };
     let app = axum::Router::new().fallback(receive).with_state(state);
     (serve(app).await, got)
@@ -662,4 +679,44 @@ async fn filters_rotation_and_bad_requests() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+/// A sink that allowed 120 requests a minute in its handshake gets them
+/// spaced by half a second, one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allowed_rate_of_the_handshake_is_kept() {
+    let (svc, _stop) = Service::start().await;
+    let (url, got) = sink_with_rate(vec![(200, None)], Duration::ZERO, true, Some("120")).await;
+    let s = svc
+        .subscribe(json!({"sink": url, "types": ["review_created"]}))
+        .await;
+    let active = svc.wait_state(s["id"].as_str().unwrap(), "active").await;
+    assert_eq!(active["config"]["rate_per_minute"], 120, "{active}");
+    for n in 0..3 {
+        svc.bus
+            .publish(ReviewCreated {
+                id: format!("r-{n}"),
+                n,
+            })
+            .await
+            .unwrap();
+    }
+    eventually("3 deliveries", || posts(&got).len() == 3).await;
+    let id = s["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let attempts = svc.get(&format!("/subscriptions/{id}/attempts")).await;
+    let mut at: Vec<u64> = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["at_ms"].as_u64().unwrap())
+        .collect();
+    at.sort();
+    assert_eq!(at.len(), 3, "{attempts}");
+    for w in at.windows(2) {
+        assert!(
+            w[1] - w[0] >= 450,
+            "spaced by the allowed rate: {at:?} {attempts}"
+        );
+    }
 }

@@ -200,7 +200,7 @@ impl Hub {
         workers.retain(|id, w| {
             let keep = active
                 .get(id.as_str())
-                .is_some_and(|s| **s == w.subscription);
+                .is_some_and(|s| s.delivers_like(&w.subscription));
             if !keep {
                 w.stop.cancel();
             }

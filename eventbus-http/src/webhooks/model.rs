@@ -234,6 +234,9 @@ impl Subscription {
         {
             v["config"]["public_key"] = key.public_key().to_string().into();
         }
+        if let Some(rate) = self.rate_per_minute {
+            v["config"]["rate_per_minute"] = rate.into();
+        }
         if let Some(t) = self.last_success_ms {
             v["last_success"] = crate::webhooks::rfc3339_ms(t).into();
         }
