@@ -356,7 +356,10 @@ impl Env {
                 }
             }
             let handshakes = sink.count.load(Ordering::SeqCst);
-            ensure!(handshakes == 0, "{url}: {handshakes} POSTs before any event");
+            ensure!(
+                handshakes == 0,
+                "{url}: {handshakes} POSTs before any event"
+            );
             subs.push(Subscribed {
                 url,
                 sink,
@@ -412,7 +415,11 @@ impl Env {
             eventbus::http::verify(&headers, &body, &s.secret)
                 .with_context(|| format!("{}: a bad signature", s.url))?;
             let ct = headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
-            ensure!(ct == Some(STRUCTURED.as_bytes()), "{}: content-type {ct:?}", s.url);
+            ensure!(
+                ct == Some(STRUCTURED.as_bytes()),
+                "{}: content-type {ct:?}",
+                s.url
+            );
             cycles.extend(s.sink.cycles.lock().unwrap().drain(..));
         }
         Ok(Lat::of(&mut cycles))
@@ -501,9 +508,8 @@ impl Env {
         let mut per_event = Vec::new();
         for _ in 0..PUBLISH_REPS {
             self.reset(PUBLISH_BATCH);
-            let events: Vec<ReviewCreated> = (0..PUBLISH_BATCH)
-                .map(|_| ReviewCreated::fresh())
-                .collect();
+            let events: Vec<ReviewCreated> =
+                (0..PUBLISH_BATCH).map(|_| ReviewCreated::fresh()).collect();
             let start = Instant::now();
             self.bus.publish_batch(events).await?;
             per_event.push(start.elapsed().as_nanos() as f64 / PUBLISH_BATCH as f64);
