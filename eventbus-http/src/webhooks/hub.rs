@@ -266,35 +266,46 @@ impl Hub {
             self.inner.options.concurrency.max(1)
         };
         let sub = Arc::new(Mutex::new(sub));
+        // Up to `concurrency` deliveries in flight at all times: a free slot
+        // is refilled as soon as one settles, never held behind the slowest
+        // request of a batch.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            let batch = tokio::select! {
+            use futures::StreamExt as _;
+            let free = concurrency - in_flight.len();
+            tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
-                b = subscriber.next(concurrency) => b,
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e.report(), "webhooks: the transport failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+                Some(gone) = in_flight.next(), if !in_flight.is_empty() => {
+                    if gone {
+                        // Disabled by a 410 or by failing too long.
+                        break;
+                    }
+                    if let Some(pace) = pace {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(pace) => {}
+                        }
+                    }
                 }
-            };
-            let results = futures::future::join_all(
-                batch
-                    .iter()
-                    .map(|d| self.deliver_one(&sub, &*subscriber, d)),
-            )
-            .await;
-            if results.iter().any(|gone| *gone) {
-                // Disabled by a 410 or by failing too long: stop here.
-                break;
+                batch = subscriber.next(free), if free > 0 => match batch {
+                    Ok(batch) => {
+                        for d in batch {
+                            in_flight.push(self.deliver_one(&sub, &*subscriber, d));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.report(), "webhooks: the transport failed; trying again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
             }
-            if let Some(pace) = pace {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(pace) => {}
-                }
-            }
+        }
+        // What was handed out is settled before the subscriber goes (a
+        // stopping instance finishes its requests; a disabled one too).
+        {
+            use futures::StreamExt as _;
+            while in_flight.next().await.is_some() {}
         }
         let _ = subscriber.close().await;
     }
@@ -304,8 +315,9 @@ impl Hub {
         &self,
         sub: &Mutex<Subscription>,
         subscriber: &dyn eventbus_core::Subscriber,
-        delivery: &Delivery,
+        delivery: Delivery,
     ) -> bool {
+        let delivery = &delivery;
         let current = sub.lock().clone();
         let event = match Envelope::parse(delivery.payload.clone()) {
             Ok(e) => e,
