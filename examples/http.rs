@@ -1,9 +1,11 @@
 //! CloudEvents over HTTP: the reviews service's bus behind `POST /events`
 //! (ingest, the three content modes of the HTTP binding), `GET /events`
-//! (a stateless pull feed) and `GET /events/stream` (Server-Sent Events).
+//! (a stateless pull feed) and `GET /events/stream` (Server-Sent Events),
+//! and the webhook subscriptions API (`/subscriptions`) with its hub.
 //!
 //! ```text
 //! cargo run --example http                                     # memory transport, 127.0.0.1:8080
+//! EVENTBUS_WEBHOOK_ALLOW=127.0.0.0/8 cargo run --example http   # webhooks to local receivers too
 //! EVENTBUS_URL=redis://127.0.0.1:6379 EVENTBUS_HTTP_ADDR=0.0.0.0:9000 \
 //!     cargo run --example http --features redis                # Redis Streams behind
 //! ```
@@ -15,6 +17,8 @@
 
 use std::net::SocketAddr;
 
+use eventbus::http::guard::SinkPolicy;
+use eventbus::http::webhooks::{Hub, HubOptions, MemoryStore};
 use eventbus::{Bus, Context, handler};
 
 #[path = "reviews/events.rs"]
@@ -45,21 +49,35 @@ pub fn addr_from_env() -> anyhow::Result<SocketAddr> {
     })
 }
 
-/// Runs the bus's handlers and serves its HTTP endpoints on `listener`
-/// until `shutdown` completes; then stops taking requests and drains the
-/// handlers.
+/// Runs the bus's handlers and the webhook hub (delivering only where
+/// `sinks` allows), and serves the HTTP endpoints and the subscriptions API
+/// on `listener` until `shutdown` completes; then stops taking requests,
+/// stops the hub and drains the handlers.
+///
+/// The subscriptions live in memory: they go with the process.
 pub async fn serve(
     bus: Bus,
     listener: tokio::net::TcpListener,
+    sinks: SinkPolicy,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut running = bus.spawn();
     running.ready().await?;
-    let app = axum::Router::new().merge(eventbus::http::router(&bus));
-    axum::serve(listener, app)
+    let hub = Hub::new(&bus, MemoryStore::new(), sinks, HubOptions::default())?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let delivering = tokio::spawn({
+        let hub = hub.clone();
+        let stop = stop.clone();
+        async move { hub.run(stop).await }
+    });
+    let app = axum::Router::new().merge(eventbus::http::Http::new(&bus).webhooks(hub).router());
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    stop.cancel();
+    delivering.await??;
     running.shutdown().await?;
+    served?;
     Ok(())
 }
 
@@ -92,9 +110,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr}: {e}; set EVENTBUS_HTTP_ADDR to a free address")
     })?;
+    // Sinks must be global addresses, or in EVENTBUS_WEBHOOK_ALLOW's ranges.
+    let sinks = SinkPolicy::from_env()?;
     println!(
-        "eventbus http example: {} transport, listening on http://{addr} (POST /events, GET /events, GET /events/stream); Ctrl-C stops it",
+        "eventbus http example: {} transport, listening on http://{addr} (POST /events, GET /events, GET /events/stream, /subscriptions); Ctrl-C stops it",
         bus.transport().name()
     );
-    serve(bus, listener, stop_signal()).await
+    serve(bus, listener, sinks, stop_signal()).await
 }

@@ -4,12 +4,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod webhooks;
+
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "eventbus",
     version,
-    about = "Operate the transactional outbox of eventbus services: relay, migrate, capture, outbox-stats, retry-failed.",
+    about = "Operate eventbus services: the transactional outbox (relay, migrate, capture, outbox-stats, retry-failed) and webhook subscriptions (webhooks).",
     after_help = "Logs go to stderr (RUST_LOG, default `info`). Exit codes: 0 ok, 1 error, 2 usage.",
     arg_required_else_help = true
 )]
@@ -68,6 +70,15 @@ enum Command {
             transaction, for the relay to publish."
     )]
     Capture(CaptureCommand),
+
+    /// Look at a service's webhook subscriptions and re-send dead-lettered deliveries.
+    #[command(
+        subcommand,
+        long_about = "Look at a service's webhook subscriptions over its subscriptions API \
+            (`/subscriptions`, served by `eventbus::http::Http::webhooks`): list them, show one, \
+            read its delivery attempts, and re-send its dead-lettered deliveries."
+    )]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 /// `capture apply` / `capture drop`.
@@ -234,6 +245,7 @@ impl Command {
             Command::RetryFailed(_) => "retry-failed",
             Command::Capture(CaptureCommand::Apply(_)) => "capture apply",
             Command::Capture(CaptureCommand::Drop(_)) => "capture drop",
+            Command::Webhooks(w) => w.name(),
         }
     }
 
@@ -247,6 +259,7 @@ impl Command {
             Command::Capture(CaptureCommand::Apply(a) | CaptureCommand::Drop(a)) => {
                 vec![&a.database_url]
             }
+            Command::Webhooks(w) => vec![&w.common().url],
         }
     }
 }
@@ -293,8 +306,16 @@ fn one_line(message: &str, urls: &[&str]) -> String {
     text
 }
 
-#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+/// Runs one command.
 async fn run(command: &Command) -> Result<(), String> {
+    match command {
+        Command::Webhooks(w) => webhooks::run(w).await,
+        outbox => run_outbox(outbox).await,
+    }
+}
+
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+async fn run_outbox(command: &Command) -> Result<(), String> {
     Err(format!(
         "`{}` needs the outbox: build eventbus-cli with the `postgres` or `sqlite` feature",
         command.name()
@@ -302,13 +323,15 @@ async fn run(command: &Command) -> Result<(), String> {
 }
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-async fn run(command: &Command) -> Result<(), String> {
+async fn run_outbox(command: &Command) -> Result<(), String> {
     use eventbus::outbox::{self, Database, Relay, RelayOptions};
     use std::time::Duration;
 
     let what = command.name();
     let fail = |e: eventbus::Error| format!("{what} failed: {e}");
     match command {
+        // Not the outbox: `run` took it.
+        Command::Webhooks(w) => webhooks::run(w).await?,
         Command::Migrate(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await

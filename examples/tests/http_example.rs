@@ -1,11 +1,42 @@
 //! `cargo run --example http`: the README's curl lines against the example's
-//! own [`serve`](http::serve), on the memory transport.
+//! own [`serve`](http::serve), on the memory transport, with a webhook
+//! subscription to a local receiver.
 
 #[path = "../http.rs"]
 #[allow(dead_code)]
 mod http;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
+
+/// What the webhook receiver got: `(method, headers, body)`.
+type Got = Arc<Mutex<Vec<(Method, HeaderMap, Bytes)>>>;
+
+/// A local webhook receiver that answers the OPTIONS handshake and takes
+/// every delivery.
+async fn receiver() -> (String, Got) {
+    let got: Got = Arc::default();
+    let app = axum::Router::new().fallback({
+        let got = got.clone();
+        move |method: Method, headers: HeaderMap, body: Bytes| async move {
+            let handshake = method == Method::OPTIONS;
+            got.lock().unwrap().push((method, headers, body));
+            if handshake {
+                (StatusCode::OK, [("webhook-allowed-origin", "*")]).into_response()
+            } else {
+                StatusCode::NO_CONTENT.into_response()
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_example_ingests_and_serves_the_feed_until_shut_down() {
@@ -17,7 +48,11 @@ async fn the_http_example_ingests_and_serves_the_feed_until_shut_down() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(bus, listener, async {
+    // What EVENTBUS_WEBHOOK_ALLOW=127.0.0.0/8 gives `main`: loopback sinks.
+    let sinks = eventbus::http::guard::SinkPolicy::new()
+        .allow("127.0.0.0/8")
+        .unwrap();
+    let server = tokio::spawn(http::serve(bus, listener, sinks, async {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::new();
@@ -91,6 +126,70 @@ async fn the_http_example_ingests_and_serves_the_feed_until_shut_down() {
     assert!(text.contains(&format!("id: {cursor}")), "{text}");
     assert!(text.contains(r#""id":"e-2""#), "{text}");
     drop(sse);
+
+    // Webhooks: curl -i localhost:8080/subscriptions -H 'content-type: application/json' \
+    //   -d '{"sink":"http://127.0.0.1:9000/hook","types":["review_created"]}'
+    let (sink, got) = receiver().await;
+    let r = client
+        .post(format!("{base}/subscriptions"))
+        .json(&serde_json::json!({"sink": sink, "types": ["review_created"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let sub: serde_json::Value = r.json().await.unwrap();
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let secret: eventbus::http::signature::Secret =
+        sub["secret"].as_str().unwrap().parse().unwrap();
+    let r = client
+        .post(format!("{base}/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(structured.replace("e-1", "e-4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (headers, body) = loop {
+        let post = got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(m, _, _)| *m == Method::POST)
+            .map(|(_, h, b)| (h.clone(), b.clone()));
+        if let Some(p) = post {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no delivery to the receiver");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(headers["webhook-id"], "e-4");
+    eventbus::http::verify(&headers, &body, &secret).expect("a signed delivery");
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["id"], "e-4");
+    // curl -i localhost:8080/subscriptions/<id>/attempts
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempts: serde_json::Value = client
+            .get(format!("{base}/subscriptions/{id}/attempts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if attempts[0]["outcome"] == "delivered" {
+            assert_eq!(attempts[0]["status"], 204, "{attempts}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded: {attempts}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        got.lock().unwrap().len(),
+        2,
+        "the handshake and one delivery"
+    );
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), server)
