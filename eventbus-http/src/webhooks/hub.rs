@@ -270,9 +270,18 @@ impl Hub {
         // is refilled as soon as one settles, never held behind the slowest
         // request of a batch.
         let mut in_flight = futures::stream::FuturesUnordered::new();
+        // The read in progress, kept across turns of the loop: a settled
+        // delivery must not cancel it (a Redis consumer whose read was
+        // cancelled re-reads its pending history, which bumps the delivery
+        // count of the entries waiting for their retry: attempts would skip).
+        let mut read: Option<futures::future::BoxFuture<'_, eventbus_core::Result<Vec<Delivery>>>> =
+            None;
         loop {
             use futures::StreamExt as _;
             let free = concurrency - in_flight.len();
+            if read.is_none() && free > 0 {
+                read = Some(subscriber.next(free));
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
@@ -288,19 +297,27 @@ impl Hub {
                         }
                     }
                 }
-                batch = subscriber.next(free), if free > 0 => match batch {
+                batch = async {
+                    match read.as_mut() {
+                        Some(r) => r.await,
+                        None => std::future::pending().await,
+                    }
+                } => match batch {
                     Ok(batch) => {
+                        read = None;
                         for d in batch {
                             in_flight.push(self.deliver_one(&sub, &*subscriber, d));
                         }
                     }
                     Err(e) => {
+                        read = None;
                         tracing::warn!(error = %e.report(), "webhooks: the transport failed; trying again");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
             }
         }
+        drop(read);
         // What was handed out is settled before the subscriber goes (a
         // stopping instance finishes its requests; a disabled one too).
         {
