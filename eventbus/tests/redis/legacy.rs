@@ -144,7 +144,10 @@ async fn a_legacy_publish_of_bare_json_reaches_the_typed_handlers() {
     let log = Log::default();
     let bus = legacy_bus(&with(&server.url(), "mode=pubsub&codec=legacy"), &log).await;
     assert_eq!(bus.transport().name(), "redis-pubsub");
-    let running = bus.spawn();
+    let mut running = bus.spawn();
+    // Every subscription live, the pub/sub groups' leases taken (the
+    // channel subscriptions alone come a moment before the lease).
+    running.ready().await.unwrap();
     // review_approved: the old handler, and the new one through replaced_by.
     wait_for_subscribers(
         &server,
@@ -228,7 +231,10 @@ async fn bad_legacy_payloads_go_to_the_dlq_with_the_reason() {
     let server = server();
     let log = Log::default();
     let bus = legacy_bus(&with(&server.url(), "mode=pubsub&codec=legacy"), &log).await;
-    let running = bus.spawn();
+    let mut running = bus.spawn();
+    // Every subscription live, the pub/sub groups' leases taken (the
+    // channel subscriptions alone come a moment before the lease).
+    running.ready().await.unwrap();
     wait_for_subscribers(&server, &[("review_created", 1)]).await;
     server
         .cmd(&["PUBLISH", "review_created", "not json"])
@@ -333,7 +339,10 @@ async fn the_bus_publishes_bare_json_that_legacy_subscribers_read() {
     let server = server();
     let log = Log::default();
     let bus = legacy_bus(&with(&server.url(), "mode=pubsub&codec=legacy"), &log).await;
-    let running = bus.spawn();
+    let mut running = bus.spawn();
+    // Every subscription live, the pub/sub groups' leases taken (the
+    // channel subscriptions alone come a moment before the lease).
+    running.ready().await.unwrap();
     wait_for_subscribers(&server, &[("review_created", 1)]).await;
     let port = server.port();
     let python = tokio::task::spawn_blocking(move || {
@@ -422,7 +431,10 @@ async fn the_django_broadcaster_layout_round_trips_through_the_bus() {
         .connect(&with(&server.url(), "layout=django&stream=events"))
         .await
         .unwrap();
-    let running = bus.spawn();
+    let mut running = bus.spawn();
+    // Every subscription live, the pub/sub groups' leases taken (the
+    // channel subscriptions alone come a moment before the lease).
+    running.ready().await.unwrap();
 
     // Django writes two events of different types into `events`.
     let review = Uuid::now_v7();
@@ -518,7 +530,10 @@ async fn streams_with_the_legacy_codec_carry_bare_data() {
     let log = Log::default();
     let bus = legacy_bus(&with(&server.url(), "codec=legacy"), &log).await;
     assert_eq!(bus.transport().name(), "redis-streams");
-    let running = bus.spawn();
+    let mut running = bus.spawn();
+    // Every subscription live, the pub/sub groups' leases taken (the
+    // channel subscriptions alone come a moment before the lease).
+    running.ready().await.unwrap();
     let (ours, theirs) = (Uuid::now_v7(), Uuid::now_v7());
     bus.publish(ReviewCreated { id: ours }).await.unwrap();
     // A legacy producer appending bare data to the same stream.
