@@ -781,3 +781,51 @@ async fn a_sink_failing_too_long_is_disabled() {
     assert_eq!(posts(&got).len(), tries, "no delivery once disabled");
     stop.cancel();
 }
+
+/// A WebSub lease that runs out without a renewal disables the
+/// subscription; subscribing again renews it (verified again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websub_lease_runs_out_and_is_renewed() {
+    let (svc, _stop) = Service::start().await;
+    let (callback, got) = sink(vec![(200, None)], Duration::ZERO, true).await;
+    let form = |lease: u32| {
+        format!(
+            "hub.mode=subscribe&hub.topic=review_created&hub.callback={}&hub.lease_seconds={lease}",
+            percent_encoding::utf8_percent_encode(&callback, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    let post = |body: String| {
+        svc.client
+            .post(format!("{}/subscriptions", svc.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(form(1)).await.unwrap().status(), 202);
+    let id = svc.get("/subscriptions").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    svc.wait_state(&id, "active").await;
+    let ended = svc.wait_state(&id, "disabled").await;
+    assert!(
+        ended["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lease"),
+        "{ended}"
+    );
+    // Renewal: the same callback and topic, one subscription, active again.
+    assert_eq!(post(form(3600)).await.unwrap().status(), 202);
+    svc.wait_state(&id, "active").await;
+    assert_eq!(svc.get("/subscriptions").await.as_array().unwrap().len(), 1);
+    let challenges = got
+        .lock()
+        .iter()
+        .filter(|(m, _, _)| *m == Method::GET)
+        .count();
+    assert_eq!(
+        challenges, 2,
+        "verified at the subscription and at the renewal"
+    );
+}
