@@ -723,3 +723,112 @@ async fn the_allowed_rate_of_the_handshake_is_kept() {
         );
     }
 }
+
+/// A sink that fails every delivery for longer than `disable_after` (five
+/// days by default, shortened here) is disabled, and the operational event
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_failing_too_long_is_disabled() {
+    let bus = Bus::builder()
+        .service("hub-test")
+        .without_registered()
+        .event::<ReviewCreated>()
+        .connect("memory://")
+        .await
+        .unwrap();
+    let policy = eventbus_http::guard::SinkPolicy::new()
+        .allow("127.0.0.0/8")
+        .unwrap();
+    let options = HubOptions {
+        schedule: vec![Duration::from_millis(100); 50],
+        jitter: 0.0,
+        refresh: Duration::from_millis(100),
+        disable_after: Duration::from_millis(600),
+        ..HubOptions::default()
+    };
+    let hub = Hub::new(&bus, MemoryStore::new(), policy, options).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let hub = hub.clone();
+        let stop = stop.clone();
+        async move { hub.run(stop).await }
+    });
+    let svc = Service {
+        base: serve(eventbus_http::Http::new(&bus).webhooks(hub).router()).await,
+        bus,
+        client: reqwest::Client::new(),
+    };
+    let (url, got) = sink(vec![(500, None)], Duration::ZERO, true).await;
+    let s = svc
+        .subscribe(json!({"sink": url, "types": ["review_created"]}))
+        .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    svc.wait_state(&id, "active").await;
+    svc.bus
+        .publish(ReviewCreated {
+            id: "r".into(),
+            n: 0,
+        })
+        .await
+        .unwrap();
+    let disabled = svc.wait_state(&id, "disabled").await;
+    let reason = disabled["status"]["reason"].as_str().unwrap();
+    assert!(reason.contains("every delivery failed for"), "{reason}");
+    assert!(disabled.get("failing_since").is_some(), "{disabled}");
+    let feed = svc.get("/events?types=eventbus.webhook.disabled").await;
+    assert_eq!(feed.as_array().unwrap().len(), 1, "{feed}");
+    assert_eq!(feed[0]["data"]["reason"], reason);
+    let tries = posts(&got).len();
+    assert!(tries >= 2, "it was retried before giving up: {tries}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(posts(&got).len(), tries, "no delivery once disabled");
+    stop.cancel();
+}
+
+/// A WebSub lease that runs out without a renewal disables the
+/// subscription; subscribing again renews it (verified again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websub_lease_runs_out_and_is_renewed() {
+    let (svc, _stop) = Service::start().await;
+    let (callback, got) = sink(vec![(200, None)], Duration::ZERO, true).await;
+    let form = |lease: u32| {
+        format!(
+            "hub.mode=subscribe&hub.topic=review_created&hub.callback={}&hub.lease_seconds={lease}",
+            percent_encoding::utf8_percent_encode(&callback, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    let post = |body: String| {
+        svc.client
+            .post(format!("{}/subscriptions", svc.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(form(1)).await.unwrap().status(), 202);
+    let id = svc.get("/subscriptions").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    svc.wait_state(&id, "active").await;
+    let ended = svc.wait_state(&id, "disabled").await;
+    assert!(
+        ended["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lease"),
+        "{ended}"
+    );
+    // Renewal: the same callback and topic, one subscription, active again.
+    assert_eq!(post(form(3600)).await.unwrap().status(), 202);
+    svc.wait_state(&id, "active").await;
+    assert_eq!(svc.get("/subscriptions").await.as_array().unwrap().len(), 1);
+    let challenges = got
+        .lock()
+        .iter()
+        .filter(|(m, _, _)| *m == Method::GET)
+        .count();
+    assert_eq!(
+        challenges, 2,
+        "verified at the subscription and at the renewal"
+    );
+}
