@@ -194,24 +194,20 @@ impl SubscriptionStore for SqlStore {
             let body = encode(subscription)?;
             match &self.db {
                 #[cfg(feature = "postgres")]
-                Database::Postgres(pool) => {
-                    sqlx::query(pg::PUT)
-                        .bind(&subscription.id)
-                        .bind(&body)
-                        .execute(pool)
-                        .await
-                        .map(drop)
-                }
+                Database::Postgres(pool) => sqlx::query(pg::PUT)
+                    .bind(&subscription.id)
+                    .bind(&body)
+                    .execute(pool)
+                    .await
+                    .map(drop),
                 #[cfg(feature = "sqlite")]
-                Database::Sqlite(pool) => {
-                    sqlx::query(lite::PUT)
-                        .bind(&subscription.id)
-                        .bind(&body)
-                        .bind(now_ms())
-                        .execute(pool)
-                        .await
-                        .map(drop)
-                }
+                Database::Sqlite(pool) => sqlx::query(lite::PUT)
+                    .bind(&subscription.id)
+                    .bind(&body)
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await
+                    .map(drop),
             }
             .map_err(db_error("cannot store a subscription"))?;
             Ok(())
