@@ -150,6 +150,29 @@ impl Client {
         .await
     }
 
+    /// Runs `cmd` on the client's shared connection, retrying while Redis is
+    /// unreachable (for other crates' keys beside the transport's, such as
+    /// the webhook subscriptions; name them from [`Client::keys`]). `op`
+    /// names the command in errors. A command that is not idempotent may run
+    /// twice when the connection drops after Redis executed it.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        self.run(op, cmd).await
+    }
+
+    /// Runs `pipe` (one round trip; atomic if it is a `MULTI` pipeline) like
+    /// [`Client::query`].
+    pub async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        self.run_pipe(op, pipe).await
+    }
+
     /// Runs a script on the shared connection, retrying while Redis is unreachable.
     pub(crate) async fn run_script<T: redis::FromRedisValue>(
         &self,

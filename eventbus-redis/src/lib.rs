@@ -32,3 +32,5 @@ pub use transport::RedisTransport;
 
 /// The `cloudevents` crate (cloudevents-sdk) this crate speaks at its edges.
 pub use eventbus_core::cloudevents;
+/// The `redis` crate this one is built on, for [`Client::query`].
+pub use redis;

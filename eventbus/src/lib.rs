@@ -19,6 +19,9 @@ pub mod schedule;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 pub mod transport;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod webhooks;
 mod worker;
 
 pub use bus::{Bus, BusBuilder, DEFAULT_CONCURRENCY, DEFAULT_RETRIES, Running};
