@@ -148,6 +148,16 @@ fn check_sink(sink: &str) -> Result<(), String> {
 }
 
 impl Request {
+    /// The body of `POST /subscriptions` or `PUT /subscriptions/{id}`.
+    fn parse(body: &[u8]) -> Result<Self, Box<Response>> {
+        serde_json::from_slice(body).map_err(|e| {
+            Box::new(problem(
+                StatusCode::BAD_REQUEST,
+                &format!("the subscription is not valid JSON of the Subscriptions API: {e}"),
+            ))
+        })
+    }
+
     /// The subscription it asks for (status pending), or why not.
     fn build(self, hub: &Hub, id: String) -> Result<(Subscription, Option<String>), String> {
         check_sink(&self.sink)?;
@@ -289,14 +299,9 @@ async fn create(
     if form {
         return websub(hub, &body).await;
     }
-    let request: Request = match serde_json::from_slice(&body) {
+    let request = match Request::parse(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("the subscription is not valid JSON of the Subscriptions API: {e}"),
-            );
-        }
+        Err(r) => return *r,
     };
     let id = match &request.id {
         Some(id) => id.clone(),
@@ -477,6 +482,17 @@ async fn list(State(state): State<Arc<crate::State>>, headers: HeaderMap) -> Res
     }
 }
 
+/// The hub and subscription `id` of a request, or the answer when the
+/// request may not go on (unauthorized, no hub, no such subscription).
+async fn hub_and<'a>(
+    state: &'a crate::State,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(&'a Hub, Subscription), Box<Response>> {
+    let hub = hub(state, headers)?;
+    Ok((hub, find(hub, id).await?))
+}
+
 async fn find(hub: &Hub, id: &str) -> Result<Subscription, Box<Response>> {
     match hub.inner.store.get(id).await {
         Ok(Some(s)) => Ok(s),
@@ -509,22 +525,13 @@ async fn replace(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let hub = match hub(&state, &headers) {
-        Ok(h) => h,
+    let (hub, old) = match hub_and(&state, &headers, &id).await {
+        Ok(found) => found,
         Err(r) => return *r,
     };
-    let old = match find(hub, &id).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let request: Request = match serde_json::from_slice(&body) {
+    let request = match Request::parse(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("the subscription is not valid JSON of the Subscriptions API: {e}"),
-            );
-        }
+        Err(r) => return *r,
     };
     let keep_secret = request.config.secret.is_none();
     let (mut sub, _) = match request.build(hub, id) {
@@ -635,12 +642,8 @@ async fn rotate(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let hub = match hub(&state, &headers) {
-        Ok(h) => h,
-        Err(r) => return *r,
-    };
-    let mut sub = match find(hub, &id).await {
-        Ok(s) => s,
+    let (hub, mut sub) = match hub_and(&state, &headers, &id).await {
+        Ok(found) => found,
         Err(r) => return *r,
     };
     let ask: Rotate = if body.is_empty() {
@@ -719,12 +722,8 @@ async fn recover(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let hub = match hub(&state, &headers) {
-        Ok(h) => h,
-        Err(r) => return *r,
-    };
-    let sub = match find(hub, &id).await {
-        Ok(s) => s,
+    let (hub, sub) = match hub_and(&state, &headers, &id).await {
+        Ok(found) => found,
         Err(r) => return *r,
     };
     let ask: Recover = match serde_json::from_slice(&body) {
