@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! cargo run --release -p examples --example webhook_load -- \
-//!     [--deliveries N] [--rounds K] [--sinks 1,10,100] [--side raw|eventbus] [--no-publish]
+//!     [--deliveries N] [--rounds K] [--sinks 1,10,100] [--side raw|eventbus] [--no-publish] \
+//!     [--url redis://HOST:PORT]   # with --features redis; one --sinks value per run and a fresh
+//!                                 # database (the scenarios share the stream of one event type)
 //! ```
 //!
 //! The sinks are axum receivers on loopback, on a tokio runtime of their own
@@ -301,12 +303,16 @@ fn policy() -> anyhow::Result<eventbus::http::guard::SinkPolicy> {
 }
 
 impl Env {
-    async fn start(sinks: usize, sink_rt: &tokio::runtime::Handle) -> anyhow::Result<Env> {
+    async fn start(
+        sinks: usize,
+        sink_rt: &tokio::runtime::Handle,
+        url: &str,
+    ) -> anyhow::Result<Env> {
         let bus = Bus::builder()
             .service(SERVICE)
             .without_registered()
             .event::<ReviewCreated>()
-            .connect("memory://")
+            .connect(url)
             .await?;
         let hub = Hub::new(&bus, MemoryStore::new(), policy()?, HubOptions::default())?;
         let stop = CancellationToken::new();
@@ -531,6 +537,8 @@ struct Opts {
     sinks: Vec<usize>,
     side: Option<bool>,
     publish: bool,
+    /// The bus's transport (`memory://` unless `--redis` or `--url`).
+    url: String,
 }
 
 impl Opts {
@@ -541,6 +549,7 @@ impl Opts {
             sinks: vec![1, 10, 100],
             side: None,
             publish: true,
+            url: "memory://".to_owned(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -562,9 +571,10 @@ impl Opts {
                     }
                 }
                 "--no-publish" => o.publish = false,
+                "--url" => o.url = value()?,
                 "-h" | "--help" => {
                     println!(
-                        "usage: webhook_load [--deliveries N] [--rounds K] [--sinks 1,10,100] [--side raw|eventbus (profiling)] [--no-publish]"
+                        "usage: webhook_load [--deliveries N] [--rounds K] [--sinks 1,10,100] [--side raw|eventbus (profiling)] [--no-publish] [--url redis://HOST:PORT (default memory://; the example needs --features redis for it)]"
                     );
                     std::process::exit(0);
                 }
@@ -617,13 +627,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(opts: &Opts, sink_rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
     println!(
-        "eventbus webhook_load: memory://, {} deliveries per side and round, sinks {:?}, {PER_SINK} in flight per sink, {} rounds",
-        opts.deliveries, opts.sinks, opts.rounds,
+        "eventbus webhook_load: {}, {} deliveries per side and round, sinks {:?}, {PER_SINK} in flight per sink, {} rounds",
+        eventbus::transport::redact(&opts.url),
+        opts.deliveries,
+        opts.sinks,
+        opts.rounds,
     );
     let mut results: BTreeMap<usize, (Vec<Sample>, Vec<Sample>)> = BTreeMap::new();
     let mut envs = Vec::new();
     for &s in &opts.sinks {
-        envs.push((s, Env::start(s, sink_rt).await?));
+        envs.push((s, Env::start(s, sink_rt, &opts.url).await?));
     }
     if let Some((_, env)) = envs.first() {
         println!(
@@ -739,7 +752,7 @@ async fn run(opts: &Opts, sink_rt: &tokio::runtime::Handle) -> anyhow::Result<()
         println!(
             "publish path: publish_batch of {PUBLISH_BATCH} alone, sinks idle, median of {PUBLISH_REPS} (ns per event):"
         );
-        let none = Env::start(0, sink_rt).await?;
+        let none = Env::start(0, sink_rt, &opts.url).await?;
         let mut line = format!("  0 subscriptions: {:>8.0}", none.publish_path().await?);
         for (sinks, env) in &envs {
             let _ = write!(
