@@ -5,8 +5,10 @@
 //! ```text
 //! cargo run --release -p examples --example webhook_load -- \
 //!     [--deliveries N] [--rounds K] [--sinks 1,10,100] [--side raw|eventbus] [--no-publish] \
-//!     [--url redis://HOST:PORT]   # with --features redis; one --sinks value per run and a fresh
-//!                                 # database (the scenarios share the stream of one event type)
+//!     [--url redis://HOST:PORT]   # with --features redis: one --sinks value per run, a fresh
+//!                                 # database and --no-publish (every bus of the run writes the
+//!                                 # one stream of the event type, so a second bus's events
+//!                                 # reach the first one's subscriptions too)
 //! ```
 //!
 //! The sinks are axum receivers on loopback, on a tokio runtime of their own

@@ -139,11 +139,15 @@ struct Service {
 
 impl Service {
     async fn start() -> (Self, tokio_util::sync::CancellationToken) {
+        Self::start_on("memory://").await
+    }
+
+    async fn start_on(url: &str) -> (Self, tokio_util::sync::CancellationToken) {
         let bus = Bus::builder()
             .service("hub-test")
             .without_registered()
             .event::<ReviewCreated>()
-            .connect("memory://")
+            .connect(url)
             .await
             .unwrap();
         // Loopback receivers: allow-listed (the guard refuses them otherwise).
@@ -830,5 +834,53 @@ async fn a_websub_lease_runs_out_and_is_renewed() {
     assert_eq!(
         challenges, 2,
         "verified at the subscription and at the renewal"
+    );
+}
+
+/// On Redis Streams, a burst of events reaches a sink once each (by
+/// `webhook-id`), with 4 deliveries in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_redis_is_delivered_once_each() {
+    let redis = testkit::RedisServer::start().expect("redis-server");
+    let (svc, _stop) = Service::start_on(&redis.url()).await;
+    let (url, got) = sink(vec![(200, None)], Duration::ZERO, true).await;
+    let s = svc
+        .subscribe(json!({"sink": url, "types": ["review_created"]}))
+        .await;
+    svc.wait_state(s["id"].as_str().unwrap(), "active").await;
+    let n = 2000;
+    svc.bus
+        .publish_batch((0..n).map(|i| ReviewCreated {
+            id: format!("r-{i}"),
+            n: i,
+        }))
+        .await
+        .unwrap();
+    let distinct = || {
+        posts(&got)
+            .iter()
+            .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    eventually("every event delivered", || distinct() == n as usize).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let total = posts(&got).len();
+    let attempts = svc
+        .get(&format!(
+            "/subscriptions/{}/attempts?limit=1000",
+            s["id"].as_str().unwrap()
+        ))
+        .await;
+    let again = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["attempt"].as_u64() != Some(1))
+        .count();
+    assert_eq!(
+        total, n as usize,
+        "{} requests for {n} events ({again} of the last 1000 attempts were redeliveries)",
+        total
     );
 }
