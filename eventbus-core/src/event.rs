@@ -72,6 +72,38 @@ pub struct EventInfo {
     /// Decodes the `data` of this event and converts it into its replacement
     /// (the `From<Self>` impl of the `replaced_by` type), boxed as `Any`.
     pub upcast: Option<Upcast>,
+    /// Set when the event is a Celery task (`#[event("send_email_task", celery)]`):
+    /// the queue its messages go to, and whether its result is stored.
+    pub task: Option<TaskInfo>,
+}
+
+/// What `#[event("name", celery, queue = "...", result)]` says of a Celery
+/// task: an event type whose messages travel as Celery (protocol 2) task
+/// messages in a kombu queue, when the bus runs on Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskInfo {
+    /// The Celery queue (`celery` unless `queue = "..."` names another).
+    pub queue: &'static str,
+    /// Whether the state and result of each run is written where Celery's
+    /// Redis result backend keeps them (`celery-task-meta-<id>`).
+    pub store_result: bool,
+}
+
+impl TaskInfo {
+    /// Celery's default queue name.
+    pub const DEFAULT_QUEUE: &'static str = "celery";
+
+    #[doc(hidden)]
+    pub const fn __new(queue: Option<&'static str>, store_result: bool) -> Self {
+        Self {
+            queue: match queue {
+                Some(q) => q,
+                None => Self::DEFAULT_QUEUE,
+            },
+            store_result,
+        }
+    }
 }
 
 /// Decodes JSON `data` of an old type and converts it to its replacement.
@@ -103,7 +135,14 @@ impl EventInfo {
             subject_field,
             schema,
             upcast,
+            task: None,
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn __with_task(mut self, task: TaskInfo) -> Self {
+        self.task = Some(task);
+        self
     }
 
     /// Whether the type is deprecated (by a note or a replacement).
@@ -122,6 +161,7 @@ impl fmt::Debug for EventInfo {
             .field("replaced_by", &self.replaced_by)
             .field("aliases", &self.aliases)
             .field("subject_field", &self.subject_field)
+            .field("task", &self.task)
             .finish_non_exhaustive()
     }
 }

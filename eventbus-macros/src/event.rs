@@ -22,6 +22,9 @@ const TYPE_SPEC: Spec = Spec {
         Key::new("replaced_by", Kind::Path, "replaced_by = ModerateAction"),
         Key::new("aliases", Kind::StrList, "aliases = [\"old_name\"]"),
         Key::new("crate", Kind::Path, "crate = ::eventbus"),
+        Key::new("celery", Kind::Flag, "celery"),
+        Key::new("queue", Kind::Str, "queue = \"sms_send_queue\""),
+        Key::new("result", Kind::Flag, "result"),
         Key::new(
             "subject",
             Kind::Misplaced(
@@ -115,6 +118,26 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         }
     }
 
+    let celery = args.flag("celery");
+    if !celery {
+        if let Some(queue) = args.str("queue") {
+            errors.at(
+                queue,
+                "`queue` names the Celery queue of a task: add `celery` (#[event(\"name\", celery, queue = \"...\")])",
+            );
+        }
+    }
+    if let Some(queue) = args.str("queue") {
+        validate_name(queue, "Celery queue", &mut errors);
+    }
+    let store_result = args.flag("result");
+    if store_result && !celery {
+        errors.at_span(
+            Span::call_site(),
+            "`result` stores the result of a Celery task: add `celery` (#[event(\"name\", celery, result)])",
+        );
+    }
+
     let subject = find_subject(input, &mut errors);
     errors.finish()?;
     let Some(type_name) = type_name else {
@@ -155,6 +178,10 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         }
     });
+    let task = celery.then(|| {
+        let queue = option(args.str("queue").map(ToTokens::to_token_stream));
+        quote!(.__with_task(#krate::__private::TaskInfo::__new(#queue, #store_result)))
+    });
     let allow = allow_lints();
 
     let schema_check = quote_spanned! {ident.span()=>
@@ -176,7 +203,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                 #subject_field,
                 #krate::__private::schema_of::<#ident>,
                 #upcast,
-            );
+            )#task;
 
             impl #krate::Event for #ident {
                 const TYPE: &'static str = #type_name;

@@ -52,6 +52,9 @@ struct Inner {
     background: Vec<Background>,
     /// Where the bus is in its run, for [`Bus::ready`].
     phase: tokio::sync::watch::Sender<Phase>,
+    /// The Celery broker of the bus's Celery tasks, when they have one.
+    #[cfg(feature = "redis")]
+    celery: Option<crate::celery::CeleryTransport>,
 }
 
 /// Where a bus is in its run.
@@ -111,6 +114,16 @@ impl Bus {
     /// The checked registry of this bus: events, handlers, schedules.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The Celery broker of this bus's Celery tasks (`#[event("name",
+    /// celery)]`), when the bus runs on Redis: to send tasks no Rust type
+    /// declares ([`CeleryTransport::send_task`](crate::celery::CeleryTransport::send_task)),
+    /// give a task's result, read one.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn celery(&self) -> Option<&crate::celery::CeleryTransport> {
+        self.inner.celery.as_ref()
     }
 
     /// The transport.
@@ -627,6 +640,13 @@ pub struct BusBuilder {
     url: Option<String>,
     routes: Vec<RouteSpec>,
     bridges: Vec<RouteSpec>,
+    /// The URL given to `connect`, for the Celery broker.
+    connected_url: Option<String>,
+    /// The Celery broker, when it is not the default transport's server.
+    #[cfg(feature = "redis")]
+    celery_url: Option<String>,
+    #[cfg(feature = "redis")]
+    celery_options: crate::celery::CeleryOptions,
 }
 
 impl Default for BusBuilder {
@@ -646,6 +666,11 @@ impl Default for BusBuilder {
             url: None,
             routes: Vec::new(),
             bridges: Vec::new(),
+            connected_url: None,
+            #[cfg(feature = "redis")]
+            celery_url: None,
+            #[cfg(feature = "redis")]
+            celery_options: crate::celery::CeleryOptions::default(),
         }
     }
 }
@@ -839,8 +864,29 @@ impl BusBuilder {
         self
     }
 
+    /// The Redis server that is the Celery broker of the bus's Celery tasks
+    /// (`#[event("name", celery)]`), when it is not the one of `connect`'s
+    /// URL (also `EVENTBUS_CELERY_URL`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn celery(mut self, url: impl Into<String>) -> Self {
+        self.celery_url = Some(url.into());
+        self
+    }
+
+    /// Tuning of the Celery queues (visibility timeout, key prefix,
+    /// prefetch); `EVENTBUS_CELERY_VISIBILITY_TIMEOUT` overrides the
+    /// visibility timeout.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn celery_options(mut self, options: crate::celery::CeleryOptions) -> Self {
+        self.celery_options = options;
+        self
+    }
+
     /// Connects to the transport at `url` (`memory://`, `redis://...`) and builds the bus.
     pub async fn connect(mut self, url: &str) -> Result<Bus> {
+        self.connected_url = Some(url.to_owned());
         if self.routes.is_empty() && self.bridges.is_empty() {
             self.transport = Some(crate::transport::connect(url).await?);
         } else {
@@ -867,6 +913,10 @@ impl BusBuilder {
     /// ending in `*`. A mistake is an error naming the variable and the
     /// route; passwords are shown as `***`.
     pub async fn connect_env(mut self) -> Result<Bus> {
+        #[cfg(feature = "redis")]
+        if let Some(url) = env_var(crate::celery::URL_ENV)? {
+            self.celery_url = Some(url);
+        }
         let url = match env_var("EVENTBUS_URL")? {
             Some(u) => u,
             None => {
@@ -895,7 +945,7 @@ impl BusBuilder {
     /// Builds the bus on the transport given to [`transport`](Self::transport)
     /// (an in-memory one if none): checks the registry, declares every
     /// handler's group so that nothing published from now on is missed.
-    pub async fn build(self) -> Result<Bus> {
+    pub async fn build(#[allow(unused_mut)] mut self) -> Result<Bus> {
         let service = match self.service {
             Some(s) => s,
             None => default_service(),
@@ -918,6 +968,15 @@ impl BusBuilder {
         handlers.extend(self.handlers);
         schedules.extend(self.schedules);
         let registry = Registry::build(events, handlers, schedules)?;
+        #[cfg(feature = "redis")]
+        let celery = celery_route(
+            self.celery_url.as_deref(),
+            self.connected_url.as_deref(),
+            &self.celery_options,
+            &mut self.routes,
+            &registry,
+        )
+        .await?;
 
         let default = match (self.transport, self.url) {
             (Some(t), _) => Target::Transport(t),
@@ -1007,9 +1066,55 @@ impl BusBuilder {
                 warned: Mutex::new(HashSet::new()),
                 background: self.background,
                 phase: tokio::sync::watch::Sender::new(Phase::Idle),
+                #[cfg(feature = "redis")]
+                celery,
             }),
         })
     }
+}
+
+/// Routes the registry's Celery tasks to their broker, when there is one.
+#[cfg(feature = "redis")]
+async fn celery_route(
+    celery_url: Option<&str>,
+    connected_url: Option<&str>,
+    options: &crate::celery::CeleryOptions,
+    routes: &mut Vec<RouteSpec>,
+    registry: &Registry,
+) -> Result<Option<crate::celery::CeleryTransport>> {
+    let tasks = crate::celery::tasks(registry.events());
+    if tasks.is_empty() {
+        return Ok(None);
+    }
+    let url = match (celery_url, connected_url) {
+        (Some(u), _) => u,
+        (None, Some(u)) if crate::celery::is_broker(u) => u,
+        _ => {
+            tracing::info!(
+                "the Celery tasks of this service run in-process on the default transport; connect to redis:// (EVENTBUS_URL) to share them with Celery workers"
+            );
+            return Ok(None);
+        }
+    };
+    if !crate::celery::is_broker(url) {
+        return Err(Error::Config(format!(
+            "the Celery broker `{}` is not a Redis URL; write redis://host:6379/0",
+            crate::transport::redact(url)
+        )));
+    }
+    let options = crate::celery::options_from_env(options.clone())?;
+    let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+    let transport = crate::celery::CeleryTransport::connect(url, tasks, options).await?;
+    // Before the routes of the environment, which win over it.
+    routes.insert(
+        0,
+        RouteSpec {
+            patterns: names,
+            target: Target::Transport(Arc::new(transport.clone())),
+            origin: "Celery tasks",
+        },
+    );
+    Ok(Some(transport))
 }
 
 /// The trimmed value of `var`; `None` when unset or blank.

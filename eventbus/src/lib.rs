@@ -3,6 +3,9 @@
 
 mod bridge;
 mod bus;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod celery;
 mod context;
 mod handler;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -73,7 +76,7 @@ pub mod __private {
     pub use futures::future::BoxFuture;
 
     pub use crate::bus::Bus;
-    pub use crate::event::{EventInfo, schema_of, upcast};
+    pub use crate::event::{EventInfo, TaskInfo, schema_of, upcast};
     pub use crate::handler::{HandlerDef, HandlerMeta, check};
     pub use crate::registry::registration::{
         EventRegistration, HandlerRegistration, ScheduleRegistration,
