@@ -8,7 +8,11 @@
 //!   port and data, optionally with TLS from a private CA) or a Redis Cluster
 //!   ([`RedisCluster`]).
 //! - [`python()`]: `python3` with the pinned Python peers of the interop
-//!   tests (redis-py, the CloudEvents SDK) installed in the workspace.
+//!   tests (redis-py, the CloudEvents SDK, Celery) installed in the workspace.
+//! - [`celery`]: a real Celery worker of the peer app
+//!   `testkit/python/celery_peer.py` ([`CeleryWorker`], in its own process
+//!   group, killable mid-task) and its client ([`celery_peer()`]: send tasks,
+//!   get results).
 //! - Condition waits with one generous deadline ([`wait_until`],
 //!   [`wait_until_async`], [`eventually`]): tests wait for what they expect,
 //!   they never assert on timing.
@@ -30,11 +34,13 @@ use std::fmt;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 
+pub mod celery;
 pub mod postgres;
 pub mod python;
 pub mod redis;
 mod wait;
 
+pub use celery::{CeleryPool, CeleryWorker, CeleryWorkerOptions, celery_peer};
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use python::python;
 pub use redis::{RedisCluster, RedisOptions, RedisServer};
