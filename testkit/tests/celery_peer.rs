@@ -222,3 +222,46 @@ fn a_running_worker_restores_a_killed_workers_task_after_the_visibility_timeout(
     });
     assert_ran_once_by(&redis, &id, &second);
 }
+
+#[test]
+fn a_stopped_worker_finishes_the_task_in_hand_first() {
+    let redis = RedisServer::start().unwrap();
+    let opts = CeleryWorkerOptions {
+        queues: vec!["sms_send_queue".into()],
+        pool: testkit::CeleryPool::Solo,
+        sleep: Duration::from_secs(2),
+        ..CeleryWorkerOptions::new(redis.url())
+    };
+    let mut worker = started(&opts);
+    let broker = redis.url();
+    let id = celery_peer(
+        &[
+            "send",
+            "notify_from_rust",
+            "[5]",
+            "--kwargs",
+            r#"{"to": "a@b.c"}"#,
+            "--queue",
+            "sms_send_queue",
+        ],
+        &[("CELERY_PEER_BROKER", &broker)],
+    )
+    .unwrap();
+    let received = format!("Task notify_from_rust[{}] received", id.trim());
+    poll("the worker received the task", testkit::DEADLINE, || {
+        worker.log().contains(&received)
+    });
+    // Celery's warm shutdown: the task runs to its end and is acknowledged.
+    worker.stop(testkit::DEADLINE);
+    assert!(!worker.is_running());
+    let ran = records(&redis, "peer:ran");
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(
+        ran[0].contains(r#""args": [5], "kwargs": {"to": "a@b.c"}"#),
+        "{}",
+        ran[0]
+    );
+    assert!(worker.log().contains("Warm shutdown"), "{}", worker.log());
+    assert_eq!(redis.cmd(&["HLEN", "unacked"]).unwrap(), "0");
+    assert_eq!(redis.cmd(&["LLEN", "sms_send_queue"]).unwrap(), "0");
+}
