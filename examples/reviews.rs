@@ -74,12 +74,8 @@ async fn on_review_created(event: ReviewCreated, ctx: Context) -> eventbus::Resu
         model_name: "Review".into(),
     })
     .await?;
-    bus.publish(SendShortMessage {
-        message_id: Uuid::now_v7(),
-        phone: "+15550100".into(),
-        text: "Thanks for your review!".into(),
-    })
-    .await?;
+    // The `ShortMessage` row the Django side would have inserted.
+    bus.publish(SendShortMessage(1001)).await?;
     bus.publish_after(ReviewReminder { id: event.id }, Duration::from_secs(1))
         .await
 }
@@ -135,34 +131,35 @@ async fn on_id_user_changed(event: IdUserChanged, ctx: Context) {
 #[handler(group = "sms_send_queue", retries = 5, concurrency = 8)]
 async fn send_short_message(job: SendShortMessage, ctx: Context) {
     ctx.state::<Trace>()
-        .handled(&ctx, "send_short_message", format!("to {}", job.phone));
+        .handled(&ctx, "send_short_message", format!("message {}", job.0));
 }
 
 #[derive(Debug)]
-struct SmtpError(String);
+struct SmtpError(i64);
 
 impl std::fmt::Display for SmtpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SMTP rejected the recipient: {}", self.0)
+        write!(f, "SMTP rejected the recipient of e-mail {}", self.0)
     }
 }
 
 #[handler(group = "send_email_task", retries = 2)]
 async fn send_email_task(job: SendEmailTask, ctx: Context) -> Result<(), SmtpError> {
-    if job.to.ends_with(".invalid") {
+    // E-mail 0 stands for a row whose recipient the SMTP server rejects.
+    if job.0 == 0 {
         ctx.state::<Trace>()
             .handled(&ctx, "send_email_task", "FAILED, will retry or dead-letter");
-        return Err(SmtpError(job.to));
+        return Err(SmtpError(job.0));
     }
     ctx.state::<Trace>()
-        .handled(&ctx, "send_email_task", format!("to {}", job.to));
+        .handled(&ctx, "send_email_task", format!("e-mail {}", job.0));
     Ok(())
 }
 
 #[handler(group = "send_notification")]
 async fn send_notification(job: SendNotification, ctx: Context) {
     ctx.state::<Trace>()
-        .handled(&ctx, "send_notification", format!("\"{}\"", job.text));
+        .handled(&ctx, "send_notification", format!("notification {}", job.0));
 }
 
 #[handler]
@@ -201,7 +198,8 @@ fn moderation_stats() -> ModerationStatsDue {
 }
 
 /// What the scenario waits for before it prints its summary, as `handler <-
-/// type`. On Redis the global `audit` handler finds the streams of types
+/// type`. The global `audit` handler does not see the Celery tasks (a task
+/// runs once, on its own handler, on every transport). On Redis the global `audit` handler finds the streams of types
 /// first published after it started by polling, so it may see them last.
 const EXPECTED: &[&str] = &[
     "audit <- grant_published",
@@ -213,9 +211,6 @@ const EXPECTED: &[&str] = &[
     "audit <- review_approved",
     "audit <- review_created",
     "audit <- review_reminder",
-    "audit <- send_email_task",
-    "audit <- send_notification",
-    "audit <- send_short_message",
     "audit <- sso_user_changed",
     "audit <- user_applied",
     "audit <- user_survey_finished",
@@ -351,17 +346,9 @@ pub async fn run(url: Option<&str>) -> anyhow::Result<Report> {
         published(ty, "");
     }
 
-    bus.publish(SendEmailTask {
-        to: "author@example.invalid".into(),
-        subject: "Your review is live".into(),
-    })
-    .await?;
+    bus.publish(SendEmailTask(0)).await?;
     published("send_email_task", "(to an address the SMTP server rejects)");
-    bus.publish(SendNotification {
-        user_id: user,
-        text: "Your review was received".into(),
-    })
-    .await?;
+    bus.publish(SendNotification(2001)).await?;
     published("send_notification", "");
 
     // Wait for every handler to see its events (the delayed reminder and a

@@ -98,5 +98,6 @@ pub(crate) fn worker(
         max_attempts: crate::DEFAULT_RETRIES.saturating_add(1),
         concurrency: 1,
         timeout,
+        skip: Arc::from([]),
     }
 }

@@ -1001,6 +1001,11 @@ impl BusBuilder {
             (router.clone() as Arc<dyn Transport>, Some(router), bridges)
         };
 
+        let tasks: Arc<[&'static str]> = registry
+            .events()
+            .filter(|e| e.task.is_some())
+            .flat_map(|e| std::iter::once(e.type_name).chain(e.aliases.iter().copied()))
+            .collect();
         let mut workers = Vec::new();
         for h in registry.handler_arcs() {
             let group = match h.meta.group {
@@ -1042,6 +1047,11 @@ impl BusBuilder {
                 max_attempts: h.meta.retries.unwrap_or(DEFAULT_RETRIES).saturating_add(1),
                 concurrency: concurrency as usize,
                 timeout: self.handler_timeout,
+                skip: if h.event_type().is_none() {
+                    tasks.clone()
+                } else {
+                    Arc::from([])
+                },
             }));
         }
         for b in bridges {

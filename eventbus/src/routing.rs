@@ -958,6 +958,11 @@ impl Subscriber for Merged {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            // The parts' reads kept in flight across `next` calls end here
+            // (cancel-safe), so that no part's close waits for its own read.
+            for read in self.reads.lock().await.iter_mut() {
+                *read = None;
+            }
             let closes = self.parts.iter().map(|(_, s)| s.close());
             let results = futures::future::join_all(closes).await;
             results.into_iter().collect::<Result<Vec<()>>>().map(drop)

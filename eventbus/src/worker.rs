@@ -52,6 +52,9 @@ pub(crate) struct WorkerSpec {
     pub max_attempts: u32,
     pub concurrency: usize,
     pub timeout: Option<Duration>,
+    /// Types a global handler does not run for: Celery tasks, which run
+    /// once, on their own handler (on every transport alike).
+    pub skip: Arc<[&'static str]>,
 }
 
 enum Settle {
@@ -317,6 +320,11 @@ fn start(
                 read,
             }));
         }
+    };
+    let fut = if spec.skip.contains(&envelope.event_type()) {
+        Box::pin(async { Ok(()) })
+    } else {
+        fut
     };
     let span = tracing::info_span!(
         "eventbus.handle",

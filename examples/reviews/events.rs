@@ -154,37 +154,31 @@ pub struct UserSurveyFinished {
     pub id: Uuid,
 }
 
-/// Job: send a text message (queue `sms_send_queue`).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
-#[event("send_short_message")]
-pub struct SendShortMessage {
-    /// The `ShortMessage` row to send.
-    pub message_id: Uuid,
-    /// Recipient, E.164.
-    pub phone: String,
-    /// Text.
-    pub text: String,
-}
+/// Job: send a text message. A Celery task on `sms_send_queue`; its one
+/// argument is the id of the `ShortMessage` row, as Django sends it:
+/// `send_task("send_short_message", args=(instance.id,), queue="sms_send_queue")`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
+#[event("send_short_message", celery, queue = "sms_send_queue")]
+pub struct SendShortMessage(pub i64);
 
-/// Job: send an e-mail.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
-#[event("send_email_task")]
-pub struct SendEmailTask {
-    /// Recipient.
-    pub to: String,
-    /// Subject line.
-    pub subject: String,
-}
+/// Job: send an e-mail. A Celery task on the default queue (`celery`); its
+/// one argument is the id of the `EmailMessage` row.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
+#[event("send_email_task", celery)]
+pub struct SendEmailTask(pub i64);
 
-/// Job: send an in-app notification.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
-#[event("send_notification")]
-pub struct SendNotification {
-    /// The user to notify.
-    pub user_id: Uuid,
-    /// Text.
-    pub text: String,
-}
+/// Job: send an in-app notification. A Celery task on the default queue
+/// (`celery`); its one argument is the id of the `Notification` row.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
+#[event("send_notification", celery)]
+pub struct SendNotification(pub i64);
+
+/// Job for the Django side: mark a `ShortMessage` row as sent. A Celery
+/// task on `django_tasks` that the Python workers run; the Rust SMS worker
+/// sends it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
+#[event("mark_message_sent", celery, queue = "django_tasks")]
+pub struct MarkMessageSent(pub i64);
 
 /// Reminds the author of a review that is still waiting for moderation.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]

@@ -390,7 +390,7 @@ impl Shared {
     }
 
     fn dlq(&self) -> String {
-        format!("{}:celery:dlq", self.client.config().prefix())
+        format!("{}:celery:dlq", self.client.keys().base())
     }
 
     /// The lists of `queue`, priority 0 first.
@@ -629,7 +629,7 @@ impl Transport for CeleryTransport {
         Box::pin(async move {
             let key = format!(
                 "{}:celery:tick:{schedule}:{tick_ms}",
-                self.shared.client.config().prefix()
+                self.shared.client.keys().base()
             );
             let set: Option<String> = self
                 .shared
@@ -919,19 +919,13 @@ impl Reader {
             drop(permits);
             return self.block(stop).await;
         }
-        let mut throttle = false;
+        // A message whose dispatch fails stays unacknowledged: restored
+        // after the visibility timeout, never lost.
         for (pair, permit) in popped.chunks(2).zip(permits) {
             let [tag, raw] = pair else { continue };
             let tag = String::from_utf8_lossy(tag).into_owned();
-            throttle |= self
-                .dispatch(tag, Bytes::copy_from_slice(raw), permit)
+            self.dispatch(tag, Bytes::copy_from_slice(raw), permit)
                 .await?;
-        }
-        if throttle {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.cancelled() => {}
-            }
         }
         Ok(())
     }
@@ -959,14 +953,8 @@ impl Reader {
         Ok(())
     }
 
-    /// Hands one popped message to its group, or settles it here. True when
-    /// the reader should slow down (a task no running handler serves).
-    async fn dispatch(
-        &self,
-        tag: String,
-        raw: Bytes,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<bool> {
+    /// Hands one popped message to its group, or settles it here.
+    async fn dispatch(&self, tag: String, raw: Bytes, permit: OwnedSemaphorePermit) -> Result<()> {
         let shared = &self.shared;
         let queue = &self.queue;
         let dead = |error: String, ty: String, id: Option<String>| DeadLetterInfo {
@@ -992,7 +980,7 @@ impl Reader {
                 shared
                     .dead_letter_tag(&tag, &group, queue, &raw, &info)
                     .await?;
-                return Ok(false);
+                return Ok(());
             }
         };
         let Some(spec) = shared.tasks.get(&msg.task) else {
@@ -1023,7 +1011,7 @@ impl Reader {
             shared
                 .dead_letter_tag(&tag, &group, queue, &raw, &info)
                 .await?;
-            return Ok(false);
+            return Ok(());
         };
         if let Some(expires) = msg.expires {
             if expires <= Utc::now() {
@@ -1040,19 +1028,28 @@ impl Reader {
                     .ignore();
                 pipe.cmd("HDEL").arg(shared.unacked()).arg(&tag).ignore();
                 shared.client.run_pipe::<()>("Celery ack", &pipe).await?;
-                return Ok(false);
+                return Ok(());
             }
         }
         let slot = shared.slots.lock().get(&msg.task).map(|s| s.tx.clone());
         let Some(tx) = slot else {
             shared.warn_once(&msg.task, || {
                 format!(
-                    "Celery task `{}` on queue `{}` has no running handler in this process; leaving its messages on the queue",
+                    "Celery task `{}` on queue `{}` has no running handler in this process; leaving its messages on the queue for other workers",
                     spec.name, queue
                 )
             });
-            shared.restore(&tag, true).await?;
-            return Ok(true);
+            // Back behind the others after a second (not at once: this
+            // reader would take it again and again).
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(permit);
+                if let Err(e) = shared.restore(&tag, true).await {
+                    tracing::warn!(error = %e, "could not give back a Celery task; it is restored after the visibility timeout");
+                }
+            });
+            return Ok(());
         };
         let data = match msg.data(spec.shape) {
             Ok(d) => d,
@@ -1061,7 +1058,7 @@ impl Reader {
                 shared
                     .dead_letter_tag(&tag, &group, queue, &raw, &info)
                     .await?;
-                return Ok(false);
+                return Ok(());
             }
         };
         let payload = cloudevent(&msg, queue, &data);
@@ -1117,7 +1114,7 @@ impl Reader {
                 });
             }
         }
-        Ok(false)
+        Ok(())
     }
 }
 
