@@ -193,6 +193,8 @@ struct ReaderHandle {
     stop: CancellationToken,
     groups: usize,
     handoff: String,
+    /// Ends once the reader gave back its hand-off list.
+    done: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct InFlight {
@@ -800,6 +802,7 @@ impl CeleryTransport {
                 stop: stop.clone(),
                 groups: 1,
                 handoff: handoff.clone(),
+                done: None,
             },
         );
         let reader = Reader {
@@ -809,17 +812,31 @@ impl CeleryTransport {
             handoff,
             conn: None,
         };
-        tokio::spawn(reader.run(stop));
+        let done = tokio::spawn(reader.run(stop));
+        if let Some(r) = readers.get_mut(queue) {
+            r.done = Some(done);
+        }
     }
 
-    fn stop_reader(&self, queue: &str) {
-        let mut readers = self.shared.readers.lock();
-        if let Some(r) = readers.get_mut(queue) {
-            r.groups = r.groups.saturating_sub(1);
-            if r.groups == 0 {
-                r.stop.cancel();
-                readers.remove(queue);
+    /// One group less reads `queue`; the last one stops its reader and
+    /// waits until it gave back what its last blocking read took.
+    async fn stop_reader(&self, queue: &str) {
+        let done = {
+            let mut readers = self.shared.readers.lock();
+            match readers.get_mut(queue) {
+                Some(r) if r.groups > 1 => {
+                    r.groups -= 1;
+                    None
+                }
+                Some(_) => readers.remove(queue).and_then(|r| {
+                    r.stop.cancel();
+                    r.done
+                }),
+                None => None,
             }
+        };
+        if let Some(done) = done {
+            let _ = done.await;
         }
     }
 }
@@ -1474,7 +1491,7 @@ impl Subscriber for CelerySubscriber {
                 }
             }
             for q in &self.queues {
-                self.transport.stop_reader(q);
+                self.transport.stop_reader(q).await;
             }
             // Read ahead but never handed to the handler: back to the queue,
             // next in line.

@@ -300,6 +300,27 @@ impl Outbox {
         self.insert(tx, &event, None).await
     }
 
+    /// Sends the Celery task `task` (a type declared `#[event("name",
+    /// celery)]`) once `tx` commits, and never if it rolls back:
+    /// `transaction.on_commit(lambda: app.send_task(...))` done right, since
+    /// the row is sent even if the process dies between the commit and the
+    /// send (the relay sends it). The same as [`publish`](Self::publish),
+    /// with a check that the type is a Celery task. Returns the task id.
+    pub async fn send_task<E, C>(&self, tx: &mut C, task: E) -> Result<uuid::Uuid>
+    where
+        E: Event,
+        C: OutboxConnection + ?Sized,
+    {
+        if E::info().task.is_none() {
+            return Err(Error::Config(format!(
+                "`{}` is not a Celery task: declare it with #[event(\"{}\", celery)], or use publish",
+                E::TYPE,
+                E::TYPE
+            )));
+        }
+        self.insert(tx, &task, None).await
+    }
+
     /// Like [`publish`](Self::publish), not sent before `at`.
     pub async fn publish_at<E, C>(&self, tx: &mut C, event: E, at: SystemTime) -> Result<uuid::Uuid>
     where
