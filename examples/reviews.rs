@@ -1,6 +1,9 @@
 //! The reviews platform on eventbus: every event of its catalogue, the three
 //! task queues, a global audit handler, a delayed reminder and a recurring
-//! schedule.
+//! schedule. The three jobs are Celery tasks: on Redis they are real Celery
+//! queues (`sms_send_queue`, `celery`) that Django's `send_task` and Python
+//! Celery workers share (see `examples/celery.rs`); on memory they stay in
+//! the process.
 //!
 //! ```text
 //! cargo run --example reviews                                  # memory transport

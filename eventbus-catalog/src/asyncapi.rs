@@ -230,6 +230,12 @@ fn message(c: &Catalog, e: &EventDoc, payload: Value) -> Value {
     if !e.aliases.is_empty() {
         m.insert("x-eventbus-aliases".into(), json!(e.aliases));
     }
+    if let Some(task) = &e.celery {
+        m.insert(
+            "x-eventbus-celery".into(),
+            json!({"task": e.type_name, "queue": task.queue, "arguments": task.arguments, "storesResult": task.stores_result}),
+        );
+    }
     Value::Object(m)
 }
 

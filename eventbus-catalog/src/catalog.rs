@@ -104,6 +104,9 @@ pub struct EventDoc {
     /// Old type names that decode as this type.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Set when the type is a Celery task (`#[event("name", celery)]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub celery: Option<TaskDoc>,
     /// Known to be published by this service: a schedule emits it, its
     /// `source` names this service, or [`Catalog::publishes`] said so.
     #[serde(default)]
@@ -115,6 +118,53 @@ pub struct EventDoc {
     /// (`#[schemars(example = ...)]`) if it has one, else built from it.
     #[serde(default)]
     pub example: Value,
+}
+
+/// What the catalogue says of a Celery task: where it is queued and how
+/// its Rust type takes the task's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskDoc {
+    /// The Celery queue (a kombu list on the broker).
+    pub queue: String,
+    /// How the task's `args`/`kwargs` map to the data: `"one positional
+    /// argument"`, `"positional arguments"`, `"keyword arguments (or
+    /// positional, in field order)"` or `"no arguments"`.
+    pub arguments: String,
+    /// Whether the state and result of each run are stored for `AsyncResult`.
+    pub stores_result: bool,
+}
+
+impl TaskDoc {
+    fn new(task: &eventbus::event::TaskInfo, schema: &Value) -> Self {
+        let arguments = match schema.get("type").and_then(Value::as_str) {
+            Some("array") => "positional arguments",
+            Some("object") => "keyword arguments (or positional, in field order)",
+            Some("null") => "no arguments",
+            _ => "one positional argument",
+        };
+        Self {
+            queue: task.queue.to_owned(),
+            arguments: arguments.to_owned(),
+            stores_result: task.store_result,
+        }
+    }
+
+    /// The Python call that sends it, for the docs.
+    pub fn send_task(&self, name: &str) -> String {
+        let args = match self.arguments.as_str() {
+            "no arguments" => String::new(),
+            "one positional argument" => ", args=(value,)".to_owned(),
+            "positional arguments" => ", args=(...)".to_owned(),
+            _ => ", kwargs={...}".to_owned(),
+        };
+        let queue = if self.queue == "celery" {
+            String::new()
+        } else {
+            format!(", queue=\"{}\"", self.queue)
+        };
+        format!("app.send_task(\"{name}\"{args}{queue})")
+    }
 }
 
 /// One handler of a [`Catalog`].
@@ -234,6 +284,7 @@ impl Catalog {
                     replaced_by: info.replaced_by.map(str::to_owned),
                     converted_to_replacement: info.replaced_by.is_some() && info.upcast.is_some(),
                     aliases,
+                    celery: info.task.as_ref().map(|t| TaskDoc::new(t, &schema)),
                     schema,
                     example,
                 }

@@ -9,7 +9,7 @@ mod markdown;
 mod schema;
 mod yaml;
 
-pub use catalog::{Catalog, EventDoc, FORMAT, HandlerDoc, ScheduleDoc};
+pub use catalog::{Catalog, EventDoc, FORMAT, HandlerDoc, ScheduleDoc, TaskDoc};
 pub use cli::{Format, assert_up_to_date, cli, main_if_requested};
 pub use compat::{Change, ChangeKind, Compatibility, assert_compatible, compare};
 

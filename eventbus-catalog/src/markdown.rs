@@ -41,6 +41,9 @@ pub(crate) fn render(c: &Catalog) -> String {
                 &format!("Also accepted as {}.", code_list(&e.aliases)),
             );
         }
+        if let Some(task) = &e.celery {
+            note = join_sentences(&note, &format!("Celery task on queue `{}`.", task.queue));
+        }
         let _ = writeln!(
             w,
             "| [`{}`](#{}) | `{}` | {} |",
@@ -154,6 +157,25 @@ fn event_section(w: &mut String, c: &Catalog, e: &EventDoc) {
     }
     let _ = writeln!(w, "| `datacontenttype` | `application/json` |");
     let _ = writeln!(w, "| Rust type | `{}` |", e.rust_type);
+    if let Some(task) = &e.celery {
+        let _ = writeln!(
+            w,
+            "| Celery task | `{}` on queue `{}`, taking {}{} |",
+            e.type_name,
+            task.queue,
+            task.arguments,
+            if task.stores_result {
+                "; its result is stored (`AsyncResult(id).get()`)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            w,
+            "| sent from Python | `{}` |",
+            task.send_task(&e.type_name).replace('|', "\\|")
+        );
+    }
     let _ = writeln!(w);
 
     let doc = Doc::new(&e.schema);

@@ -33,7 +33,7 @@ pub mod transport;
 
 pub use envelope::Envelope;
 pub use error::{Error, Result};
-pub use event::{Event, EventInfo};
+pub use event::{Event, EventInfo, TaskInfo};
 pub use retry::RetryPolicy;
 pub use transport::{Subscriber, Transport};
 

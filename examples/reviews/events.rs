@@ -154,28 +154,26 @@ pub struct UserSurveyFinished {
     pub id: Uuid,
 }
 
-/// Job: send a text message. A Celery task on `sms_send_queue`; its one
-/// argument is the id of the `ShortMessage` row, as Django sends it:
+/// Job: send a text message. Its one argument is the id of the
+/// `ShortMessage` row, as Django sends it:
 /// `send_task("send_short_message", args=(instance.id,), queue="sms_send_queue")`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
 #[event("send_short_message", celery, queue = "sms_send_queue")]
 pub struct SendShortMessage(pub i64);
 
-/// Job: send an e-mail. A Celery task on the default queue (`celery`); its
-/// one argument is the id of the `EmailMessage` row.
+/// Job: send an e-mail. Its one argument is the id of the `EmailMessage` row.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
 #[event("send_email_task", celery)]
 pub struct SendEmailTask(pub i64);
 
-/// Job: send an in-app notification. A Celery task on the default queue
-/// (`celery`); its one argument is the id of the `Notification` row.
+/// Job: send an in-app notification. Its one argument is the id of the
+/// `Notification` row.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
 #[event("send_notification", celery)]
 pub struct SendNotification(pub i64);
 
-/// Job for the Django side: mark a `ShortMessage` row as sent. A Celery
-/// task on `django_tasks` that the Python workers run; the Rust SMS worker
-/// sends it.
+/// Job for the Django side: mark a `ShortMessage` row as sent. The Python
+/// workers run it; the Rust SMS worker sends it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, Event)]
 #[event("mark_message_sent", celery, queue = "django_tasks")]
 pub struct MarkMessageSent(pub i64);
