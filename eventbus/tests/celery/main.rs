@@ -795,3 +795,44 @@ async fn a_retry_is_a_new_message_with_retries_and_eta_and_shutdown_gives_back_w
         "the rest is back on the queue"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_reader_left_in_its_hand_off_list_is_given_back() {
+    let redis = server();
+    let url = redis.url();
+    // A Rust reader's blocking read moved a task to its hand-off list, and
+    // the process died before registering it (its deadline long passed).
+    let (bus, _) = start_bus(&url, vec![], options(Duration::from_secs(3600))).await;
+    let id = bus
+        .celery()
+        .unwrap()
+        .send_task("rust_job", &(11,), &serde_json::json!({}), "rust_jobs")
+        .await
+        .unwrap();
+    let handoff = "_eventbus.celery.handoff.eventbus-dead@host.rust_jobs";
+    redis
+        .cmd(&["LMOVE", "rust_jobs", handoff, "RIGHT", "LEFT"])
+        .unwrap();
+    redis
+        .cmd(&["HSET", "_eventbus.celery.handoffs", handoff, "1 rust_jobs"])
+        .unwrap();
+
+    let (bus, ran) = start_bus(
+        &url,
+        vec![HandlerDef::new("rust_job", on_job)],
+        options(Duration::from_secs(3600)),
+    )
+    .await;
+    let mut running = bus.spawn();
+    running.ready().await.unwrap();
+    wait_until("the handed-off task ran", || ran.len() >= 1).await;
+    running.shutdown().await.unwrap();
+    let all = ran.all();
+    assert_eq!((all.len(), all[0].1, all[0].2.as_str()), (1, 11, id.as_str()));
+    assert_eq!(llen(&redis, handoff), 0);
+    let left = redis
+        .cmd(&["HKEYS", "_eventbus.celery.handoffs"])
+        .unwrap();
+    assert!(!left.contains("eventbus-dead"), "{left}");
+    assert_eq!(hlen(&redis, "unacked"), 0);
+}
