@@ -119,13 +119,11 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     }
 
     let celery = args.flag("celery");
-    if !celery {
-        if let Some(queue) = args.str("queue") {
-            errors.at(
+    if !celery && let Some(queue) = args.str("queue") {
+        errors.at(
                 queue,
                 "`queue` names the Celery queue of a task: add `celery` (#[event(\"name\", celery, queue = \"...\")])",
             );
-        }
     }
     if let Some(queue) = args.str("queue") {
         validate_name(queue, "Celery queue", &mut errors);

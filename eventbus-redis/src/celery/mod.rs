@@ -257,13 +257,13 @@ impl CeleryTransport {
         }
         let mut by_name = HashMap::new();
         for t in tasks {
-            if let Some(prev) = by_name.insert(t.name.clone(), t.clone()) {
-                if prev.queue != t.queue {
-                    return Err(config_error(format!(
-                        "Celery task `{}` is declared on two queues, `{}` and `{}`; give it one",
-                        t.name, prev.queue, t.queue
-                    )));
-                }
+            if let Some(prev) = by_name.insert(t.name.clone(), t.clone())
+                && prev.queue != t.queue
+            {
+                return Err(config_error(format!(
+                    "Celery task `{}` is declared on two queues, `{}` and `{}`; give it one",
+                    t.name, prev.queue, t.queue
+                )));
             }
         }
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
@@ -1030,23 +1030,23 @@ impl Reader {
                 .await?;
             return Ok(());
         };
-        if let Some(expires) = msg.expires {
-            if expires <= Utc::now() {
-                tracing::info!(task = %spec.name, id = %printable(&msg.id), %expires, "task expired before it ran: not run (as Celery does)");
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                if spec.store_result {
-                    let meta = shared.result_meta(&msg.id, "REVOKED", serde_json::json!({"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "celery.exceptions"}), None);
-                    shared.add_result(&mut pipe, &msg.id, &meta);
-                }
-                pipe.cmd("ZREM")
-                    .arg(shared.unacked_index())
-                    .arg(&tag)
-                    .ignore();
-                pipe.cmd("HDEL").arg(shared.unacked()).arg(&tag).ignore();
-                shared.client.run_pipe::<()>("Celery ack", &pipe).await?;
-                return Ok(());
+        if let Some(expires) = msg.expires
+            && expires <= Utc::now()
+        {
+            tracing::info!(task = %spec.name, id = %printable(&msg.id), %expires, "task expired before it ran: not run (as Celery does)");
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            if spec.store_result {
+                let meta = shared.result_meta(&msg.id, "REVOKED", serde_json::json!({"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "celery.exceptions"}), None);
+                shared.add_result(&mut pipe, &msg.id, &meta);
             }
+            pipe.cmd("ZREM")
+                .arg(shared.unacked_index())
+                .arg(&tag)
+                .ignore();
+            pipe.cmd("HDEL").arg(shared.unacked()).arg(&tag).ignore();
+            shared.client.run_pipe::<()>("Celery ack", &pipe).await?;
+            return Ok(());
         }
         let slot = shared.slots.lock().get(&msg.task).map(|s| s.tx.clone());
         let Some(tx) = slot else {
@@ -1294,13 +1294,13 @@ fn parse_dlq(reply: Value) -> Vec<DeadLetter> {
         };
         let mut map: HashMap<String, Vec<u8>> = HashMap::new();
         for pair in fields.chunks(2) {
-            if let [k, v] = pair {
-                if let (Ok(k), Ok(v)) = (
+            if let [k, v] = pair
+                && let (Ok(k), Ok(v)) = (
                     redis::from_redis_value_ref::<String>(k),
                     redis::from_redis_value_ref::<Vec<u8>>(v),
-                ) {
-                    map.insert(k, v);
-                }
+                )
+            {
+                map.insert(k, v);
             }
         }
         let payload = Bytes::from(map.remove("payload").unwrap_or_default());

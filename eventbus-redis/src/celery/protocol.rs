@@ -490,7 +490,8 @@ mod tests {
         let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
         assert_eq!(arguments(Some(&raw("42")), Shape::Single).0, "[42]");
         assert_eq!(arguments(Some(&raw("[1,2]")), Shape::Args).0, "[1,2]");
-        let (a, k) = arguments(Some(&raw("{\"id\":1}")), Shape::Kwargs);
+        let object = raw("{\"id\":1}");
+        let (a, k) = arguments(Some(&object), Shape::Kwargs);
         assert_eq!((a.as_ref(), k.as_ref()), ("[]", "{\"id\":1}"));
         assert_eq!(arguments(Some(&raw("null")), Shape::Unit).0, "[]");
     }

@@ -50,9 +50,12 @@ struct Add {
 #[event("rust_job", celery, queue = "rust_jobs")]
 struct RustJob(i64);
 
-/// What the Rust handlers ran: `(task, arg, task id, attempt, when)`.
+/// One run of a Rust handler: `(task, arg, task id, attempt, when)`.
+type Run = (String, i64, String, u32, chrono::DateTime<chrono::Utc>);
+
+/// What the Rust handlers ran.
 #[derive(Default, Clone)]
-struct Ran(Arc<Mutex<Vec<(String, i64, String, u32, chrono::DateTime<chrono::Utc>)>>>);
+struct Ran(Arc<Mutex<Vec<Run>>>);
 
 impl Ran {
     fn record(&self, ctx: &Context, arg: i64) {
@@ -67,7 +70,7 @@ impl Ran {
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()
     }
-    fn all(&self) -> Vec<(String, i64, String, u32, chrono::DateTime<chrono::Utc>)> {
+    fn all(&self) -> Vec<Run> {
         self.0.lock().unwrap().clone()
     }
 }
