@@ -129,9 +129,9 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         validate_name(queue, "Celery queue", &mut errors);
     }
     let store_result = args.flag("result");
-    if store_result && !celery {
-        errors.at_span(
-            Span::call_site(),
+    if let (true, false, Some(entry)) = (store_result, celery, args.get("result")) {
+        errors.at(
+            &entry.key,
             "`result` stores the result of a Celery task: add `celery` (#[event(\"name\", celery, result)])",
         );
     }
