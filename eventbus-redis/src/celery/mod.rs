@@ -182,6 +182,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Tasks found on a queue with no handler here, warned about once.
     warned: Mutex<HashSet<String>>,
+    /// Whether [`housekeeping`] runs (from the first subscription on).
+    housekeeping: std::sync::atomic::AtomicBool,
 }
 
 struct Slot {
@@ -282,6 +284,7 @@ impl CeleryTransport {
                 permits: Arc::new(Semaphore::new(prefetch)),
                 next_id: AtomicU64::new(1),
                 warned: Mutex::default(),
+                housekeeping: std::sync::atomic::AtomicBool::new(false),
                 opts,
             }),
         })
@@ -458,6 +461,7 @@ impl Shared {
         group: &str,
         queue: &str,
         raw: &[u8],
+        event: Option<&[u8]>,
         info: &DeadLetterInfo,
     ) -> Result<bool> {
         let time_ms = SystemTime::now()
@@ -486,7 +490,12 @@ impl Shared {
             .arg("time_ms")
             .arg(time_ms)
             .arg("payload")
-            .arg(raw);
+            // The event as the handler got it, like every transport's DLQ;
+            // the task message as received, for a replay.
+            .arg(event.unwrap_or(raw));
+        if event.is_some() {
+            inv.arg("message").arg(raw);
+        }
         let id: Option<String> = self
             .client
             .run_script("Celery dead-letter script", &inv)
@@ -617,12 +626,16 @@ impl Transport for CeleryTransport {
             for q in &queues {
                 self.start_reader(q);
             }
+            if !self.shared.housekeeping.swap(true, Ordering::SeqCst) {
+                tokio::spawn(housekeeping(Arc::downgrade(&self.shared)));
+            }
             Ok(Box::new(CelerySubscriber {
                 shared: self.shared.clone(),
                 transport: self.clone(),
                 rx: tokio::sync::Mutex::new(rx),
                 tasks: types.clone(),
                 queues,
+                closed: std::sync::atomic::AtomicBool::new(false),
             }) as Box<dyn Subscriber>)
         })
     }
@@ -665,12 +678,21 @@ impl Transport for CeleryTransport {
                         .arg(limit.max(1)),
                 )
                 .await?;
-            Ok(parse_dlq(reply))
+            Ok(parse_dlq(reply).into_iter().map(|(dl, _)| dl).collect())
         })
     }
 
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
+            // Not a stream entry id: no such entry.
+            let is_id = dead_letter_id.split_once('-').is_some_and(|(ms, seq)| {
+                [ms, seq]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if !is_id {
+                return Ok(false);
+            }
             let reply: Value = self
                 .shared
                 .client
@@ -682,12 +704,13 @@ impl Transport for CeleryTransport {
                         .arg(dead_letter_id),
                 )
                 .await?;
-            let Some(dl) = parse_dlq(reply).into_iter().next() else {
+            let Some((dl, message)) = parse_dlq(reply).into_iter().next() else {
                 return Ok(false);
             };
             let queue = dl.origin.clone().unwrap_or_else(|| "celery".into());
-            let message = protocol::for_retry(&dl.payload, 0, Utc::now())
-                .unwrap_or_else(|| String::from_utf8_lossy(&dl.payload).into_owned());
+            let raw = message.unwrap_or_else(|| dl.payload.to_vec());
+            let message = protocol::for_retry(&raw, 0, Utc::now())
+                .unwrap_or_else(|| String::from_utf8_lossy(&raw).into_owned());
             let script = redis::Script::new(
                 "if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[2]) return 1 end return 0",
             );
@@ -709,16 +732,8 @@ impl Transport for CeleryTransport {
         Box::pin(async move { self.shared.client.ping().await.map_err(Into::into) })
     }
 
-    fn run_background(&self, shutdown: CancellationToken) -> BoxFuture<'static, Result<()>> {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            tokio::select! {
-                _ = housekeeping(shared) => {}
-                _ = shutdown.cancelled() => {}
-            }
-            Ok(())
-        })
-    }
+    // The housekeeping (refresh, restore, hand-offs) runs from the first
+    // subscription on, for as long as the transport lives: not here.
 }
 
 impl Shared {
@@ -821,22 +836,25 @@ impl CeleryTransport {
     /// One group less reads `queue`; the last one stops its reader and
     /// waits until it gave back what its last blocking read took.
     async fn stop_reader(&self, queue: &str) {
-        let done = {
-            let mut readers = self.shared.readers.lock();
-            match readers.get_mut(queue) {
-                Some(r) if r.groups > 1 => {
-                    r.groups -= 1;
-                    None
-                }
-                Some(_) => readers.remove(queue).and_then(|r| {
-                    r.stop.cancel();
-                    r.done
-                }),
-                None => None,
-            }
-        };
-        if let Some(done) = done {
+        if let Some(done) = self.release_reader(queue) {
             let _ = done.await;
+        }
+    }
+
+    /// One group less reads `queue`; the last one stops its reader, whose
+    /// task this returns.
+    fn release_reader(&self, queue: &str) -> Option<tokio::task::JoinHandle<()>> {
+        let mut readers = self.shared.readers.lock();
+        match readers.get_mut(queue) {
+            Some(r) if r.groups > 1 => {
+                r.groups -= 1;
+                None
+            }
+            Some(_) => readers.remove(queue).and_then(|r| {
+                r.stop.cancel();
+                r.done
+            }),
+            None => None,
         }
     }
 }
@@ -995,7 +1013,7 @@ impl Reader {
                 );
                 tracing::warn!(queue = %printable(queue), reason = %info.error, "dead-lettering a message that is not a task");
                 shared
-                    .dead_letter_tag(&tag, &group, queue, &raw, &info)
+                    .dead_letter_tag(&tag, &group, queue, &raw, None, &info)
                     .await?;
                 return Ok(());
             }
@@ -1026,7 +1044,7 @@ impl Reader {
             );
             tracing::warn!(task = %printable(&msg.task), id = %printable(&msg.id), "dead-lettering a task nobody here runs");
             shared
-                .dead_letter_tag(&tag, &group, queue, &raw, &info)
+                .dead_letter_tag(&tag, &group, queue, &raw, None, &info)
                 .await?;
             return Ok(());
         };
@@ -1073,7 +1091,7 @@ impl Reader {
             Err(why) => {
                 let info = dead(why.0, spec.name.clone(), Some(printable(&msg.id)));
                 shared
-                    .dead_letter_tag(&tag, &group, queue, &raw, &info)
+                    .dead_letter_tag(&tag, &group, queue, &raw, None, &info)
                     .await?;
                 return Ok(());
             }
@@ -1141,14 +1159,18 @@ const HANDOFF_TTL: Duration = Duration::from_secs(30);
 /// Keeps the delivery times of this process's messages fresh, restores
 /// what dead workers left longer than the visibility timeout, keeps the
 /// hand-off lists alive and gives back those of dead readers.
-async fn housekeeping(shared: Arc<Shared>) {
+async fn housekeeping(weak: std::sync::Weak<Shared>) {
+    let Some(shared) = weak.upgrade() else { return };
     let vt = shared.opts.visibility_timeout;
+    drop(shared);
     let period = (vt / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_alive = std::time::Instant::now();
     loop {
         tick.tick().await;
+        // Ends with the transport.
+        let Some(shared) = weak.upgrade() else { return };
         if let Err(e) = refresh(&shared).await {
             tracing::warn!(error = %e, "could not refresh the Celery tasks in flight");
         }
@@ -1279,7 +1301,9 @@ async fn restore_visible(shared: &Shared) -> Result<()> {
     outcome
 }
 
-fn parse_dlq(reply: Value) -> Vec<DeadLetter> {
+/// The entries of the DLQ, each with the task message it was taken from
+/// (when its payload is the event the handler got).
+fn parse_dlq(reply: Value) -> Vec<(DeadLetter, Option<Vec<u8>>)> {
     let Value::Array(entries) = reply else {
         return Vec::new();
     };
@@ -1304,6 +1328,7 @@ fn parse_dlq(reply: Value) -> Vec<DeadLetter> {
             }
         }
         let payload = Bytes::from(map.remove("payload").unwrap_or_default());
+        let message = map.remove("message");
         let text = |k: &str| {
             map.get(k)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -1325,7 +1350,7 @@ fn parse_dlq(reply: Value) -> Vec<DeadLetter> {
             payload,
         );
         dl.origin = Some(text("origin")).filter(|s| !s.is_empty());
-        out.push(dl);
+        out.push((dl, message));
     }
     out
 }
@@ -1358,6 +1383,37 @@ struct CelerySubscriber {
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
     tasks: Vec<String>,
     queues: Vec<String>,
+    /// Closed by a stopping worker (else dropped: the process died, as far
+    /// as Redis is concerned).
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl CelerySubscriber {
+    fn leave(&self) {
+        let mut slots = self.shared.slots.lock();
+        for t in &self.tasks {
+            slots.remove(t);
+        }
+    }
+}
+
+impl Drop for CelerySubscriber {
+    /// Dropped without `close`: what it holds stays unacknowledged, for a
+    /// restore after the visibility timeout (its delivery time is no
+    /// longer refreshed), as if the process had died.
+    fn drop(&mut self) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.leave();
+        for q in &self.queues {
+            drop(self.transport.release_reader(q));
+        }
+        self.shared
+            .inflight
+            .lock()
+            .retain(|_, f| !self.tasks.contains(&f.task));
+    }
 }
 
 impl Subscriber for CelerySubscriber {
@@ -1476,7 +1532,14 @@ impl Subscriber for CelerySubscriber {
                 self.shared.client.run_pipe::<()>("SETEX", &pipe).await?;
             }
             self.shared
-                .dead_letter_tag(&f.tag, &group, &f.queue, &f.raw, &info)
+                .dead_letter_tag(
+                    &f.tag,
+                    &group,
+                    &f.queue,
+                    &f.raw,
+                    Some(&delivery.payload),
+                    &info,
+                )
                 .await?;
             Ok(())
         })
@@ -1484,12 +1547,8 @@ impl Subscriber for CelerySubscriber {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            {
-                let mut slots = self.shared.slots.lock();
-                for t in &self.tasks {
-                    slots.remove(t);
-                }
-            }
+            self.closed.store(true, Ordering::SeqCst);
+            self.leave();
             for q in &self.queues {
                 self.transport.stop_reader(q).await;
             }

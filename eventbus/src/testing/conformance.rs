@@ -114,6 +114,15 @@ pub struct Features {
     /// Run the scenarios on tokio's paused clock (an in-process transport):
     /// delays and backoff take no real time, and their upper bounds are checked.
     pub paused_clock: bool,
+    /// Every group of a type gets every event, and a global group every
+    /// type. Without: a type has one group (a task queue, where a task runs
+    /// once): the bus refuses a second group of it at build time.
+    pub fan_out: bool,
+    /// The transport carries the published structured CloudEvent as it is.
+    /// Without: it translates each into a message format of its own (a
+    /// Celery task message) and refuses, at publish, what is not a
+    /// CloudEvent of a type it carries.
+    pub carries_cloudevents: bool,
 }
 
 impl Features {
@@ -130,6 +139,20 @@ impl Features {
             per_type_order: true,
             feed: true,
             paused_clock: false,
+            fan_out: true,
+            carries_cloudevents: true,
+        }
+    }
+
+    /// A durable task queue (Celery on Redis): at-least-once, competing
+    /// workers, delays and schedules, one group per type, its own message
+    /// format, no feed.
+    pub const fn task_queue() -> Self {
+        Self {
+            fan_out: false,
+            carries_cloudevents: false,
+            feed: false,
+            ..Self::durable()
         }
     }
 
@@ -672,6 +695,41 @@ use probes::*;
 /// and in a batch.
 pub async fn every_group_gets_every_event(c: &Conformance) {
     let (a, b) = (Seen::default(), Seen::default());
+    if !c.features.fan_out {
+        // One group per type: a second is refused when the bus is built,
+        // with a sentence naming both; the one group gets every event.
+        let refused = c
+            .builder()
+            .handler(c.recorder::<Groups>("a", &a))
+            .handler(c.recorder::<Groups>("b", &b))
+            .transport(Connection {
+                inner: c.connect().await,
+                subscribed: Arc::new(AtomicUsize::new(0)),
+            })
+            .build()
+            .await
+            .expect_err("a second group of one type is refused");
+        let text = refused.to_string();
+        assert!(
+            text.contains(&c.group("a")) && text.contains(&c.group("b")),
+            "{text}"
+        );
+        let instance = c
+            .start(c.builder().handler(c.recorder::<Groups>("a", &a)))
+            .await;
+        for n in 0..25 {
+            instance.bus.publish(c.probe::<Groups>(n)).await.unwrap();
+        }
+        instance
+            .bus
+            .publish_batch((25..50).map(|n| c.probe::<Groups>(n)))
+            .await
+            .unwrap();
+        wait_for("the group handled 50 events", || a.lock().len() >= 50).await;
+        instance.stop().await;
+        assert_eq!(sorted(&a), (0..50).collect::<Vec<u32>>(), "each event once");
+        return;
+    }
     let instance = c
         .start(
             c.builder()
@@ -1171,14 +1229,11 @@ pub async fn dead_letters_are_listed_and_replayed_to_their_group(c: &Conformance
             }
         })
         .retries(0);
-    let instance = c
-        .start(
-            c.builder()
-                .retry_policy(fast_retries())
-                .handler(flaky)
-                .handler(c.recorder::<Replay>("other", &other_seen)),
-        )
-        .await;
+    let mut builder = c.builder().retry_policy(fast_retries()).handler(flaky);
+    if c.features.fan_out {
+        builder = builder.handler(c.recorder::<Replay>("other", &other_seen));
+    }
+    let instance = c.start(builder).await;
     let bus = &instance.bus;
     bus.publish(c.probe::<Replay>(7)).await.unwrap();
     let group = c.group("flaky");
@@ -1210,12 +1265,14 @@ pub async fn dead_letters_are_listed_and_replayed_to_their_group(c: &Conformance
     // Give a wrongly broadcast replay every chance to show up in `other`.
     bus.publish(c.probe::<Replay>(8)).await.unwrap();
     wait_for("the next event reached both groups", || {
-        other_seen.lock().contains(&8) && flaky_seen.lock().contains(&8)
+        (!c.features.fan_out || other_seen.lock().contains(&8)) && flaky_seen.lock().contains(&8)
     })
     .await;
     instance.stop().await;
     assert_eq!(*flaky_seen.lock(), [7, 8], "the replay reached `flaky`");
-    if c.features.targeted_replay {
+    if !c.features.fan_out {
+        // No other group to check.
+    } else if c.features.targeted_replay {
         assert_eq!(
             sorted(&other_seen),
             [7, 8],
@@ -1238,6 +1295,9 @@ pub async fn dead_letters_are_listed_and_replayed_to_their_group(c: &Conformance
 /// whose data does not fit the handler's type go to the DLQ with the reason,
 /// once, without retries; the good events around them are handled.
 pub async fn malformed_messages_go_to_the_dlq_and_others_keep_flowing(c: &Conformance) {
+    if !c.features.carries_cloudevents {
+        return malformed_messages_are_refused_at_publish(c).await;
+    }
     let seen = Seen::default();
     let instance = c
         .start(c.builder().handler(c.recorder::<Malformed>("rec", &seen)))
@@ -1324,6 +1384,47 @@ pub async fn malformed_messages_go_to_the_dlq_and_others_keep_flowing(c: &Confor
     }
     let ids: BTreeSet<&str> = dead.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids.len(), bad.len(), "each dead letter has its own id");
+}
+
+/// A transport with a message format of its own refuses, at publish, what
+/// is not a CloudEvent of a type it carries (its own malformed messages are
+/// its own tests'); the good events around them are handled.
+async fn malformed_messages_are_refused_at_publish(c: &Conformance) {
+    let seen = Seen::default();
+    let instance = c
+        .start(c.builder().handler(c.recorder::<Malformed>("rec", &seen)))
+        .await;
+    let (tag, ty) = (c.tag(), Malformed::TYPE);
+    for (i, bad) in [
+        format!("not json {tag}"),
+        format!(r#"{{"specversion":"1.0","id":"{tag}-1","source":"/x"}}"#),
+    ]
+    .iter()
+    .enumerate()
+    {
+        instance
+            .bus
+            .publish(c.probe::<Malformed>(i as u32))
+            .await
+            .unwrap();
+        let refused = instance
+            .bus
+            .publish_encoded(&[Outgoing {
+                event_type: ty.into(),
+                payload: Bytes::copy_from_slice(bad.as_bytes()),
+            }])
+            .await
+            .expect_err("a payload that is not a CloudEvent is refused");
+        assert!(refused.to_string().contains(ty), "{refused}");
+    }
+    wait_for("the good events were handled", || seen.lock().len() >= 2).await;
+    instance.stop().await;
+    assert_eq!(sorted(&seen), [0, 1], "the good events kept flowing");
+    assert!(
+        c.dead_letters(&instance.bus, &c.group("rec"))
+            .await
+            .is_empty()
+    );
 }
 
 /// `publish_after` holds an event until its delay passed, `publish_at` with
@@ -1597,6 +1698,13 @@ pub async fn the_concurrency_limit_is_respected(c: &Conformance) {
 /// A global group (every type) gets typed events, foreign CloudEvents, and
 /// types first published after it started, each once.
 pub async fn a_global_group_sees_every_type_even_new_ones(c: &Conformance) {
+    if !c.features.fan_out {
+        return skip(
+            c,
+            "a_global_group_sees_every_type_even_new_ones",
+            "one group per type: global handlers do not receive its messages",
+        );
+    }
     let tag = c.tag.clone();
     let seen = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     let log = seen.clone();

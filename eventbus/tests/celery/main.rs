@@ -831,11 +831,12 @@ async fn what_a_dead_reader_left_in_its_hand_off_list_is_given_back() {
     wait_until("the handed-off task ran", || ran.len() >= 1).await;
     running.shutdown().await.unwrap();
     let all = ran.all();
-    assert_eq!((all.len(), all[0].1, all[0].2.as_str()), (1, 11, id.as_str()));
+    assert_eq!(
+        (all.len(), all[0].1, all[0].2.as_str()),
+        (1, 11, id.as_str())
+    );
     assert_eq!(llen(&redis, handoff), 0);
-    let left = redis
-        .cmd(&["HKEYS", "_eventbus.celery.handoffs"])
-        .unwrap();
+    let left = redis.cmd(&["HKEYS", "_eventbus.celery.handoffs"]).unwrap();
     assert!(!left.contains("eventbus-dead"), "{left}");
     assert_eq!(hlen(&redis, "unacked"), 0);
 }
