@@ -87,12 +87,19 @@ async fn on_notification(task: SendNotification, ctx: Context) {
 async fn on_job(task: RustJob, ctx: Context) {
     ctx.state::<Ran>().record(&ctx, task.0);
 }
-async fn on_add(task: Add, ctx: Context) {
+async fn on_add(task: Add, ctx: Context) -> Result<(), String> {
+    if task.x < 0 {
+        return Err(format!(
+            "cannot add {} and {}: x is negative",
+            task.x, task.y
+        ));
+    }
     let sum = task.x + task.y;
     if let Some(celery) = ctx.bus().celery() {
         celery.set_result(ctx.id(), serde_json::json!({ "sum": sum }));
     }
     ctx.state::<Ran>().record(&ctx, sum);
+    Ok(())
 }
 
 fn server() -> RedisServer {
@@ -680,7 +687,7 @@ async fn a_result_written_by_rust_is_read_by_async_result_get() {
     let url = redis.url();
     let (bus, ran) = start_bus(
         &url,
-        vec![HandlerDef::new("add", on_add)],
+        vec![HandlerDef::new("add", on_add).retries(1)],
         options(Duration::from_secs(3600)),
     )
     .await;
@@ -725,6 +732,18 @@ async fn a_result_written_by_rust_is_read_by_async_result_get() {
     assert_eq!(
         (meta["status"].as_str(), &meta["result"]),
         (Some("SUCCESS"), &serde_json::json!({"sum": 42}))
+    );
+    // A task that ends in the dead-letter queue is a FAILURE: `get()` raises.
+    let failing = peer(&url, &["send", "add", "[-1, 1]", "--queue", "math"]);
+    let env = peer_env(&url);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let raised = celery_peer(&["get", failing.trim(), "--timeout", "60"], &env)
+        .expect_err("get() raises for a failed task");
+    assert!(
+        raised
+            .to_string()
+            .contains("cannot add -1 and 1: x is negative"),
+        "{raised}"
     );
     running.shutdown().await.unwrap();
 }
