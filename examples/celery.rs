@@ -65,14 +65,9 @@ async fn stop_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let bus = Bus::builder().service("reviews").connect_env().await?;
+/// Runs the worker on `bus` until `stop` resolves, then shuts down: finishes
+/// the tasks in hand and gives back what it read ahead.
+pub async fn serve(bus: Bus, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let Some(celery) = bus.celery() else {
         anyhow::bail!(
             "the Celery queues live on Redis: set EVENTBUS_URL=redis://127.0.0.1:6379/0 (the Celery broker of the Django side)"
@@ -96,8 +91,20 @@ async fn main() -> anyhow::Result<()> {
         queues.join(", "),
         celery.client().config()
     );
-    stop_signal().await;
+    stop.await;
     println!("stopping: finishing the tasks in hand");
     running.shutdown().await?;
     Ok(())
+}
+
+#[allow(dead_code)] // not called where a test includes this file
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let bus = Bus::builder().service("reviews").connect_env().await?;
+    serve(bus, stop_signal()).await
 }
