@@ -826,6 +826,7 @@ impl CeleryTransport {
             keys: self.shared.queue_keys(queue),
             handoff,
             conn: None,
+            batches: None,
         };
         let done = tokio::spawn(reader.run(stop));
         if let Some(r) = readers.get_mut(queue) {
@@ -868,10 +869,34 @@ struct Reader {
     /// The connection of blocking reads (a multiplexed one would stall
     /// every other command behind them).
     conn: Option<Conn>,
+    /// Popped batches, parsed and handed to the groups by a task of their
+    /// own, so that the next pop is under way meanwhile.
+    batches: Option<mpsc::UnboundedSender<Vec<(String, Bytes, OwnedSemaphorePermit)>>>,
 }
 
 impl Reader {
     async fn run(mut self, stop: CancellationToken) {
+        let (btx, mut brx) =
+            mpsc::unbounded_channel::<Vec<(String, Bytes, OwnedSemaphorePermit)>>();
+        let dispatcher = Reader {
+            shared: self.shared.clone(),
+            queue: self.queue.clone(),
+            keys: Vec::new(),
+            handoff: String::new(),
+            conn: None,
+            batches: None,
+        };
+        let dispatching = tokio::spawn(async move {
+            while let Some(batch) = brx.recv().await {
+                for (tag, raw, permit) in batch {
+                    // Failed: it stays unacknowledged, restored after the visibility timeout.
+                    if let Err(e) = dispatcher.dispatch(tag, raw, permit).await {
+                        tracing::warn!(error = %e, "could not hand a Celery task to its handler");
+                    }
+                }
+            }
+        });
+        self.batches = Some(btx);
         let mut backoff = Duration::from_millis(100);
         self.alive().await;
         loop {
@@ -891,6 +916,8 @@ impl Reader {
                 }
             }
         }
+        self.batches = None;
+        let _ = dispatching.await;
         // What a last blocking read moved to the hand-off goes back now.
         let script = redis::Script::new(
             "while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT') do end redis.call('HDEL', KEYS[3], KEYS[1]) return 1",
@@ -944,7 +971,8 @@ impl Reader {
         for k in &self.keys {
             inv.key(k);
         }
-        inv.arg(format!("{:.6}", now_secs())).arg(permits.len());
+        // Whole seconds: kombu's listpack zset compares integer scores without parsing them.
+        inv.arg(now_secs() as u64).arg(permits.len());
         let popped: Vec<Vec<u8>> = self
             .shared
             .client
@@ -956,12 +984,16 @@ impl Reader {
         }
         // A message whose dispatch fails stays unacknowledged: restored
         // after the visibility timeout, never lost.
+        let mut batch = Vec::with_capacity(permits.len());
         for (pair, permit) in popped.chunks(2).zip(permits) {
             let [tag, raw] = pair else { continue };
-            let tag = String::from_utf8_lossy(tag).into_owned();
-            self.dispatch(tag, Bytes::copy_from_slice(raw), permit)
-                .await?;
+            batch.push((
+                String::from_utf8_lossy(tag).into_owned(),
+                Bytes::copy_from_slice(raw),
+                permit,
+            ));
         }
+        let _ = self.batches.as_ref().expect("set by run").send(batch);
         Ok(())
     }
 
@@ -1227,12 +1259,13 @@ async fn refresh(shared: &Shared) -> Result<()> {
     if tags.is_empty() {
         return Ok(());
     }
-    let now = format!("{:.6}", now_secs());
+    // Whole seconds, as the pop script writes them.
+    let now = now_secs() as u64;
     let mut pipe = redis::pipe();
     for chunk in tags.chunks(500) {
         let cmd = pipe.cmd("ZADD").arg(shared.unacked_index()).arg("XX");
         for tag in chunk {
-            cmd.arg(&now).arg(tag);
+            cmd.arg(now).arg(tag);
         }
         cmd.ignore();
     }
@@ -1548,10 +1581,12 @@ impl Subscriber for CelerySubscriber {
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.closed.store(true, Ordering::SeqCst);
-            self.leave();
+            // The readers first: what they still hand over lands in `rx`,
+            // given back below.
             for q in &self.queues {
                 self.transport.stop_reader(q).await;
             }
+            self.leave();
             // Read ahead but never handed to the handler: back to the queue,
             // next in line.
             let mut rx = self.rx.lock().await;

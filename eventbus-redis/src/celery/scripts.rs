@@ -10,25 +10,40 @@ use redis::Script;
 
 /// Registers one popped message as unacknowledged (kombu's `QoS.append`).
 const TAKE: &str = r#"
+-- kombu's and eventbus's messages end with `"properties": {...,
+-- "delivery_info": {"exchange": "...", "routing_key": "..."}, ...,
+-- "delivery_tag": "..."}`: read those from the last 512 bytes; anything
+-- else (other order, escapes, not JSON) takes the full decode below.
 local function take(m, q, now, out)
   local tag, ex, rk
-  local ok, msg = pcall(cjson.decode, m)
-  if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
-    local p = msg.properties
-    if type(p.delivery_tag) == 'string' and p.delivery_tag ~= '' then tag = p.delivery_tag end
-    local di = p.delivery_info
-    if type(di) == 'table' then
-      if type(di.exchange) == 'string' then ex = di.exchange end
-      if type(di.routing_key) == 'string' then rk = di.routing_key end
-    end
+  local p = string.find(m, '"delivery_info"', math.max(1, #m - 512), true)
+  if p then
+    ex, rk = string.match(m, '^"delivery_info"%s*:%s*{%s*"exchange"%s*:%s*"([^"\\]*)"%s*,%s*"routing_key"%s*:%s*"([^"\\]*)"%s*}', p)
+    local d = string.find(m, '"delivery_tag"', p, true)
+    if d then tag = string.match(m, '^"delivery_tag"%s*:%s*"([^"\\]*)"%s*}%s*}%s*$', d) end
   end
-  if not tag then tag = 'eventbus-' .. redis.sha1hex(m) end
   local entry
-  if ok and type(msg) == 'table' then
-    entry = '[' .. m .. ',' .. cjson.encode(ex or '') .. ',' .. cjson.encode(rk or q) .. ']'
+  if tag and tag ~= '' and ex and rk then
+    entry = '[' .. m .. ',"' .. ex .. '","' .. rk .. '"]'
   else
-    -- Not JSON: kept as a JSON string, so that the hash stays readable.
-    entry = cjson.encode({m, ex or '', rk or q})
+    tag, ex, rk = nil, nil, nil
+    local ok, msg = pcall(cjson.decode, m)
+    if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
+      local p = msg.properties
+      if type(p.delivery_tag) == 'string' and p.delivery_tag ~= '' then tag = p.delivery_tag end
+      local di = p.delivery_info
+      if type(di) == 'table' then
+        if type(di.exchange) == 'string' then ex = di.exchange end
+        if type(di.routing_key) == 'string' then rk = di.routing_key end
+      end
+    end
+    if not tag then tag = 'eventbus-' .. redis.sha1hex(m) end
+    if ok and type(msg) == 'table' then
+      entry = '[' .. m .. ',' .. cjson.encode(ex or '') .. ',' .. cjson.encode(rk or q) .. ']'
+    else
+      -- Not JSON: kept as a JSON string, so that the hash stays readable.
+      entry = cjson.encode({m, ex or '', rk or q})
+    end
   end
   redis.call('ZADD', KEYS[2], now, tag)
   redis.call('HSET', KEYS[1], tag, entry)
