@@ -380,6 +380,19 @@ pub trait Transport: Send + Sync + 'static {
     /// removes it from the DLQ. False if there is no such entry.
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>>;
 
+    /// Removes one dead letter without delivering it again (an operator's
+    /// purge). False if there is no such entry. The default: the transport
+    /// cannot, which is an error saying so.
+    fn delete_dead_letter<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let _ = dead_letter_id;
+        Box::pin(async move {
+            Err(crate::Error::Config(format!(
+                "the {} transport cannot delete dead letters",
+                self.name()
+            )))
+        })
+    }
+
     /// Checks that the transport can be reached (one round trip where there
     /// is a server). The outbox relay asks this, holding no lock, before it
     /// locks rows again after the transport failed.

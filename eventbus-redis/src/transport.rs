@@ -256,6 +256,17 @@ impl Transport for RedisTransport {
         Box::pin(async move { Ok(self.client.ping().await?) })
     }
 
+    fn delete_dead_letter<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match self.client.delete_dead_letter(dead_letter_id).await {
+                Ok(found) => Ok(found),
+                // Not an id this DLQ could hold: no such entry.
+                Err(crate::Error::InvalidName { .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             match self.client.replay(dead_letter_id).await {

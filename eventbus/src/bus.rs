@@ -290,6 +290,11 @@ impl Bus {
         self.inner.transport.replay(id).await
     }
 
+    /// Removes a dead letter without delivering it again. False if there is no such entry.
+    pub async fn delete_dead_letter(&self, id: &str) -> Result<bool> {
+        self.inner.transport.delete_dead_letter(id).await
+    }
+
     /// Runs every handler and schedule until SIGINT/SIGTERM or [`Bus::shutdown`],
     /// then drains: stops taking events, finishes those in flight (up to the
     /// shutdown timeout), acknowledges what finished and leaves the rest to be

@@ -763,6 +763,19 @@ impl Transport for Router {
         })
     }
 
+    fn delete_dead_letter<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match dead_letter_id
+                .split_once('/')
+                .and_then(|(i, id)| Some((i.parse::<usize>().ok()?, id)))
+                .filter(|(i, _)| *i < self.transports.len())
+            {
+                Some((i, id)) => self.transports[i].delete_dead_letter(id).await,
+                None => Ok(false),
+            }
+        })
+    }
+
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let routed = dead_letter_id

@@ -373,6 +373,15 @@ impl CeleryTransport {
     }
 }
 
+/// Whether `id` is a stream entry id (`<ms>-<seq>`).
+fn is_stream_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 fn result_key(task_id: &str) -> String {
     format!("celery-task-meta-{task_id}")
 }
@@ -682,15 +691,29 @@ impl Transport for CeleryTransport {
         })
     }
 
+    fn delete_dead_letter<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            if !is_stream_id(dead_letter_id) {
+                return Ok(false);
+            }
+            let n: u64 = self
+                .shared
+                .client
+                .run(
+                    "XDEL",
+                    redis::cmd("XDEL")
+                        .arg(self.shared.dlq())
+                        .arg(dead_letter_id),
+                )
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             // Not a stream entry id: no such entry.
-            let is_id = dead_letter_id.split_once('-').is_some_and(|(ms, seq)| {
-                [ms, seq]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            });
-            if !is_id {
+            if !is_stream_id(dead_letter_id) {
                 return Ok(false);
             }
             let reply: Value = self

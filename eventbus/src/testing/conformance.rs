@@ -531,6 +531,10 @@ impl Transport for Connection {
         self.inner.replay(dead_letter_id)
     }
 
+    fn delete_dead_letter<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        self.inner.delete_dead_letter(dead_letter_id)
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         self.inner.ping()
     }
@@ -1205,6 +1209,11 @@ pub async fn a_poison_event_is_dead_lettered_and_others_keep_flowing(c: &Conform
         dead[0].error
     );
     assert_eq!(n_of(&dead[0].payload), Some(13));
+    // An operator's purge: gone, once.
+    assert!(instance.bus.delete_dead_letter(&dead[0].id).await.unwrap());
+    assert!(!instance.bus.delete_dead_letter(&dead[0].id).await.unwrap());
+    assert!(!instance.bus.delete_dead_letter("no-such-id").await.unwrap());
+    assert!(c.dead_letters(&instance.bus, &group).await.is_empty());
 }
 
 /// Dead letters are listed with their group, attempts and error; a replay

@@ -631,6 +631,16 @@ impl Transport for MemoryTransport {
         Box::pin(std::future::ready(Ok(list)))
     }
 
+    fn delete_dead_letter<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let mut st = self.shared.state.lock();
+        let removed = dead_letter_id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| st.dead.remove(&id))
+            .is_some();
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {
         let mut st = self.shared.state.lock();
         let found = dead_letter_id.parse::<u64>().ok().and_then(|id| {
