@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod dlq;
 mod webhooks;
 
 /// The command line.
@@ -11,8 +12,8 @@ mod webhooks;
 #[command(
     name = "eventbus",
     version,
-    about = "Operate eventbus services: the transactional outbox (relay, migrate, capture, outbox-stats, retry-failed) and webhook subscriptions (webhooks).",
-    after_help = "Logs go to stderr (RUST_LOG, default `info`). Exit codes: 0 ok, 1 error, 2 usage.",
+    about = "Operate eventbus services: the transactional outbox (relay, migrate, capture, outbox-stats, retry-failed), webhook subscriptions (webhooks) and the dead-letter queue (dlq).",
+    after_help = "Logs go to stderr (RUST_LOG, default `info`). Exit codes: 0 ok, 1 error, 2 usage, 3 a check found a problem (`dlq list --max`).",
     arg_required_else_help = true
 )]
 struct Cli {
@@ -79,6 +80,19 @@ enum Command {
             read its delivery attempts, and re-send its dead-lettered deliveries."
     )]
     Webhooks(webhooks::WebhooksCommand),
+
+    /// The dead-letter queue: list, show, replay, purge, stats.
+    #[command(
+        subcommand,
+        long_about = "The dead-letter queue of a transport (`--transport-url`, default EVENTBUS_URL), \
+            read and changed directly: list and filter, show one, replay (each to the group that gave \
+            up on it, keeping the event id), purge, count by type, group and error class. On Redis \
+            it covers the Celery task queues' dead letters too (ids `celery:...`).",
+        after_help = "Examples:\n  eventbus dlq list --type send_email_task --since 2h\n  \
+            eventbus dlq replay --all --error-contains timeout --rate 50\n  \
+            eventbus dlq stats --json"
+    )]
+    Dlq(dlq::DlqCommand),
 }
 
 /// `capture apply` / `capture drop`.
@@ -246,6 +260,7 @@ impl Command {
             Command::Capture(CaptureCommand::Apply(_)) => "capture apply",
             Command::Capture(CaptureCommand::Drop(_)) => "capture drop",
             Command::Webhooks(w) => w.name(),
+            Command::Dlq(d) => d.name(),
         }
     }
 
@@ -260,6 +275,7 @@ impl Command {
                 vec![&a.database_url]
             }
             Command::Webhooks(w) => vec![&w.common().url],
+            Command::Dlq(d) => vec![d.url()],
         }
     }
 }
@@ -285,7 +301,9 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(&cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::SUCCESS,
+        // A check found a problem (`--max`).
+        Ok(true) => ExitCode::from(3),
         Err(message) => {
             eprintln!("eventbus: {}", one_line(&message, &cli.command.urls()));
             ExitCode::FAILURE
@@ -306,11 +324,12 @@ fn one_line(message: &str, urls: &[&str]) -> String {
     text
 }
 
-/// Runs one command.
-async fn run(command: &Command) -> Result<(), String> {
+/// Runs one command; `Ok(true)` when a check found a problem (exit code 3).
+async fn run(command: &Command) -> Result<bool, String> {
     match command {
-        Command::Webhooks(w) => webhooks::run(w).await,
-        outbox => run_outbox(outbox).await,
+        Command::Webhooks(w) => webhooks::run(w).await.map(|()| false),
+        Command::Dlq(d) => dlq::run(d).await,
+        outbox => run_outbox(outbox).await.map(|()| false),
     }
 }
 
@@ -332,6 +351,9 @@ async fn run_outbox(command: &Command) -> Result<(), String> {
     match command {
         // Not the outbox: `run` took it.
         Command::Webhooks(w) => webhooks::run(w).await?,
+        Command::Dlq(d) => {
+            dlq::run(d).await?;
+        }
         Command::Migrate(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await
