@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod dlq;
+mod tail;
 mod webhooks;
 
 /// The command line.
@@ -93,6 +94,16 @@ enum Command {
             eventbus dlq stats --json"
     )]
     Dlq(dlq::DlqCommand),
+
+    /// Print events as they are published (the transport's log, by cursor).
+    #[command(
+        long_about = "Print the events of a transport's log as they are published: from now on \
+            (default), from the oldest it keeps (`--from start`), or after a cursor printed by \
+            `--json`; one line each (time, type, id, subject, data), or JSON lines. Needs a \
+            transport that keeps a log (Redis Streams); runs until --count or SIGINT.",
+        after_help = "Examples:\n  eventbus tail --type review_created\n  eventbus tail --from start --count 10 --json"
+    )]
+    Tail(tail::TailArgs),
 }
 
 /// `capture apply` / `capture drop`.
@@ -261,6 +272,7 @@ impl Command {
             Command::Capture(CaptureCommand::Drop(_)) => "capture drop",
             Command::Webhooks(w) => w.name(),
             Command::Dlq(d) => d.name(),
+            Command::Tail(_) => "tail",
         }
     }
 
@@ -276,6 +288,7 @@ impl Command {
             }
             Command::Webhooks(w) => vec![&w.common().url],
             Command::Dlq(d) => vec![d.url()],
+            Command::Tail(t) => vec![&t.transport_url],
         }
     }
 }
@@ -329,6 +342,7 @@ async fn run(command: &Command) -> Result<bool, String> {
     match command {
         Command::Webhooks(w) => webhooks::run(w).await.map(|()| false),
         Command::Dlq(d) => dlq::run(d).await,
+        Command::Tail(t) => tail::run(t).await.map(|()| false),
         outbox => run_outbox(outbox).await.map(|()| false),
     }
 }
@@ -354,6 +368,7 @@ async fn run_outbox(command: &Command) -> Result<(), String> {
         Command::Dlq(d) => {
             dlq::run(d).await?;
         }
+        Command::Tail(t) => tail::run(t).await?,
         Command::Migrate(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await
