@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod dlq;
+mod publish;
 mod tail;
 mod webhooks;
 
@@ -104,6 +105,13 @@ enum Command {
         after_help = "Examples:\n  eventbus tail --type review_created\n  eventbus tail --from start --count 10 --json"
     )]
     Tail(tail::TailArgs),
+
+    /// Publish one CloudEvent of a type, with JSON data.
+    #[command(
+        after_help = "Examples:\n  eventbus publish review_created '{\"id\": 42}'\n  \
+            eventbus publish review_created @review.json --subject 42 --json"
+    )]
+    Publish(publish::PublishArgs),
 }
 
 /// `capture apply` / `capture drop`.
@@ -273,6 +281,7 @@ impl Command {
             Command::Webhooks(w) => w.name(),
             Command::Dlq(d) => d.name(),
             Command::Tail(_) => "tail",
+            Command::Publish(_) => "publish",
         }
     }
 
@@ -289,6 +298,7 @@ impl Command {
             Command::Webhooks(w) => vec![&w.common().url],
             Command::Dlq(d) => vec![d.url()],
             Command::Tail(t) => vec![&t.transport_url],
+            Command::Publish(p) => vec![&p.transport_url],
         }
     }
 }
@@ -343,6 +353,7 @@ async fn run(command: &Command) -> Result<bool, String> {
         Command::Webhooks(w) => webhooks::run(w).await.map(|()| false),
         Command::Dlq(d) => dlq::run(d).await,
         Command::Tail(t) => tail::run(t).await.map(|()| false),
+        Command::Publish(p) => publish::run(p).await.map(|()| false),
         outbox => run_outbox(outbox).await.map(|()| false),
     }
 }
@@ -369,6 +380,7 @@ async fn run_outbox(command: &Command) -> Result<(), String> {
             dlq::run(d).await?;
         }
         Command::Tail(t) => tail::run(t).await?,
+        Command::Publish(p) => publish::run(p).await?,
         Command::Migrate(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await

@@ -123,6 +123,65 @@ async fn tail_reads_the_log_and_follows_it() {
         ]
     );
 
+    // `eventbus publish`, read back by `tail --from <cursor>`.
+    let lines = String::from_utf8_lossy(&followed.stdout).into_owned();
+    let last: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    let cursor = last["cursor"].as_str().unwrap().to_owned();
+    let published = command(&[
+        "publish",
+        "--transport-url",
+        &url,
+        "cli_tail.note",
+        "{\"n\": 6}",
+        "--subject",
+        "s-6",
+        "--json",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let id = serde_json::from_slice::<Value>(&published.stdout).unwrap()["id"].clone();
+    let after = command(&[
+        "tail",
+        "--transport-url",
+        &url,
+        "--type",
+        "cli_tail.note",
+        "--from",
+        &cursor,
+        "--count",
+        "1",
+        "--json",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let event: Value = serde_json::from_slice::<Value>(&after.stdout).unwrap()["event"].clone();
+    assert_eq!(
+        (&event["id"], &event["subject"], &event["data"]["n"]),
+        (&id, &Value::from("s-6"), &Value::from(6))
+    );
+    let bad = command(&[
+        "publish",
+        "--transport-url",
+        &url,
+        "cli_tail.note",
+        "{not json",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("the data is not JSON"),
+        "{bad:?}"
+    );
+
     // Pub/sub keeps no log.
     let pubsub = command(&[
         "tail",
