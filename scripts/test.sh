@@ -16,6 +16,8 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)  # the Python peers below
+# The headless browser of the dashboard test (eventbus-cli/tests/dashboard_cli.rs).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -32,6 +34,9 @@ fi
 
 echo "==> the AsyncAPI validator (official @asyncapi/parser)"
 npm ci --prefix scripts/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
+
+echo "==> the dashboard's browser driver (playwright-core, with Debian's chromium)"
+npm ci --prefix scripts/dashboard-e2e --ignore-scripts --no-audit --no-fund --loglevel=error
 
 echo "==> the Python peers of the interop tests (scripts/python-peers.txt, into target/python-peers)"
 mkdir -p target/python-peers

@@ -151,10 +151,10 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
 }
 
 /// The dead-letter queues behind a URL, each with the prefix of its ids.
-struct Queues(Vec<(&'static str, Arc<dyn Transport>)>);
+pub(crate) struct Queues(Vec<(&'static str, Arc<dyn Transport>)>);
 
 impl Queues {
-    async fn open(url: &str) -> Result<Self, String> {
+    pub(crate) async fn open(url: &str) -> Result<Self, String> {
         let main = eventbus::transport::connect(url)
             .await
             .map_err(|e| e.to_string())?;
@@ -178,7 +178,7 @@ impl Queues {
     }
 
     /// Every dead letter, ids prefixed, oldest first.
-    async fn all(&self) -> Result<Vec<DeadLetter>, String> {
+    pub(crate) async fn all(&self) -> Result<Vec<DeadLetter>, String> {
         let mut out = Vec::new();
         for (prefix, t) in &self.0 {
             for mut dl in t
@@ -205,7 +205,7 @@ impl Queues {
         (&self.0[0].1, id)
     }
 
-    async fn replay(&self, id: &str) -> Result<bool, String> {
+    pub(crate) async fn replay(&self, id: &str) -> Result<bool, String> {
         let (t, id) = self.split(id);
         t.replay(id).await.map_err(|e| e.to_string())
     }
@@ -244,7 +244,7 @@ fn printable(text: &str) -> String {
     out
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

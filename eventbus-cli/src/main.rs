@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod dashboard;
 mod dlq;
 mod publish;
 mod tail;
@@ -112,6 +113,17 @@ enum Command {
             eventbus publish review_created @review.json --subject 42 --json"
     )]
     Publish(publish::PublishArgs),
+
+    /// A read-only web dashboard of the dead letters (and the outbox).
+    #[command(
+        long_about = "Serve server-rendered pages (no JavaScript) that read the transport, and the \
+            outbox database when --database-url is given, on each request, keeping no state: an \
+            overview, the dead letters (filter, show the last error and the payload, replay), the \
+            outbox counts. Read-only unless --allow-write, which needs --token (or \
+            EVENTBUS_DASHBOARD_TOKEN); listens on 127.0.0.1:8088 unless --bind says otherwise.",
+        after_help = "Example:\n  eventbus dashboard --bind 127.0.0.1:8088 --allow-write --token \"$(openssl rand -hex 16)\""
+    )]
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// `capture apply` / `capture drop`.
@@ -282,6 +294,7 @@ impl Command {
             Command::Dlq(d) => d.name(),
             Command::Tail(_) => "tail",
             Command::Publish(_) => "publish",
+            Command::Dashboard(_) => "dashboard",
         }
     }
 
@@ -299,6 +312,7 @@ impl Command {
             Command::Dlq(d) => vec![d.url()],
             Command::Tail(t) => vec![&t.transport_url],
             Command::Publish(p) => vec![&p.transport_url],
+            Command::Dashboard(d) => vec![&d.transport_url],
         }
     }
 }
@@ -354,6 +368,7 @@ async fn run(command: &Command) -> Result<bool, String> {
         Command::Dlq(d) => dlq::run(d).await,
         Command::Tail(t) => tail::run(t).await.map(|()| false),
         Command::Publish(p) => publish::run(p).await.map(|()| false),
+        Command::Dashboard(d) => dashboard::run(d).await.map(|()| false),
         outbox => run_outbox(outbox).await.map(|()| false),
     }
 }
@@ -381,6 +396,7 @@ async fn run_outbox(command: &Command) -> Result<(), String> {
         }
         Command::Tail(t) => tail::run(t).await?,
         Command::Publish(p) => publish::run(p).await?,
+        Command::Dashboard(d) => dashboard::run(d).await?,
         Command::Migrate(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await
@@ -492,13 +508,19 @@ async fn run_outbox(command: &Command) -> Result<(), String> {
 /// Cancels `token` on SIGINT or SIGTERM.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 async fn stop_on_signal(token: tokio_util::sync::CancellationToken) {
+    stop_signal().await;
+    tracing::info!("stopping the relay");
+    token.cancel();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut term) = signal(SignalKind::terminate()) else {
-            tracing::warn!("cannot listen for SIGTERM; stop the relay with SIGINT");
+            tracing::warn!("cannot listen for SIGTERM; stop with SIGINT");
             let _ = tokio::signal::ctrl_c().await;
-            token.cancel();
             return;
         };
         tokio::select! {
@@ -510,8 +532,6 @@ async fn stop_on_signal(token: tokio_util::sync::CancellationToken) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("stopping the relay");
-    token.cancel();
 }
 
 #[cfg(test)]
