@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 mod dashboard;
 mod dlq;
+#[cfg(feature = "redis")]
+mod groups;
 mod publish;
 mod tail;
 mod webhooks;
@@ -124,6 +126,19 @@ enum Command {
         after_help = "Example:\n  eventbus dashboard --bind 127.0.0.1:8088 --allow-write --token \"$(openssl rand -hex 16)\""
     )]
     Dashboard(dashboard::DashboardArgs),
+
+    /// The consumer groups of Redis Streams: lag, in flight, consumers, oldest age, dead letters.
+    #[cfg(feature = "redis")]
+    #[command(
+        long_about = "Per consumer group of a Redis Streams transport: its lag (events not yet \
+            delivered to it), in flight (delivered, not settled), redelivered, its consumers (alive \
+            or not, by their heartbeats), the age of its oldest unsettled event and its dead \
+            letters, read from the server. --max-lag and --max-age make it exit with code 3 when a \
+            group is over them (for scripts and alerts); --watch prints again every 2 s.",
+        after_help = "Examples:\n  eventbus groups\n  eventbus groups --type review_created --json\n  \
+            eventbus groups --max-lag 1000 --max-age 5m || alert"
+    )]
+    Groups(groups::GroupsArgs),
 }
 
 /// `capture apply` / `capture drop`.
@@ -295,6 +310,8 @@ impl Command {
             Command::Tail(_) => "tail",
             Command::Publish(_) => "publish",
             Command::Dashboard(_) => "dashboard",
+            #[cfg(feature = "redis")]
+            Command::Groups(_) => "groups",
         }
     }
 
@@ -313,6 +330,8 @@ impl Command {
             Command::Tail(t) => vec![&t.transport_url],
             Command::Publish(p) => vec![&p.transport_url],
             Command::Dashboard(d) => vec![&d.transport_url],
+            #[cfg(feature = "redis")]
+            Command::Groups(g) => vec![&g.transport_url],
         }
     }
 }
@@ -369,6 +388,8 @@ async fn run(command: &Command) -> Result<bool, String> {
         Command::Tail(t) => tail::run(t).await.map(|()| false),
         Command::Publish(p) => publish::run(p).await.map(|()| false),
         Command::Dashboard(d) => dashboard::run(d).await.map(|()| false),
+        #[cfg(feature = "redis")]
+        Command::Groups(g) => groups::run(g).await,
         outbox => run_outbox(outbox).await.map(|()| false),
     }
 }
@@ -397,6 +418,10 @@ async fn run_outbox(command: &Command) -> Result<(), String> {
         Command::Tail(t) => tail::run(t).await?,
         Command::Publish(p) => publish::run(p).await?,
         Command::Dashboard(d) => dashboard::run(d).await?,
+        #[cfg(feature = "redis")]
+        Command::Groups(g) => {
+            groups::run(g).await?;
+        }
         Command::Migrate(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await
