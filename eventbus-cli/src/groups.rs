@@ -47,6 +47,9 @@ struct Group {
     dead_letters: u64,
 }
 
+/// An `XRANGE` entry: its id and fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,7 +177,7 @@ async fn read(args: &GroupsArgs) -> Result<BTreeMap<String, Group>, String> {
             let mut oldest = pending.first().and_then(|p| id_ms(&p.0));
             if oldest.is_none() && lag > 0 {
                 let last = text(&info, "last-delivered-id").unwrap_or_else(|| "0-0".into());
-                let next: Vec<(String, Vec<(String, Vec<u8>)>)> = client
+                let next: Vec<StreamEntry> = client
                     .query(
                         "XRANGE",
                         redis::cmd("XRANGE")
