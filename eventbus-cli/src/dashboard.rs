@@ -40,6 +40,9 @@ pub(crate) struct DashboardArgs {
 struct App {
     queues: Queues,
     transport: String,
+    /// The URL itself (the groups page reads the server with it).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    url: String,
     write_token: Option<String>,
     database_url: Option<String>,
 }
@@ -61,6 +64,7 @@ pub(crate) async fn run(args: &DashboardArgs) -> Result<(), String> {
     let app = Arc::new(App {
         queues,
         transport: eventbus::transport::redact(&args.transport_url),
+        url: args.transport_url.clone(),
         write_token,
         database_url: args.database_url.clone(),
     });
@@ -70,6 +74,7 @@ pub(crate) async fn run(args: &DashboardArgs) -> Result<(), String> {
         .route("/dead-letters/{id}", get(dead_letter))
         .route("/dead-letters/{id}/replay", post(replay))
         .route("/outbox", get(outbox))
+        .route("/groups", get(groups))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
@@ -143,7 +148,7 @@ pre {{ background: #f4f4f4; padding: .6em; overflow: auto; }}
 .flash {{ background: #e6ffed; border: 1px solid #34d058; padding: .5em; }}
 .error {{ background: #ffeef0; border: 1px solid #d73a49; padding: .5em; }}
 </style></head><body>
-<header><strong>eventbus</strong> · {transport} · <a href="/">overview</a><a href="/dead-letters">dead letters</a><a href="/outbox">outbox</a></header>
+<header><strong>eventbus</strong> · {transport} · <a href="/">overview</a><a href="/groups">groups</a><a href="/dead-letters">dead letters</a><a href="/outbox">outbox</a></header>
 <main><h1>{title}</h1>
 {body}
 </main></body></html>"#,
@@ -353,6 +358,46 @@ async fn outbox(State(app): State<Shared>) -> Response {
         Ok(body) => page(&app, "outbox", &body).into_response(),
         Err(e) => failure(&app, StatusCode::BAD_GATEWAY, &e),
     }
+}
+
+#[cfg(feature = "redis")]
+async fn groups(State(app): State<Shared>) -> Response {
+    let groups = match crate::groups::snapshot(&app.url).await {
+        Ok(g) => g,
+        Err(e) => return failure(&app, StatusCode::BAD_GATEWAY, &e),
+    };
+    let mut body = String::from(
+        r#"<table id="groups"><tr><th>group</th><th>types</th><th>lag</th><th>in flight</th><th>redelivered</th><th>oldest unsettled</th><th>consumers (alive)</th><th>dead letters</th></tr>"#,
+    );
+    for (name, g) in &groups {
+        let alive = g.consumers.values().filter(|a| **a).count();
+        let _ = write!(
+            body,
+            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td><a href="/dead-letters?group={}">{}</a></td></tr>"#,
+            esc(name),
+            esc(&g.types.iter().cloned().collect::<Vec<_>>().join(", ")),
+            g.lag,
+            g.in_flight,
+            g.redelivered,
+            g.oldest()
+                .map_or("-".to_owned(), |d| format!("{} s", d.as_secs())),
+            alive,
+            g.consumers.len(),
+            q(name),
+            g.dead_letters
+        );
+    }
+    body.push_str("</table>");
+    page(&app, "groups", &body).into_response()
+}
+
+#[cfg(not(feature = "redis"))]
+async fn groups(State(app): State<Shared>) -> Response {
+    failure(
+        &app,
+        StatusCode::NOT_IMPLEMENTED,
+        "this eventbus-cli is built without Redis (feature redis)",
+    )
 }
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -36,15 +36,29 @@ pub(crate) struct GroupsArgs {
     json: bool,
 }
 
+/// One group as the server tells it.
 #[derive(Debug, Default)]
-struct Group {
-    types: BTreeSet<String>,
-    lag: u64,
-    in_flight: u64,
-    redelivered: u64,
+pub(crate) struct Group {
+    pub(crate) types: BTreeSet<String>,
+    pub(crate) lag: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) redelivered: u64,
     oldest_ms: Option<u64>,
-    consumers: BTreeMap<String, bool>,
-    dead_letters: u64,
+    /// Consumer name -> alive.
+    pub(crate) consumers: BTreeMap<String, bool>,
+    pub(crate) dead_letters: u64,
+}
+
+impl Group {
+    /// How long its oldest unsettled event has waited.
+    pub(crate) fn oldest(&self) -> Option<Duration> {
+        age(self.oldest_ms)
+    }
+}
+
+/// Every group on the Streams transport at `url`.
+pub(crate) async fn snapshot(url: &str) -> Result<BTreeMap<String, Group>, String> {
+    read(url, None, None).await
 }
 
 /// An `XRANGE` entry: its id and fields.
@@ -99,12 +113,12 @@ fn text(m: &BTreeMap<String, redis::Value>, k: &str) -> Option<String> {
 
 use eventbus::transport::redis::redis;
 
-async fn read(args: &GroupsArgs) -> Result<BTreeMap<String, Group>, String> {
-    let scheme = args
-        .transport_url
-        .split_once("://")
-        .map(|(s, _)| s)
-        .unwrap_or("");
+async fn read(
+    url: &str,
+    event_type: Option<&str>,
+    group: Option<&str>,
+) -> Result<BTreeMap<String, Group>, String> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     if !matches!(
         scheme,
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster"
@@ -113,7 +127,7 @@ async fn read(args: &GroupsArgs) -> Result<BTreeMap<String, Group>, String> {
             "`eventbus groups` reads the consumer groups of Redis Streams; `{scheme}://` keeps them in one process"
         ));
     }
-    let client = eventbus::transport::redis::Client::connect_url(&args.transport_url)
+    let client = eventbus::transport::redis::Client::connect_url(url)
         .await
         .map_err(|e| e.to_string())?;
     if client.config().mode() == eventbus::transport::redis::Mode::PubSub {
@@ -137,7 +151,7 @@ async fn read(args: &GroupsArgs) -> Result<BTreeMap<String, Group>, String> {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let now = now_ms();
     for ty in types {
-        if args.event_type.as_ref().is_some_and(|t| t != &ty) {
+        if event_type.is_some_and(|t| t != ty) {
             continue;
         }
         let stream = client.keys().stream(&ty);
@@ -152,7 +166,7 @@ async fn read(args: &GroupsArgs) -> Result<BTreeMap<String, Group>, String> {
             let Some(name) = text(&info, "name") else {
                 continue;
             };
-            if args.group.as_ref().is_some_and(|g| g != &name) {
+            if group.is_some_and(|g| g != name) {
                 continue;
             }
             let g = groups.entry(name.clone()).or_default();
@@ -239,7 +253,12 @@ fn age(ms: Option<u64>) -> Option<Duration> {
 
 /// Prints the groups once; `Ok(true)` when a `--max-*` was exceeded.
 async fn once(args: &GroupsArgs) -> Result<bool, String> {
-    let groups = read(args).await?;
+    let groups = read(
+        &args.transport_url,
+        args.event_type.as_deref(),
+        args.group.as_deref(),
+    )
+    .await?;
     let mut problem = false;
     let mut rows = Vec::new();
     for (name, g) in &groups {

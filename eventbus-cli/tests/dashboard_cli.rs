@@ -139,6 +139,13 @@ async fn the_dashboard_replays_a_dead_letter_in_a_real_browser() {
             !html.contains("replay-form"),
             "no replay form when read-only"
         );
+        let groups = client.get(format!("{}/groups", ro.1)).send().await.unwrap();
+        assert_eq!(groups.status(), 200);
+        let html = groups.text().await.unwrap();
+        assert!(
+            html.contains("<td>clidash.job</td><td>cli_dash.job</td>"),
+            "{html}"
+        );
     }
     let dash = Dashboard::start(&url, &["--allow-write", "--token", TOKEN]).await;
     let wrong = reqwest::Client::new()
