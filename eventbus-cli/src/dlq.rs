@@ -138,7 +138,7 @@ pub(crate) struct ChangeArgs {
     yes: bool,
 }
 
-fn parse_time(text: &str) -> Result<SystemTime, String> {
+pub(crate) fn parse_time(text: &str) -> Result<SystemTime, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&chrono::Utc).into());
     }

@@ -9,6 +9,8 @@ mod dlq;
 #[cfg(feature = "redis")]
 mod groups;
 mod publish;
+#[cfg(feature = "redis")]
+mod replay;
 mod tail;
 mod webhooks;
 
@@ -139,6 +141,16 @@ enum Command {
             eventbus groups --max-lag 1000 --max-age 5m || alert"
     )]
     Groups(groups::GroupsArgs),
+
+    /// Deliver a group's past events again (Redis Streams, from what the streams keep).
+    #[cfg(feature = "redis")]
+    #[command(
+        long_about = "Deliver the events a Redis Streams consumer group read since a time to that \
+            group again, and only to it (through its replay stream), with their ids: for a handler \
+            whose bug is fixed. --dry-run counts them.",
+        after_help = "Example:\n  eventbus replay --group reviews.on_review_created --since 2h --type review_created"
+    )]
+    Replay(replay::ReplayArgs),
 }
 
 /// `capture apply` / `capture drop`.
@@ -312,6 +324,8 @@ impl Command {
             Command::Dashboard(_) => "dashboard",
             #[cfg(feature = "redis")]
             Command::Groups(_) => "groups",
+            #[cfg(feature = "redis")]
+            Command::Replay(_) => "replay",
         }
     }
 
@@ -332,6 +346,8 @@ impl Command {
             Command::Dashboard(d) => vec![&d.transport_url],
             #[cfg(feature = "redis")]
             Command::Groups(g) => vec![&g.transport_url],
+            #[cfg(feature = "redis")]
+            Command::Replay(r) => vec![&r.transport_url],
         }
     }
 }
@@ -390,6 +406,8 @@ async fn run(command: &Command) -> Result<bool, String> {
         Command::Dashboard(d) => dashboard::run(d).await.map(|()| false),
         #[cfg(feature = "redis")]
         Command::Groups(g) => groups::run(g).await,
+        #[cfg(feature = "redis")]
+        Command::Replay(r) => replay::run(r).await.map(|()| false),
         outbox => run_outbox(outbox).await.map(|()| false),
     }
 }
@@ -422,6 +440,8 @@ async fn run_outbox(command: &Command) -> Result<(), String> {
         Command::Groups(g) => {
             groups::run(g).await?;
         }
+        #[cfg(feature = "redis")]
+        Command::Replay(r) => replay::run(r).await?,
         Command::Migrate(args) => {
             let db = Database::connect(&args.database.database_url)
                 .await

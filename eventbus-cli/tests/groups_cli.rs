@@ -141,3 +141,113 @@ async fn groups_shows_lag_in_flight_consumers_and_age() {
     assert_eq!(memory.status.code(), Some(1));
     drop(running);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_delivers_a_groups_past_events_to_it_again_and_only_to_it() {
+    use std::sync::{Arc, Mutex};
+    let server = testkit::RedisServer::start().expect("start redis-server");
+    let url = server.url();
+    type Seen = Arc<Mutex<Vec<(u32, String)>>>;
+    let (fixed, other): (Seen, Seen) = Default::default();
+    let (f, o) = (fixed.clone(), other.clone());
+    let bus = eventbus::Bus::builder()
+        .service("clireplay")
+        .without_registered()
+        .handler(HandlerDef::new("fixed", move |job: Job, ctx: Context| {
+            f.lock().unwrap().push((job.n, ctx.id().to_owned()));
+            async {}
+        }))
+        .handler(HandlerDef::new("other", move |job: Job, ctx: Context| {
+            o.lock().unwrap().push((job.n, ctx.id().to_owned()));
+            async {}
+        }))
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut running = bus.spawn();
+    running.ready().await.unwrap();
+    for n in 1..=3 {
+        bus.publish(Job { n }).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fixed.lock().unwrap().len() < 3 || other.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "the first deliveries");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = fixed.lock().unwrap().clone();
+
+    let dry = eventbus(&[
+        "replay",
+        "--transport-url",
+        &url,
+        "--group",
+        "clireplay.fixed",
+        "--since",
+        "1h",
+        "--dry-run",
+        "--json",
+    ])
+    .await;
+    let v: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(
+        (v["replayed"].as_u64(), v["dry_run"].as_bool()),
+        (Some(3), Some(true)),
+        "{v}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fixed.lock().unwrap().len(), 3, "a dry run delivers nothing");
+
+    let done = eventbus(&[
+        "replay",
+        "--transport-url",
+        &url,
+        "--group",
+        "clireplay.fixed",
+        "--since",
+        "1h",
+    ])
+    .await;
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&done.stdout)
+            .contains("3 events delivered again to clireplay.fixed")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fixed.lock().unwrap().len() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the replays: {:?}",
+            fixed.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = fixed.lock().unwrap()[3..].to_vec();
+    let mut ids: Vec<&String> = again.iter().map(|(_, id)| id).collect();
+    let mut before: Vec<&String> = first.iter().map(|(_, id)| id).collect();
+    ids.sort();
+    before.sort();
+    assert_eq!(ids, before, "the same events, by id");
+    assert_eq!(
+        other.lock().unwrap().len(),
+        3,
+        "the other group got nothing again"
+    );
+    let unknown = eventbus(&[
+        "replay",
+        "--transport-url",
+        &url,
+        "--group",
+        "nope",
+        "--since",
+        "1h",
+    ])
+    .await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no consumer group `nope`"));
+    running.shutdown().await.unwrap();
+}
