@@ -35,6 +35,12 @@ pub(crate) struct DashboardArgs {
     /// The outbox database, for the outbox page (`postgres://...`, `sqlite:...`).
     #[arg(long)]
     database_url: Option<String>,
+    /// A service's base URL whose webhook subscriptions API the webhooks page reads.
+    #[arg(long)]
+    webhooks_url: Option<String>,
+    /// The bearer token of that API.
+    #[arg(long, env = "EVENTBUS_TOKEN", hide_env_values = true)]
+    webhooks_token: Option<String>,
 }
 
 struct App {
@@ -45,6 +51,7 @@ struct App {
     url: String,
     write_token: Option<String>,
     database_url: Option<String>,
+    webhooks: Option<crate::webhooks::Common>,
 }
 
 type Shared = Arc<App>;
@@ -67,6 +74,14 @@ pub(crate) async fn run(args: &DashboardArgs) -> Result<(), String> {
         url: args.transport_url.clone(),
         write_token,
         database_url: args.database_url.clone(),
+        webhooks: args
+            .webhooks_url
+            .as_ref()
+            .map(|url| crate::webhooks::Common {
+                url: url.clone(),
+                token: args.webhooks_token.clone(),
+                json: false,
+            }),
     });
     let router = axum::Router::new()
         .route("/", get(overview))
@@ -75,6 +90,8 @@ pub(crate) async fn run(args: &DashboardArgs) -> Result<(), String> {
         .route("/dead-letters/{id}/replay", post(replay))
         .route("/outbox", get(outbox))
         .route("/groups", get(groups))
+        .route("/webhooks", get(webhooks))
+        .route("/webhooks/{id}", get(webhook_attempts))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
@@ -148,7 +165,7 @@ pre {{ background: #f4f4f4; padding: .6em; overflow: auto; }}
 .flash {{ background: #e6ffed; border: 1px solid #34d058; padding: .5em; }}
 .error {{ background: #ffeef0; border: 1px solid #d73a49; padding: .5em; }}
 </style></head><body>
-<header><strong>eventbus</strong> · {transport} · <a href="/">overview</a><a href="/groups">groups</a><a href="/dead-letters">dead letters</a><a href="/outbox">outbox</a></header>
+<header><strong>eventbus</strong> · {transport} · <a href="/">overview</a><a href="/groups">groups</a><a href="/dead-letters">dead letters</a><a href="/outbox">outbox</a><a href="/webhooks">webhooks</a></header>
 <main><h1>{title}</h1>
 {body}
 </main></body></html>"#,
@@ -358,6 +375,81 @@ async fn outbox(State(app): State<Shared>) -> Response {
         Ok(body) => page(&app, "outbox", &body).into_response(),
         Err(e) => failure(&app, StatusCode::BAD_GATEWAY, &e),
     }
+}
+
+async fn webhooks(State(app): State<Shared>) -> Response {
+    let Some(api) = &app.webhooks else {
+        return page(
+            &app,
+            "webhooks",
+            "<p>No subscriptions API: start the dashboard with --webhooks-url (a service's base URL) to see its webhook subscriptions.</p>",
+        )
+        .into_response();
+    };
+    let list = match crate::webhooks::call(api, reqwest::Method::GET, "/subscriptions", None).await
+    {
+        Ok(v) => v,
+        Err(e) => return failure(&app, StatusCode::BAD_GATEWAY, &e),
+    };
+    let text = crate::webhooks::text;
+    let mut body = String::from(
+        r#"<table id="subscriptions"><tr><th>id</th><th>state</th><th>sink</th><th>types</th></tr>"#,
+    );
+    for s in list.as_array().into_iter().flatten() {
+        let types = s["types"]
+            .as_array()
+            .map(|t| t.iter().map(text).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|| "*".into());
+        let _ = write!(
+            body,
+            r#"<tr><td><a href="/webhooks/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            q(&text(&s["id"])),
+            esc(&text(&s["id"])),
+            esc(&text(&s["status"]["state"])),
+            esc(&text(&s["sink"])),
+            esc(&types)
+        );
+    }
+    body.push_str("</table>");
+    page(&app, "webhook subscriptions", &body).into_response()
+}
+
+async fn webhook_attempts(State(app): State<Shared>, Path(id): Path<String>) -> Response {
+    let Some(api) = &app.webhooks else {
+        return failure(
+            &app,
+            StatusCode::NOT_FOUND,
+            "no subscriptions API (--webhooks-url)",
+        );
+    };
+    let path = format!("/subscriptions/{}/attempts", crate::webhooks::segment(&id));
+    let attempts = match crate::webhooks::call(api, reqwest::Method::GET, &path, None).await {
+        Ok(v) => v,
+        Err(e) => return failure(&app, StatusCode::BAD_GATEWAY, &e),
+    };
+    let text = crate::webhooks::text;
+    let mut body = String::from(
+        r#"<table id="attempts"><tr><th>at</th><th>event</th><th>type</th><th>attempt</th><th>status</th><th>outcome</th><th>ms</th></tr>"#,
+    );
+    for a in attempts.as_array().into_iter().flatten() {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&text(&a["at"])),
+            esc(&text(&a["event_id"])),
+            esc(&text(&a["event_type"])),
+            esc(&text(&a["attempt"])),
+            esc(&if a["status"].is_null() {
+                "-".to_owned()
+            } else {
+                text(&a["status"])
+            }),
+            esc(&text(&a["outcome"])),
+            esc(&text(&a["duration_ms"]))
+        );
+    }
+    body.push_str("</table>");
+    page(&app, &format!("attempts of {id}"), &body).into_response()
 }
 
 #[cfg(feature = "redis")]

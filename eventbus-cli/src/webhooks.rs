@@ -122,7 +122,7 @@ impl WebhooksCommand {
 }
 
 /// A path segment, percent-encoded.
-fn segment(id: &str) -> String {
+pub(crate) fn segment(id: &str) -> String {
     id.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -134,7 +134,7 @@ fn segment(id: &str) -> String {
 }
 
 /// One request to the API; its JSON, or a sentence saying what went wrong.
-async fn call(
+pub(crate) async fn call(
     common: &Common,
     method: reqwest::Method,
     path: &str,
@@ -313,7 +313,7 @@ pub(crate) async fn run(command: &WebhooksCommand) -> Result<(), String> {
 }
 
 /// A JSON value as a cell: strings bare, the rest as JSON.
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

@@ -399,3 +399,60 @@ async fn usage_mistakes_exit_2_and_help_names_the_commands() {
     }
     assert!(!text.contains(TOKEN), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_subscriptions_and_their_attempts() {
+    let svc = Service::start().await;
+    let ok = svc.subscribe(&receiver(StatusCode::OK).await).await;
+    svc.wait_state(&ok, "active").await;
+    svc.bus.publish(Hooked { n: 1 }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json(&svc.cli(&["attempts", &ok, "--json"]).await)
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+    {
+        assert!(Instant::now() < deadline, "a delivery attempt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut dash = std::process::Command::new(env!("CARGO_BIN_EXE_eventbus"))
+        .args([
+            "dashboard",
+            "--transport-url",
+            "memory://",
+            "--bind",
+            &addr.to_string(),
+        ])
+        .args(["--webhooks-url", &svc.base, "--webhooks-token", TOKEN])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let html = loop {
+        if let Ok(r) = reqwest::get(format!("{base}/webhooks")).await {
+            break r.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the dashboard did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        html.contains(&format!(">{ok}</a></td><td>active</td>")),
+        "{html}"
+    );
+    assert!(html.contains("cli_test.hooked"), "{html}");
+    let attempts = reqwest::get(format!("{base}/webhooks/{ok}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(attempts.contains("<td>cli_test.hooked</td>"), "{attempts}");
+    assert!(attempts.contains("<td>200</td>"), "{attempts}");
+    let _ = dash.kill();
+    let _ = dash.wait();
+}
