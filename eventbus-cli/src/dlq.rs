@@ -151,7 +151,11 @@ pub(crate) fn parse_time(text: &str) -> Result<SystemTime, String> {
 }
 
 /// The dead-letter queues behind a URL, each with the prefix of its ids.
-pub(crate) struct Queues(Vec<(&'static str, Arc<dyn Transport>)>);
+pub(crate) struct Queues(
+    Vec<(&'static str, Arc<dyn Transport>)>,
+    /// A listing read as many as it reads at most from a queue: there may be more.
+    std::sync::atomic::AtomicBool,
+);
 
 impl Queues {
     pub(crate) async fn open(url: &str) -> Result<Self, String> {
@@ -174,24 +178,32 @@ impl Queues {
             .map_err(|e| e.to_string())?;
             queues.push(("celery:", Arc::new(celery)));
         }
-        Ok(Queues(queues))
+        Ok(Queues(queues, std::sync::atomic::AtomicBool::new(false)))
     }
 
     /// Every dead letter, ids prefixed, oldest first.
     pub(crate) async fn all(&self) -> Result<Vec<DeadLetter>, String> {
         let mut out = Vec::new();
         for (prefix, t) in &self.0 {
-            for mut dl in t
+            let read = t
                 .dead_letters(READ_AT_MOST)
                 .await
-                .map_err(|e| e.to_string())?
-            {
+                .map_err(|e| e.to_string())?;
+            if read.len() >= READ_AT_MOST {
+                self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            for mut dl in read {
                 dl.id = format!("{prefix}{}", dl.id);
                 out.push(dl);
             }
         }
         out.sort_by_key(|d| d.time);
         Ok(out)
+    }
+
+    /// Whether a queue held more than a listing reads (counts are then lower bounds).
+    fn capped(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn split<'a>(&self, id: &'a str) -> (&Arc<dyn Transport>, &'a str) {
@@ -346,6 +358,7 @@ async fn list(queues: &Queues, args: &ListArgs) -> Result<bool, String> {
                 "dead_letters": shown.iter().map(|d| to_json(d)).collect::<Vec<_>>(),
                 "matched": matched.len(),
                 "total": total,
+                "total_is_at_least": queues.capped(),
             })
         );
     } else {
@@ -365,7 +378,8 @@ async fn list(queues: &Queues, args: &ListArgs) -> Result<bool, String> {
         } else {
             String::new()
         };
-        println!("{} of {total} dead letters{more}", matched.len());
+        let at_least = if queues.capped() { "at least " } else { "" };
+        println!("{} of {at_least}{total} dead letters{more}", matched.len());
     }
     Ok(args.max.is_some_and(|max| matched.len() > max))
 }
