@@ -1,0 +1,308 @@
+//! Metrics, through the [`metrics`](https://docs.rs/metrics) facade: nothing
+//! is kept or exported until the application installs a recorder (or turns
+//! on the `prometheus` feature and calls [`prometheus::install`]).
+//!
+//! Every name is a constant of [`METRICS`] (the table in `eventbus/METRICS.md`
+//! is generated from it). Counters and the handler histogram are recorded as
+//! things happen; the consumer-group gauges are sampled by a running bus
+//! every [`BusBuilder::metrics_interval`](crate::BusBuilder::metrics_interval)
+//! (10 s by default) from [`Transport::group_stats`], and the outbox gauges
+//! by a running relay.
+
+// The relay beats are read by `/readyz` (`http`) and written by the outbox relays.
+#![cfg_attr(
+    not(any(feature = "http", feature = "postgres", feature = "sqlite")),
+    allow(dead_code)
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use eventbus_core::metrics::*;
+
+use crate::transport::{Delivery, GroupSpec, Outgoing, Transport};
+
+/// How often a bus samples its groups unless told otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The bus's metrics settings and what its health checks read.
+#[derive(Debug)]
+pub(crate) struct BusMetrics {
+    pub interval: Option<Duration>,
+    /// The outbox relays running with this bus.
+    pub relays: Mutex<Vec<Arc<RelayBeat>>>,
+}
+
+impl Default for BusMetrics {
+    fn default() -> Self {
+        Self {
+            interval: Some(DEFAULT_INTERVAL),
+            relays: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// The last round of an outbox relay that went through (for `/readyz` and
+/// the `eventbus.outbox.last_round.age` gauge).
+#[derive(Debug)]
+pub(crate) struct RelayBeat {
+    last_ok: Mutex<tokio::time::Instant>,
+    /// The last outage or error, while the relay is failing.
+    error: Mutex<Option<String>>,
+}
+
+impl RelayBeat {
+    pub(crate) fn new() -> Self {
+        Self {
+            last_ok: Mutex::new(tokio::time::Instant::now()),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// A round went through.
+    pub(crate) fn ok(&self) {
+        *self.last_ok.lock() = tokio::time::Instant::now();
+        *self.error.lock() = None;
+    }
+
+    /// A round failed (an outage, or a database error).
+    pub(crate) fn failed(&self, error: impl Into<String>) {
+        *self.error.lock() = Some(error.into());
+    }
+
+    pub(crate) fn since_ok(&self) -> Duration {
+        self.last_ok.lock().elapsed()
+    }
+
+    /// Why the relay is stuck: failing for longer than `after`.
+    pub(crate) fn stuck(&self, after: Duration) -> Option<String> {
+        let error = self.error.lock().clone()?;
+        let since = self.since_ok();
+        (since > after).then(|| format!("no relay round went through for {since:?}: {error}"))
+    }
+}
+
+/// Registers a running relay with its bus, for `/readyz`.
+pub(crate) fn register_relay(bus: &crate::Bus, beat: &Arc<RelayBeat>) {
+    bus.metrics().relays.lock().push(beat.clone());
+}
+
+/// Unregisters a relay that stopped.
+pub(crate) fn unregister_relay(bus: &crate::Bus, beat: &Arc<RelayBeat>) {
+    bus.metrics()
+        .relays
+        .lock()
+        .retain(|b| !Arc::ptr_eq(b, beat));
+}
+
+/// Why the bus's relays are stuck, if one is.
+pub(crate) fn relays_stuck(bus: &crate::Bus, after: Duration) -> Option<String> {
+    bus.metrics()
+        .relays
+        .lock()
+        .iter()
+        .find_map(|b| b.stuck(after))
+}
+
+/// `messaging.client.sent.messages`, one increment per run of one type.
+pub(crate) fn sent(transport: &'static str, batch: &[Outgoing]) {
+    for run in batch.chunk_by(|a, b| a.event_type == b.event_type) {
+        counter!(SENT_MESSAGES.name, "type" => run[0].event_type.clone(), "transport" => transport)
+            .increment(run.len() as u64);
+    }
+}
+
+/// `messaging.client.consumed.messages` for what a worker read.
+pub(crate) fn consumed(group: &Arc<str>, transport: &'static str, batch: &[Delivery]) {
+    for run in batch.chunk_by(|a, b| a.event_type == b.event_type) {
+        counter!(
+            CONSUMED_MESSAGES.name,
+            "type" => run[0].event_type.as_str().to_owned(),
+            "group" => group.clone(),
+            "transport" => transport
+        )
+        .increment(run.len() as u64);
+    }
+}
+
+/// `messaging.process.duration` of one handler run.
+pub(crate) fn processed(group: &Arc<str>, event_type: &str, ok: bool, took: Duration) {
+    histogram!(
+        PROCESS_DURATION.name,
+        "type" => event_type.to_owned(),
+        "group" => group.clone(),
+        "outcome" => if ok { "ok" } else { "error" }
+    )
+    .record(took.as_secs_f64());
+}
+
+/// `eventbus.handler.retries`.
+pub(crate) fn retried(group: &Arc<str>, event_type: &str) {
+    counter!(RETRIES.name, "type" => event_type.to_owned(), "group" => group.clone()).increment(1);
+}
+
+/// `eventbus.dead_lettered.messages`.
+pub(crate) fn dead_lettered(group: &Arc<str>, event_type: &str) {
+    counter!(DEAD_LETTERED.name, "type" => event_type.to_owned(), "group" => group.clone())
+        .increment(1);
+}
+
+/// The groups a run samples.
+pub(crate) fn groups<'a>(specs: impl IntoIterator<Item = &'a GroupSpec>) -> Vec<GroupSpec> {
+    specs
+        .into_iter()
+        .filter(|g| !g.broadcast)
+        .cloned()
+        .collect()
+}
+
+/// Samples the consumer-group gauges once.
+pub async fn sample_groups(transport: &dyn Transport, groups: &[GroupSpec]) {
+    for group in groups {
+        let Some(stats) = transport.group_stats(group) else {
+            continue;
+        };
+        let stats = match stats.await {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::debug!(group = %group.group, "cannot sample the group's backlog: {e}");
+                continue;
+            }
+        };
+        let labels = [
+            ("group", group.group.clone()),
+            ("transport", transport.name().to_owned()),
+        ];
+        if let Some(lag) = stats.lag {
+            gauge!(CONSUMER_LAG.name, &labels).set(lag as f64);
+        }
+        if let Some(pending) = stats.pending {
+            gauge!(CONSUMER_PENDING.name, &labels).set(pending as f64);
+        }
+        if let Some(age) = stats.oldest_pending {
+            gauge!(CONSUMER_OLDEST_PENDING_AGE.name, &labels).set(age.as_secs_f64());
+        }
+    }
+}
+
+/// Samples the groups every `interval` until `token` fires (a bus's run).
+pub(crate) async fn sample_loop(
+    transport: Arc<dyn Transport>,
+    groups: Vec<GroupSpec>,
+    interval: Option<Duration>,
+    token: CancellationToken,
+) -> crate::Result<()> {
+    let Some(interval) = interval else {
+        return Ok(());
+    };
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tick.tick() => sample_groups(&*transport, &groups).await,
+        }
+    }
+}
+
+/// Samples the outbox gauges every `interval` until `token` fires (a relay's run).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) async fn sample_outbox(
+    db: crate::outbox::Database,
+    beat: Arc<RelayBeat>,
+    interval: Option<Duration>,
+    token: CancellationToken,
+) {
+    let Some(interval) = interval else { return };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        gauge!(OUTBOX_LAST_ROUND_AGE.name).set(beat.since_ok().as_secs_f64());
+        match crate::outbox::counts(db.clone()).await {
+            Ok(counts) => {
+                gauge!(OUTBOX_PENDING.name).set(counts.pending as f64);
+                gauge!(OUTBOX_FAILED.name).set(counts.failed as f64);
+            }
+            Err(e) => tracing::debug!("cannot sample the outbox: {e}"),
+        }
+    }
+}
+
+/// The Prometheus exporter (feature `prometheus`): a recorder whose
+/// [`PrometheusHandle`](metrics_exporter_prometheus::PrometheusHandle)
+/// renders the text exposition that `GET /metrics` serves
+/// ([`crate::health::router`]).
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub mod prometheus {
+    use std::sync::OnceLock;
+
+    pub use metrics_exporter_prometheus::{
+        PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+    };
+
+    use super::PROCESS_DURATION;
+    use crate::{Error, Result};
+
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+    /// Buckets of `messaging.process.duration`, in seconds.
+    pub const DURATION_BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+
+    /// A builder with eventbus's histogram buckets, for [`install_with`] or a
+    /// recorder of the caller's own.
+    pub fn builder() -> PrometheusBuilder {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(PROCESS_DURATION.name.to_owned()),
+                DURATION_BUCKETS,
+            )
+            .expect("the buckets are not empty")
+    }
+
+    /// Installs a Prometheus recorder as the global recorder (once per
+    /// process) and returns its handle, which `GET /metrics` then renders.
+    pub fn install() -> Result<PrometheusHandle> {
+        install_with(builder())
+    }
+
+    /// [`install`] with the caller's builder (start from [`builder`]).
+    pub fn install_with(builder: PrometheusBuilder) -> Result<PrometheusHandle> {
+        if let Some(handle) = HANDLE.get() {
+            return Ok(handle.clone());
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|e| {
+            Error::Config(format!(
+                "cannot install the Prometheus recorder: {e} (another metrics recorder is installed)"
+            ))
+        })?;
+        let _ = HANDLE.set(handle.clone());
+        Ok(handle)
+    }
+
+    /// Uses `handle` for `GET /metrics` (a recorder installed by the caller,
+    /// or a local one in tests); the first handle set stays.
+    pub fn set_handle(handle: PrometheusHandle) {
+        let _ = HANDLE.set(handle);
+    }
+
+    /// The handle `GET /metrics` renders, once installed.
+    pub fn handle() -> Option<&'static PrometheusHandle> {
+        HANDLE.get()
+    }
+}
