@@ -180,6 +180,11 @@ pub fn markdown_table() -> String {
             .map(|l| format!("`{l}`"))
             .collect::<Vec<_>>()
             .join(", ");
+        let labels = if labels.is_empty() {
+            "none".to_owned()
+        } else {
+            labels
+        };
         out.push_str(&format!(
             "| `{}` | {} | `{}` | {} | {} |\n",
             m.name,
