@@ -149,7 +149,7 @@ pub const WEBHOOK_ATTEMPTS: MetricDoc = MetricDoc {
     kind: MetricKind::Counter,
     unit: "{attempt}",
     labels: &["type", "outcome"],
-    description: "Webhook delivery attempts; `outcome` is `delivered`, `retry` or `failed`.",
+    description: "Webhook delivery attempts; `outcome` is `delivered`, `retrying`, `dead_lettered` (the last attempt failed) or `gone` (410: the subscription is disabled).",
 };
 
 /// Every metric eventbus records.
