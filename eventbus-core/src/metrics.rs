@@ -125,6 +125,15 @@ pub const OUTBOX_PENDING: MetricDoc = MetricDoc {
     description: "`pending` outbox rows (due, scheduled or in backoff), sampled by the relay.",
 };
 
+/// How long the most overdue outbox row has been due.
+pub const OUTBOX_OLDEST_PENDING_AGE: MetricDoc = MetricDoc {
+    name: "eventbus.outbox.oldest_pending.age",
+    kind: MetricKind::Gauge,
+    unit: "s",
+    labels: &[],
+    description: "How long the most overdue `pending` outbox row the relay could claim has been due; 0 when none is (sampled by the relay).",
+};
+
 /// Outbox rows that gave up.
 pub const OUTBOX_FAILED: MetricDoc = MetricDoc {
     name: "eventbus.outbox.failed",
@@ -163,6 +172,7 @@ pub const METRICS: &[MetricDoc] = &[
     CONSUMER_PENDING,
     CONSUMER_OLDEST_PENDING_AGE,
     OUTBOX_PENDING,
+    OUTBOX_OLDEST_PENDING_AGE,
     OUTBOX_FAILED,
     OUTBOX_LAST_ROUND_AGE,
     WEBHOOK_ATTEMPTS,

@@ -229,13 +229,26 @@ pub(crate) async fn sample_outbox(
             _ = tick.tick() => {}
         }
         gauge!(OUTBOX_LAST_ROUND_AGE.name).set(beat.since_ok().as_secs_f64());
-        match crate::outbox::counts(db.clone()).await {
-            Ok(counts) => {
-                gauge!(OUTBOX_PENDING.name).set(counts.pending as f64);
-                gauge!(OUTBOX_FAILED.name).set(counts.failed as f64);
-            }
-            Err(e) => tracing::debug!("cannot sample the outbox: {e}"),
+        sample_outbox_once(db.clone()).await;
+    }
+}
+
+/// Samples `eventbus.outbox.pending`, `.failed` and `.oldest_pending.age`
+/// once (a full count of the table, and one indexed query).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+pub async fn sample_outbox_once(db: impl Into<crate::outbox::Database>) {
+    let db = db.into();
+    match crate::outbox::counts(db.clone()).await {
+        Ok(counts) => {
+            gauge!(OUTBOX_PENDING.name).set(counts.pending as f64);
+            gauge!(OUTBOX_FAILED.name).set(counts.failed as f64);
         }
+        Err(e) => tracing::debug!("cannot count the outbox: {e}"),
+    }
+    match crate::outbox::oldest_due(db).await {
+        Ok(age) => gauge!(OUTBOX_OLDEST_PENDING_AGE.name).set(age.as_secs_f64()),
+        Err(e) => tracing::debug!("cannot read the outbox's oldest row: {e}"),
     }
 }
 
