@@ -347,6 +347,19 @@ pub struct GroupStats {
 }
 
 impl GroupStats {
+    /// The backlog of a group over two transports (lags and pending counts
+    /// add up, the oldest is the older); a field either side lacks is `None`.
+    pub fn combine(self, other: Self) -> Self {
+        Self {
+            lag: self.lag.zip(other.lag).map(|(a, b)| a + b),
+            pending: self.pending.zip(other.pending).map(|(a, b)| a + b),
+            oldest_pending: self
+                .oldest_pending
+                .zip(other.oldest_pending)
+                .map(|(a, b)| a.max(b)),
+        }
+    }
+
     /// Stats with every field given.
     pub fn new(lag: u64, pending: u64, oldest_pending: Duration) -> Self {
         Self {

@@ -145,3 +145,32 @@ fn a_running_bus_samples_its_groups() {
         Some(0.0)
     );
 }
+
+#[test]
+fn a_routed_bus_tells_the_backlog_of_the_transport_a_group_lives_on() {
+    with_recorder(&DebuggingRecorder::new(), || async {
+        let (default, jobs) = (MemoryTransport::new(), MemoryTransport::new());
+        let bus = eventbus::Bus::builder()
+            .service("svc")
+            .without_registered()
+            .transport(default)
+            .route_transport(["metrics.job"], jobs.clone())
+            .build()
+            .await
+            .unwrap();
+        let spec = GroupSpec {
+            group: "svc.routed".into(),
+            handler: "routed".into(),
+            topics: Topics::Types(vec!["metrics.job".into()]),
+            handler_timeout: None,
+            broadcast: false,
+        };
+        bus.transport().declare(&spec).await.unwrap();
+        for n in 0..3 {
+            bus.publish(Job { n }).await.unwrap();
+        }
+        let stats = bus.transport().group_stats(&spec).unwrap().await.unwrap();
+        assert_eq!((stats.lag, stats.pending), (Some(3), Some(0)));
+        assert_eq!(jobs.pending("svc.routed"), 3);
+    });
+}
