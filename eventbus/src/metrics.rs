@@ -287,16 +287,16 @@ pub mod prometheus {
     }
 
     /// Installs a Prometheus recorder as the global recorder (once per
-    /// process) and returns its handle, which `GET /metrics` then renders.
+    /// process) and returns its handle, which `GET /metrics` then renders
+    /// (call [`PrometheusHandle::run_upkeep`] now and then if the process
+    /// records many histograms and is rarely scraped).
     pub fn install() -> Result<PrometheusHandle> {
         install_with(builder())
     }
 
-    /// [`install`] with the caller's builder (start from [`builder`]).
+    /// [`install`] with the caller's builder (start from [`builder`]). Fails
+    /// if a global recorder is installed already (a second call).
     pub fn install_with(builder: PrometheusBuilder) -> Result<PrometheusHandle> {
-        if let Some(handle) = HANDLE.get() {
-            return Ok(handle.clone());
-        }
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|e| {

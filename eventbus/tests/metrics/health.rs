@@ -207,4 +207,14 @@ fn metrics_serves_the_prometheus_text_of_a_known_workload() {
         text.contains("# TYPE messaging_process_duration histogram"),
         "{text}"
     );
+
+    // The global recorder: once per process.
+    let global = prometheus::install().expect("no global recorder yet");
+    let again = prometheus::install().expect_err("a second global recorder");
+    assert!(
+        again.to_string().contains("another metrics recorder"),
+        "{again}"
+    );
+    metrics::counter!(eventbus::metrics::RETRIES.name, "group" => "global.check").increment(1);
+    assert!(global.render().contains(r#"group="global.check""#));
 }
