@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use eventbus::health::Health;
 use eventbus::transport::memory::MemoryTransport;
 use serde_json::Value;
 
-use crate::support::{eventually, publish_workload, workload_builder};
+use crate::support::workload_builder;
 
 async fn listen() -> (tokio::net::TcpListener, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -92,7 +91,7 @@ async fn readyz_is_503_while_the_redis_server_is_down() {
         .expect("start redis-server (apt-get install -y redis-server)");
     let bus = workload_builder().connect(&server.url()).await.unwrap();
     let (listener, url) = listen().await;
-    let router = Health::new(&bus)
+    let router = eventbus::health::Health::new(&bus)
         .ping_timeout(Duration::from_millis(300))
         .router();
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -131,6 +130,7 @@ async fn readyz_is_503_while_the_redis_server_is_down() {
 #[cfg(feature = "prometheus")]
 #[test]
 fn metrics_serves_the_prometheus_text_of_a_known_workload() {
+    use crate::support::{eventually, publish_workload};
     use eventbus::metrics::prometheus;
 
     let recorder = prometheus::builder().build_recorder();
