@@ -1093,6 +1093,7 @@ impl BusBuilder {
                 } else {
                     Arc::from([])
                 },
+                metrics: Default::default(),
             }));
         }
         for b in bridges {

@@ -116,39 +116,97 @@ pub(crate) fn sent(transport: &'static str, batch: &[Outgoing]) {
     }
 }
 
-/// `messaging.client.consumed.messages` for what a worker read.
-pub(crate) fn consumed(group: &Arc<str>, transport: &'static str, batch: &[Delivery]) {
-    for run in batch.chunk_by(|a, b| a.event_type == b.event_type) {
-        counter!(
-            CONSUMED_MESSAGES.name,
-            "type" => run[0].event_type.as_str().to_owned(),
-            "group" => group.clone(),
-            "transport" => transport
-        )
-        .increment(run.len() as u64);
+/// A worker's metric handles, registered with the recorder once per event
+/// type: an event then costs a map lookup, not a key built (and allocated)
+/// and looked up by the recorder. So install the recorder before the bus
+/// handles its first event.
+#[derive(Default)]
+pub(crate) struct GroupMetrics {
+    by_type: Mutex<std::collections::HashMap<Box<str>, TypeHandles>>,
+    /// The transport's name, known from the first read (before anything is
+    /// handled).
+    transport: std::sync::OnceLock<&'static str>,
+}
+
+impl std::fmt::Debug for GroupMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMetrics").finish_non_exhaustive()
     }
 }
 
-/// `messaging.process.duration` of one handler run.
-pub(crate) fn processed(group: &Arc<str>, event_type: &str, ok: bool, took: Duration) {
-    histogram!(
-        PROCESS_DURATION.name,
-        "type" => event_type.to_owned(),
-        "group" => group.clone(),
-        "outcome" => if ok { "ok" } else { "error" }
-    )
-    .record(took.as_secs_f64());
+struct TypeHandles {
+    consumed: metrics::Counter,
+    ok: metrics::Histogram,
+    error: metrics::Histogram,
+    retries: metrics::Counter,
+    dead: metrics::Counter,
 }
 
-/// `eventbus.handler.retries`.
-pub(crate) fn retried(group: &Arc<str>, event_type: &str) {
-    counter!(RETRIES.name, "type" => event_type.to_owned(), "group" => group.clone()).increment(1);
+impl TypeHandles {
+    fn new(group: &Arc<str>, transport: &'static str, event_type: &str) -> Self {
+        let (ty, group) = (event_type.to_owned(), group.clone());
+        let duration = |outcome: &'static str| {
+            histogram!(
+                PROCESS_DURATION.name,
+                "type" => ty.clone(),
+                "group" => group.clone(),
+                "outcome" => outcome
+            )
+        };
+        Self {
+            consumed: counter!(
+                CONSUMED_MESSAGES.name,
+                "type" => ty.clone(),
+                "group" => group.clone(),
+                "transport" => transport
+            ),
+            ok: duration("ok"),
+            error: duration("error"),
+            retries: counter!(RETRIES.name, "type" => ty.clone(), "group" => group.clone()),
+            dead: counter!(DEAD_LETTERED.name, "type" => ty, "group" => group),
+        }
+    }
 }
 
-/// `eventbus.dead_lettered.messages`.
-pub(crate) fn dead_lettered(group: &Arc<str>, event_type: &str) {
-    counter!(DEAD_LETTERED.name, "type" => event_type.to_owned(), "group" => group.clone())
-        .increment(1);
+impl GroupMetrics {
+    fn with<R>(&self, group: &Arc<str>, event_type: &str, f: impl FnOnce(&TypeHandles) -> R) -> R {
+        let mut by_type = self.by_type.lock();
+        if let Some(handles) = by_type.get(event_type) {
+            return f(handles);
+        }
+        let transport = self.transport.get().copied().unwrap_or("");
+        let handles = TypeHandles::new(group, transport, event_type);
+        let r = f(&handles);
+        by_type.insert(event_type.into(), handles);
+        r
+    }
+
+    /// `messaging.client.consumed.messages` for what a worker read.
+    pub(crate) fn consumed(&self, group: &Arc<str>, transport: &'static str, batch: &[Delivery]) {
+        let _ = self.transport.set(transport);
+        for run in batch.chunk_by(|a, b| a.event_type == b.event_type) {
+            self.with(group, &run[0].event_type, |h| {
+                h.consumed.increment(run.len() as u64)
+            });
+        }
+    }
+
+    /// `messaging.process.duration` of one handler run.
+    pub(crate) fn processed(&self, group: &Arc<str>, event_type: &str, ok: bool, took: Duration) {
+        self.with(group, event_type, |h| {
+            if ok { &h.ok } else { &h.error }.record(took.as_secs_f64())
+        });
+    }
+
+    /// `eventbus.handler.retries`.
+    pub(crate) fn retried(&self, group: &Arc<str>, event_type: &str) {
+        self.with(group, event_type, |h| h.retries.increment(1));
+    }
+
+    /// `eventbus.dead_lettered.messages`.
+    pub(crate) fn dead_lettered(&self, group: &Arc<str>, event_type: &str) {
+        self.with(group, event_type, |h| h.dead.increment(1));
+    }
 }
 
 /// The groups a run samples.

@@ -55,6 +55,7 @@ pub(crate) struct WorkerSpec {
     /// Types a global handler does not run for: Celery tasks, which run
     /// once, on their own handler (on every transport alike).
     pub skip: Arc<[&'static str]>,
+    pub metrics: crate::metrics::GroupMetrics,
 }
 
 enum Settle {
@@ -229,7 +230,7 @@ pub(crate) async fn run(
                 match got {
                     Ok(batch) => {
                         backoff = Duration::from_millis(50);
-                        crate::metrics::consumed(&spec.group_name, bus.transport().name(), &batch);
+                        spec.metrics.consumed(&spec.group_name, bus.transport().name(), &batch);
                         waiting.extend(batch);
                     }
                     Err(e) => {
@@ -359,7 +360,7 @@ fn settle(
     took: Option<Duration>,
 ) -> Settle {
     if let Some(took) = took {
-        crate::metrics::processed(
+        spec.metrics.processed(
             &spec.group_name,
             envelope.event_type(),
             outcome.is_ok(),
@@ -378,7 +379,8 @@ fn settle(
                     "handler failed, will retry: {}",
                     eventbus_core::escape::Escaped(&error)
                 );
-                crate::metrics::retried(&spec.group_name, envelope.event_type());
+                spec.metrics
+                    .retried(&spec.group_name, envelope.event_type());
                 Settle::Retry(delivery.id, delay)
             } else {
                 dead(spec, delivery, Some(&envelope), None, error)
@@ -428,7 +430,7 @@ fn dead(
         "event moved to the dead-letter queue: {}",
         eventbus_core::escape::Escaped(&error)
     );
-    crate::metrics::dead_lettered(&spec.group_name, &event_type);
+    spec.metrics.dead_lettered(&spec.group_name, &event_type);
     let info = DeadLetterInfo {
         event_type,
         event_id,
