@@ -7,7 +7,9 @@
 //! things happen; the consumer-group gauges are sampled by a running bus
 //! every [`BusBuilder::metrics_interval`](crate::BusBuilder::metrics_interval)
 //! (10 s by default) from [`Transport::group_stats`], and the outbox gauges
-//! by a running relay.
+//! by a running relay. A worker registers its handles with the recorder
+//! once per event type: install the recorder before the bus handles its
+//! first event.
 
 // The relay beats are read by `/readyz` (`http`) and written by the outbox relays.
 #![cfg_attr(
