@@ -28,6 +28,7 @@ pub mod error;
 pub mod escape;
 pub mod event;
 pub mod feed;
+pub mod metrics;
 pub mod retry;
 pub mod transport;
 

@@ -331,6 +331,45 @@ impl DeadLetter {
     }
 }
 
+/// The backlog of one group, from [`Transport::group_stats`] (sampled for
+/// the `eventbus.consumer.*` gauges). A field is `None` when the transport
+/// cannot tell it cheaply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// Messages kept for the group and not yet delivered to it.
+    pub lag: Option<u64>,
+    /// Messages delivered to the group and not yet settled.
+    pub pending: Option<u64>,
+    /// How long the oldest message of the group not yet settled (waiting or
+    /// delivered) has waited; `Some(ZERO)` when there is none.
+    pub oldest_pending: Option<Duration>,
+}
+
+impl GroupStats {
+    /// The backlog of a group over two transports (lags and pending counts
+    /// add up, the oldest is the older); a field either side lacks is `None`.
+    pub fn combine(self, other: Self) -> Self {
+        Self {
+            lag: self.lag.zip(other.lag).map(|(a, b)| a + b),
+            pending: self.pending.zip(other.pending).map(|(a, b)| a + b),
+            oldest_pending: self
+                .oldest_pending
+                .zip(other.oldest_pending)
+                .map(|(a, b)| a.max(b)),
+        }
+    }
+
+    /// Stats with every field given.
+    pub fn new(lag: u64, pending: u64, oldest_pending: Duration) -> Self {
+        Self {
+            lag: Some(lag),
+            pending: Some(pending),
+            oldest_pending: Some(oldest_pending),
+        }
+    }
+}
+
 /// A transport: publishes messages and hands them to consumer groups.
 pub trait Transport: Send + Sync + 'static {
     /// A short name for errors and logs (`"memory"`, `"redis-streams"`).
@@ -398,6 +437,18 @@ pub trait Transport: Send + Sync + 'static {
     /// locks rows again after the transport failed.
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// The backlog of `group` (lag, pending, age of the oldest pending
+    /// message), when the transport can tell it cheaply (a few round trips
+    /// at most): `None` (the default) otherwise. Sampled periodically by the
+    /// bus for its metrics.
+    fn group_stats<'a>(
+        &'a self,
+        group: &'a GroupSpec,
+    ) -> Option<BoxFuture<'a, Result<GroupStats>>> {
+        let _ = group;
+        None
     }
 
     /// Its log, read by position (the HTTP pull feed), when it keeps one:

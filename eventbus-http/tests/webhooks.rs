@@ -884,3 +884,89 @@ async fn a_burst_on_redis_is_delivered_once_each() {
         total
     );
 }
+
+/// `eventbus.webhook.attempts` by outcome: a sink that fails once, then takes it.
+#[test]
+fn webhook_attempts_are_counted_by_outcome() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let bus = Bus::builder()
+                .service("hub-test")
+                .without_registered()
+                .event::<ReviewCreated>()
+                .connect("memory://")
+                .await
+                .unwrap();
+            let policy = eventbus_http::guard::SinkPolicy::new()
+                .allow("127.0.0.0/8")
+                .unwrap();
+            let options = HubOptions {
+                schedule: vec![Duration::from_millis(50); 5],
+                jitter: 0.0,
+                refresh: Duration::from_millis(100),
+                ..HubOptions::default()
+            };
+            let hub = Hub::new(&bus, MemoryStore::new(), policy, options).unwrap();
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn({
+                let hub = hub.clone();
+                let stop = stop.clone();
+                async move { hub.run(stop).await }
+            });
+            let svc = Service {
+                base: serve(eventbus_http::Http::new(&bus).webhooks(hub).router()).await,
+                bus,
+                client: reqwest::Client::new(),
+            };
+            let (url, got) = sink(vec![(500, None), (200, None)], Duration::ZERO, true).await;
+            let s = svc
+                .subscribe(json!({"sink": url, "types": ["review_created"]}))
+                .await;
+            let id = s["id"].as_str().unwrap().to_owned();
+            svc.wait_state(&id, "active").await;
+            svc.bus
+                .publish(ReviewCreated {
+                    id: "r".into(),
+                    n: 0,
+                })
+                .await
+                .unwrap();
+            eventually("the retry is delivered", || posts(&got).len() >= 2).await;
+            // The attempt is counted right after the answer.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.cancel();
+        })
+    });
+    // A snapshot takes the values: read it once.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let count = |outcome: &str| -> u64 {
+        snapshot
+            .iter()
+            .find_map(|(k, _, _, v)| {
+                let key = k.key();
+                let hit = key.name() == eventbus_core::metrics::WEBHOOK_ATTEMPTS.name
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "outcome" && l.value() == outcome)
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "type" && l.value() == "review_created");
+                match (hit, v) {
+                    (true, DebugValue::Counter(n)) => Some(*n),
+                    _ => None,
+                }
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(count("retrying"), 1);
+    assert_eq!(count("delivered"), 1);
+    assert_eq!(count("dead_lettered"), 0);
+}

@@ -377,3 +377,46 @@ return n
 "#,
     )
 });
+
+/// The backlog of one group on one stream, for `Transport::group_stats`.
+///
+/// KEYS[1] = stream; ARGV[1] = group. Returns `{lag, pending, age of the
+/// oldest unsettled entry in ms}` (`-1` for a lag Redis cannot tell), or
+/// `{0, 0, 0}` when the stream or the group does not exist.
+pub(crate) static GROUP_STATS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return {0, 0, 0} end
+local function ms(id)
+  return tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+end
+for _, g in ipairs(groups) do
+  local name, pending, lag, ld
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1]
+    elseif g[i] == 'pending' then pending = g[i + 1]
+    elseif g[i] == 'lag' then lag = g[i + 1]
+    elseif g[i] == 'last-delivered-id' then ld = g[i + 1] end
+  end
+  if name == ARGV[1] then
+    if not lag then lag = -1 end
+    local oldest
+    if pending and pending > 0 then
+      oldest = redis.call('XPENDING', KEYS[1], name)[2]
+    elseif lag ~= 0 then
+      local next = redis.call('XRANGE', KEYS[1], '(' .. ld, '+', 'COUNT', 1)
+      if #next > 0 then oldest = next[1][1] end
+    end
+    local age = 0
+    if oldest then
+      local t = redis.call('TIME')
+      age = math.max(0, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ms(oldest))
+    end
+    return {lag, pending or 0, age}
+  end
+end
+return {0, 0, 0}
+"#,
+    )
+});

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use eventbus_core::Result;
 use eventbus_core::transport::{
-    Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Outgoing,
-    Subscriber, Topics, Transport,
+    Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, GroupSpec, GroupStats,
+    Outgoing, Subscriber, Topics, Transport,
 };
 use futures::future::BoxFuture;
 
@@ -265,6 +265,40 @@ impl Transport for RedisTransport {
                 Err(e) => Err(e.into()),
             }
         })
+    }
+
+    /// Streams, for a group of named types: one script per stream (`XINFO
+    /// GROUPS` lag and pending, the oldest pending or unread entry's age by
+    /// its id). `None` for pub/sub and for a group of every type.
+    fn group_stats<'a>(
+        &'a self,
+        group: &'a GroupSpec,
+    ) -> Option<BoxFuture<'a, Result<GroupStats>>> {
+        let Topics::Types(types) = &group.topics else {
+            return None;
+        };
+        if self.pubsub() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let mut streams: Vec<String> =
+                types.iter().map(|t| self.client.keys().stream(t)).collect();
+            streams.sort_unstable();
+            streams.dedup();
+            let (mut lag, mut pending, mut oldest) = (Some(0u64), 0u64, 0u64);
+            for stream in &streams {
+                let mut inv = crate::scripts::GROUP_STATS.prepare_invoke();
+                inv.key(stream).arg(&group.group);
+                let (l, p, age): (i64, i64, i64) =
+                    self.client.run_script("group stats script", &inv).await?;
+                lag = lag.zip(u64::try_from(l).ok()).map(|(a, b)| a + b);
+                pending += p.max(0) as u64;
+                oldest = oldest.max(age.max(0) as u64);
+            }
+            let mut stats = GroupStats::new(0, pending, Duration::from_millis(oldest));
+            stats.lag = lag;
+            Ok(stats)
+        }))
     }
 
     fn replay<'a>(&'a self, dead_letter_id: &'a str) -> BoxFuture<'a, Result<bool>> {

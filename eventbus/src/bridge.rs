@@ -99,5 +99,6 @@ pub(crate) fn worker(
         concurrency: 1,
         timeout,
         skip: Arc::from([]),
+        metrics: Default::default(),
     }
 }

@@ -52,6 +52,7 @@ struct Inner {
     background: Vec<Background>,
     /// Where the bus is in its run, for [`Bus::ready`].
     phase: tokio::sync::watch::Sender<Phase>,
+    metrics: crate::metrics::BusMetrics,
     /// The Celery broker of the bus's Celery tasks, when they have one.
     #[cfg(feature = "redis")]
     celery: Option<crate::celery::CeleryTransport>,
@@ -227,7 +228,9 @@ impl Bus {
         match self.inner.transport.publish_now(batch) {
             Some(done) => done,
             None => self.inner.transport.publish(batch).await,
-        }
+        }?;
+        crate::metrics::sent(self.inner.transport.name(), batch);
+        Ok(())
     }
 
     /// Publishes many events of one type in one transport round trip.
@@ -258,10 +261,7 @@ impl Bus {
             ),
             payload,
         };
-        self.inner
-            .transport
-            .publish(std::slice::from_ref(&message))
-            .await
+        self.send(std::slice::from_ref(&message)).await
     }
 
     /// Publishes already-encoded messages (the outbox relay's path).
@@ -366,9 +366,32 @@ impl Bus {
         }
     }
 
+    /// Whether every handler's subscription is live now (see [`Bus::ready`]).
+    pub fn is_ready(&self) -> bool {
+        *self.inner.phase.borrow() == Phase::Ready
+    }
+
+    /// Whether a run of this bus has ended (shut down, or failed).
+    pub fn is_stopped(&self) -> bool {
+        *self.inner.phase.borrow() == Phase::Stopped
+    }
+
+    #[cfg_attr(
+        not(any(feature = "http", feature = "postgres", feature = "sqlite")),
+        allow(dead_code)
+    )]
+    pub(crate) fn metrics(&self) -> &crate::metrics::BusMetrics {
+        &self.inner.metrics
+    }
+
     /// Asks a running bus to stop; [`Bus::run`] then drains and returns.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// Resolves once [`Bus::shutdown`] was called.
+    pub async fn shutdown_signal(&self) {
+        self.inner.shutdown.cancelled().await
     }
 
     /// Whether [`Bus::shutdown`] was called.
@@ -428,6 +451,7 @@ impl Bus {
             workers.iter().map(|w| &w.group),
         )?;
         let work_token = token.child_token();
+        let sampled = crate::metrics::groups(workers.iter().map(|w| &w.group));
         let mut tasks = tokio::task::JoinSet::new();
         let mut live = Vec::with_capacity(workers.len());
         for spec in workers {
@@ -476,6 +500,13 @@ impl Bus {
         if started {
             background = Some(tokio::spawn(
                 self.inner.transport.run_background(work_token.clone()),
+            ));
+            let (transport, every) = (self.inner.transport.clone(), self.inner.metrics.interval);
+            tasks.spawn(crate::metrics::sample_loop(
+                transport,
+                sampled,
+                every,
+                work_token.clone(),
             ));
             for bg in &self.inner.background {
                 let (bus, token, bg) = (self.clone(), work_token.clone(), bg.clone());
@@ -652,6 +683,7 @@ pub struct BusBuilder {
     celery_url: Option<String>,
     #[cfg(feature = "redis")]
     celery_options: crate::celery::CeleryOptions,
+    metrics: crate::metrics::BusMetrics,
 }
 
 impl Default for BusBuilder {
@@ -676,6 +708,7 @@ impl Default for BusBuilder {
             celery_url: None,
             #[cfg(feature = "redis")]
             celery_options: crate::celery::CeleryOptions::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -693,6 +726,14 @@ impl fmt::Debug for BusBuilder {
 }
 
 impl BusBuilder {
+    /// How often a running bus samples its groups' backlog for the
+    /// `eventbus.consumer.*` gauges ([`Transport::group_stats`]): every 10 s
+    /// by default; `None` turns the sampling off.
+    pub fn metrics_interval(mut self, every: Option<Duration>) -> Self {
+        self.metrics.interval = every;
+        self
+    }
+
     /// The service name: default `source` (`/name`) and group prefix (`name.handler`).
     /// Defaults to `EVENTBUS_SERVICE`, then the executable's name.
     pub fn service(mut self, name: impl Into<String>) -> Self {
@@ -1057,6 +1098,7 @@ impl BusBuilder {
                 } else {
                     Arc::from([])
                 },
+                metrics: Default::default(),
             }));
         }
         for b in bridges {
@@ -1081,6 +1123,7 @@ impl BusBuilder {
                 warned: Mutex::new(HashSet::new()),
                 background: self.background,
                 phase: tokio::sync::watch::Sender::new(Phase::Idle),
+                metrics: self.metrics,
                 #[cfg(feature = "redis")]
                 celery,
             }),

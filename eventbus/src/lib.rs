@@ -8,6 +8,9 @@ mod bus;
 pub mod celery;
 mod context;
 mod handler;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod health;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod outbox;
@@ -15,6 +18,7 @@ pub mod outbox;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 /// CloudEvents over HTTP (`eventbus-http`): `eventbus::http::router(&bus)`.
 pub use eventbus_http as http;
+pub mod metrics;
 pub mod registry;
 pub mod routing;
 pub mod schedule;

@@ -798,6 +798,25 @@ impl Transport for Router {
         })
     }
 
+    /// Combined over the transports the group's types live on that can tell.
+    fn group_stats<'a>(
+        &'a self,
+        group: &'a GroupSpec,
+    ) -> Option<BoxFuture<'a, Result<crate::transport::GroupStats>>> {
+        Some(Box::pin(async move {
+            let mut total: Option<crate::transport::GroupStats> = None;
+            for (i, topics) in self.table.split(group) {
+                let part = Self::part_spec(group, topics);
+                let Some(stats) = self.transports[i].group_stats(&part) else {
+                    continue;
+                };
+                let stats = stats.await?;
+                total = Some(total.map_or(stats, |t| t.combine(stats)));
+            }
+            Ok(total.unwrap_or_default())
+        }))
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             futures::future::try_join_all(self.each().map(|t| t.ping()))

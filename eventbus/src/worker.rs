@@ -55,6 +55,7 @@ pub(crate) struct WorkerSpec {
     /// Types a global handler does not run for: Celery tasks, which run
     /// once, on their own handler (on every transport alike).
     pub skip: Arc<[&'static str]>,
+    pub metrics: crate::metrics::GroupMetrics,
 }
 
 enum Settle {
@@ -217,11 +218,11 @@ pub(crate) async fn run(
             biased;
             Some((delivery, envelope, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
                 run_time.record(took);
-                settler.push(settle(&spec, &retry, delivery, envelope, outcome));
+                settler.push(settle(&spec, &retry, delivery, envelope, outcome, took));
                 // Collect everything else that is done before settling.
                 while let Some(Some((delivery, envelope, outcome, took))) = in_flight.next().now_or_never() {
                     run_time.record(took);
-                    settler.push(settle(&spec, &retry, delivery, envelope, outcome));
+                    settler.push(settle(&spec, &retry, delivery, envelope, outcome, took));
                 }
             }
             got = async { read.as_mut().expect("guarded").await }, if read.is_some() => {
@@ -229,6 +230,7 @@ pub(crate) async fn run(
                 match got {
                     Ok(batch) => {
                         backoff = Duration::from_millis(50);
+                        spec.metrics.consumed(&spec.group_name, bus.transport().name(), &batch);
                         waiting.extend(batch);
                     }
                     Err(e) => {
@@ -334,8 +336,9 @@ fn start(
         attempt = delivery.attempt,
     );
     let timeout = spec.timeout;
-    // Timed only where the prefetch needs it (two clock reads per event).
-    let begun = timed.then(tokio::time::Instant::now);
+    // Timed for `messaging.process.duration` (two clock reads per event).
+    let _ = timed;
+    let begun = Some(tokio::time::Instant::now());
     Ok(async move {
         let outcome = match timeout {
             None => fut.instrument(span).await,
@@ -354,7 +357,16 @@ fn settle(
     delivery: Delivery,
     envelope: Envelope,
     outcome: Outcome,
+    took: Option<Duration>,
 ) -> Settle {
+    if let Some(took) = took {
+        spec.metrics.processed(
+            &spec.group_name,
+            envelope.event_type(),
+            outcome.is_ok(),
+            took,
+        );
+    }
     match outcome {
         Ok(()) => Settle::Ack(delivery.id),
         Err(Failure::Error(error)) => {
@@ -367,6 +379,8 @@ fn settle(
                     "handler failed, will retry: {}",
                     eventbus_core::escape::Escaped(&error)
                 );
+                spec.metrics
+                    .retried(&spec.group_name, envelope.event_type());
                 Settle::Retry(delivery.id, delay)
             } else {
                 dead(spec, delivery, Some(&envelope), None, error)
@@ -416,6 +430,7 @@ fn dead(
         "event moved to the dead-letter queue: {}",
         eventbus_core::escape::Escaped(&error)
     );
+    spec.metrics.dead_lettered(&spec.group_name, &event_type);
     let info = DeadLetterInfo {
         event_type,
         event_id,

@@ -417,6 +417,7 @@ impl Hub {
             outcome,
             next_ms: next,
         };
+        attempt_metric(&record);
         if let Err(e) = self.inner.store.record(&current.id, &record).await {
             tracing::warn!(subscription = %current.id, error = %e.report(), "webhooks: cannot record an attempt");
         }
@@ -636,4 +637,20 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     eventbus_core::transport::redact(&text)
+}
+
+/// `eventbus.webhook.attempts` of one attempt.
+fn attempt_metric(attempt: &Attempt) {
+    let outcome = match attempt.outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Retrying => "retrying",
+        Outcome::DeadLettered => "dead_lettered",
+        Outcome::Gone => "gone",
+    };
+    metrics::counter!(
+        eventbus_core::metrics::WEBHOOK_ATTEMPTS.name,
+        "type" => attempt.event_type.clone(),
+        "outcome" => outcome
+    )
+    .increment(1);
 }

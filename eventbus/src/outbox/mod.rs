@@ -212,6 +212,20 @@ pub async fn counts(db: impl Into<Database>) -> Result<Counts> {
     Ok(counts)
 }
 
+/// How long the most overdue `pending` row the relay could claim has been
+/// due (zero when none is): one indexed query.
+pub async fn oldest_due(db: impl Into<Database>) -> Result<std::time::Duration> {
+    let ms = match db.into() {
+        #[cfg(feature = "postgres")]
+        Database::Postgres(pool) => postgres::next_due(&pool).await?,
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(pool) => sqlite::next_due(&pool).await?,
+    };
+    Ok(std::time::Duration::from_millis(
+        ms.map_or(0, |ms| ms.saturating_neg().max(0) as u64),
+    ))
+}
+
 /// Makes every `failed` row `pending` again, due now, with its attempts reset
 /// (after fixing what made them fail). Returns how many.
 pub async fn retry_failed(db: impl Into<Database>) -> Result<u64> {

@@ -180,6 +180,7 @@ pub struct RoundReport {
 pub struct Relay {
     bus: Bus,
     options: RelayOptions,
+    beat: Arc<crate::metrics::RelayBeat>,
 }
 
 /// Why a publish failed.
@@ -208,7 +209,8 @@ struct Meta {
 impl Relay {
     /// A relay publishing through `bus`'s transport.
     pub fn new(bus: Bus, options: RelayOptions) -> Self {
-        Self { bus, options }
+        let beat = Arc::new(crate::metrics::RelayBeat::new());
+        Self { bus, options, beat }
     }
 
     /// The options.
@@ -238,7 +240,21 @@ impl Relay {
             transport = self.bus.transport().name(),
             "outbox relay running"
         );
+        crate::metrics::register_relay(&self.bus, &self.beat);
+        let (db, beat, every) = (
+            self.options.db.clone(),
+            self.beat.clone(),
+            self.bus.metrics().interval,
+        );
+        let sampler = tokio::spawn(crate::metrics::sample_outbox(
+            db,
+            beat,
+            every,
+            token.child_token(),
+        ));
         let result = self.run_loop(&token, &wake).await;
+        sampler.abort();
+        crate::metrics::unregister_relay(&self.bus, &self.beat);
         if let Some(listener) = listener {
             listener.abort();
         }
@@ -264,6 +280,7 @@ impl Relay {
             tracing::trace!(?round, "outbox relay round");
             let (wait, wakeable) = match round {
                 Ok(report) if report.outage => {
+                    self.beat.failed("the transport looks down");
                     outages += 1;
                     let wait = self.options.outage_backoff.delay(outages);
                     tracing::warn!(
@@ -273,6 +290,7 @@ impl Relay {
                     (Some(wait), false)
                 }
                 Ok(report) => {
+                    self.beat.ok();
                     errors = 0;
                     if report.published > 0 && outages > 0 {
                         outages = 0;
@@ -292,6 +310,7 @@ impl Relay {
                 }
                 Err(e @ Error::Config(_)) => return Err(e),
                 Err(e) => {
+                    self.beat.failed(e.to_string());
                     errors += 1;
                     let wait = self.options.outage_backoff.delay(errors);
                     tracing::warn!("outbox relay round failed, next try in {wait:?}: {e}");

@@ -21,8 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, EventType, GroupSpec, Outgoing,
-    Subscriber, Topics, Transport,
+    Capabilities, DeadLetter, DeadLetterInfo, Delivery, DeliveryId, EventType, GroupSpec,
+    GroupStats, Outgoing, Subscriber, Topics, Transport,
 };
 use crate::error::{Error, Result};
 use eventbus_core::feed::{Cursor, Feed, FeedEntry, FeedError, FeedPage};
@@ -233,6 +233,8 @@ enum TimerKind {
 struct Msg {
     event_type: EventType,
     payload: Bytes,
+    /// When it was published (for [`Transport::group_stats`]).
+    queued: Instant,
 }
 
 impl PartialEq for Timer {
@@ -476,6 +478,7 @@ impl MemoryTransport {
         let msg = Msg {
             event_type: EventType::from(&message.event_type),
             payload: message.payload.clone(),
+            queued: Instant::now(),
         };
         shared.log.lock().push(&msg);
         if let Some(groups) = st.by_type.get(&*message.event_type) {
@@ -561,6 +564,34 @@ impl Transport for MemoryTransport {
 
     fn feed(&self) -> Option<&dyn Feed> {
         (self.shared.log.lock().retain > 0).then_some(self as &dyn Feed)
+    }
+
+    /// Lag: waiting and delayed retries; pending: handed out; the oldest of
+    /// either, since it was published.
+    fn group_stats<'a>(
+        &'a self,
+        group: &'a GroupSpec,
+    ) -> Option<BoxFuture<'a, Result<GroupStats>>> {
+        let g = self.shared.state.lock().groups.get(&group.group).cloned();
+        let stats = g.map_or_else(
+            || GroupStats::new(0, 0, Duration::ZERO),
+            |g| {
+                let f = g.in_flight.lock();
+                let q = g.queue.lock();
+                let oldest = q
+                    .ready
+                    .iter()
+                    .map(|(m, _)| m.queued)
+                    .chain(f.map.values().map(|(m, _, _)| m.queued))
+                    .min();
+                GroupStats::new(
+                    (q.ready.len() + q.delayed) as u64,
+                    f.map.len() as u64,
+                    oldest.map_or(Duration::ZERO, |t| t.elapsed()),
+                )
+            },
+        );
+        Some(Box::pin(std::future::ready(Ok(stats))))
     }
 
     fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> BoxFuture<'a, Result<()>> {
@@ -660,6 +691,7 @@ impl Transport for MemoryTransport {
                 let msg = Msg {
                     event_type,
                     payload: dl.payload,
+                    queued: Instant::now(),
                 };
                 for group in groups {
                     group.push(msg.clone(), 1);

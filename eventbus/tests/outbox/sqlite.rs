@@ -100,3 +100,65 @@ async fn the_relay_runs_inside_the_bus() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// The outbox gauges of a known backlog, and `/readyz`'s outbox check: a
+/// relay that fails every round for longer than `relay_stuck_after` is stuck.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn outbox_gauges_and_a_stuck_relay_in_readyz() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::time::Duration;
+
+    let db = Db::sqlite().await;
+    let recorder = Recorder::default();
+    recorder.set_down(true);
+    let bus = bus_on(recorder.clone()).await;
+    db.publish(&bus, &[Item::Note(1), Item::Note(2), Item::Note(3)], true)
+        .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let gauges = DebuggingRecorder::new();
+    let snapshotter = gauges.snapshotter();
+    {
+        // The test's runtime runs on this thread only.
+        let _local = metrics::set_default_local_recorder(&gauges);
+        eventbus::metrics::sample_outbox_once(db.database()).await;
+    }
+    let snapshot = snapshotter.snapshot().into_vec();
+    let gauge = |name: &str| {
+        snapshot.iter().find_map(|(k, _, _, v)| match v {
+            DebugValue::Gauge(g) if k.key().name() == name => Some(g.into_inner()),
+            _ => None,
+        })
+    };
+    assert_eq!(gauge(eventbus::metrics::OUTBOX_PENDING.name), Some(3.0));
+    assert_eq!(gauge(eventbus::metrics::OUTBOX_FAILED.name), Some(0.0));
+    let age = gauge(eventbus::metrics::OUTBOX_OLDEST_PENDING_AGE.name).unwrap();
+    assert!((0.15..30.0).contains(&age), "{age}");
+
+    let health = eventbus::health::Health::new(&bus).relay_stuck_after(Duration::from_millis(300));
+    assert_eq!(health.check().await.1["outbox"], "ok", "no relay yet");
+    let relay = Running::start(
+        bus.clone(),
+        fast(RelayOptions::new(db.database()).max_attempts(1_000)),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            health.check().await.1["outbox"] != "ok"
+        })
+        .await,
+        "the relay is reported stuck"
+    );
+    let (ready, checks) = health.check().await;
+    assert!(!ready);
+    let why = checks["outbox"].as_str().unwrap();
+    assert!(why.contains("the transport looks down"), "{why}");
+    recorder.set_down(false);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            health.check().await.1["outbox"] == "ok"
+        })
+        .await,
+        "the relay is not stuck once the transport is back"
+    );
+    relay.stop().await;
+}
