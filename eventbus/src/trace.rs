@@ -140,7 +140,8 @@ pub(crate) fn process<F: Future>(
         otel.name = %format_args!("process {}", Escaped(envelope.event_type())),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
-        messaging.system = d.transport,
+        // The family: `redis` of `redis-streams`.
+        messaging.system = d.transport.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or(d.transport),
         messaging.consumer.group.name = %d.group,
         messaging.message.id = %Escaped(envelope.id()),
         messaging.operation.type = "process",
