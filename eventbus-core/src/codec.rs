@@ -1466,7 +1466,8 @@ mod tests {
             br#"{"specversion":"1.0","id":"a","type":"codec.plain","source":"/s","traceparent":7,"data":{"n":1}}"#,
         );
         let envelope = crate::Envelope::parse(number).unwrap();
-        assert!(envelope.try_trace_context().is_err());
+        let err = envelope.try_trace_context().unwrap_err();
+        assert_eq!(err.reason(), "not a string");
     }
 
     #[test]

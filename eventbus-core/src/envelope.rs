@@ -172,7 +172,7 @@ impl Envelope {
             return Ok(None);
         };
         let ExtensionValue::String(parent) = parent else {
-            return TraceContext::parse("", None).map(Some);
+            return Err(TraceParentError::new(&parent.to_string(), "not a string"));
         };
         let state = match self.extension(TRACESTATE) {
             Some(ExtensionValue::String(s)) => Some(s.as_str()),

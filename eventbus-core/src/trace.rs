@@ -43,7 +43,7 @@ pub struct TraceParentError {
 }
 
 impl TraceParentError {
-    fn new(value: &str, why: &'static str) -> Self {
+    pub(crate) fn new(value: &str, why: &'static str) -> Self {
         // Bounded: the value is logged.
         let value = value.chars().take(64).collect();
         Self { value, why }
