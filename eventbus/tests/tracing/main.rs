@@ -63,6 +63,7 @@ fn to_json(span: &SpanData) -> Value {
     json!({
         "name": span.name,
         "kind": format!("{:?}", span.span_kind),
+        "status": format!("{:?}", span.status),
         "trace_id": span.span_context.trace_id().to_string(),
         "span_id": span.span_context.span_id().to_string(),
         "parent_span_id": span.parent_span_id.to_string(),
@@ -264,6 +265,11 @@ async fn one_trace_across_two_processes_through_redis() {
         .collect();
     assert_eq!(failed.len(), 1, "ping 3's first attempt: {traced:#?}");
     assert_eq!(failed[0]["attributes"]["attempt"], "1");
+    assert!(
+        failed[0]["status"].as_str().unwrap().starts_with("Error"),
+        "{:#}",
+        failed[0]
+    );
     assert_eq!(failed[0]["events"], json!(["eventbus.retry"]));
     let acked = traced
         .iter()
