@@ -471,6 +471,24 @@ fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
     if !check::time_ok(time) {
         return None;
     }
+    // The trace context, as `encode` writes it.
+    let mut extensions = Vec::new();
+    let mut rest = rest;
+    for name in [crate::trace::TRACEPARENT, crate::trace::TRACESTATE] {
+        let Some(after) = rest
+            .strip_prefix(",\"")
+            .and_then(|r| r.strip_prefix(name))
+            .and_then(|r| r.strip_prefix("\":\""))
+        else {
+            continue;
+        };
+        let (_, after) = plain(after)?;
+        // The value with its quotes: the text between the colon and `after`.
+        let value = &rest[name.len() + 4..rest.len() - after.len()];
+        let raw: &RawValue = serde_json::from_str(value).ok()?;
+        extensions.push((Cow::Borrowed(name), raw));
+        rest = after;
+    }
     let data = rest.strip_prefix(r#","data":"#)?.strip_suffix('}')?;
     let attrs = Attributes {
         specversion: Cow::Borrowed(SPEC_VERSION),
@@ -481,7 +499,7 @@ fn own_layout(text: &str) -> Option<(Attributes<'_>, &str)> {
         time: Some(Cow::Borrowed(time)),
         datacontenttype: Some(Cow::Borrowed(content_type)),
         dataschema: None,
-        extensions: Vec::new(),
+        extensions,
         data: None,
         data_base64: None,
     };
@@ -1001,6 +1019,9 @@ pub struct Stamp<'a> {
     pub source: &'a str,
     /// The RFC 3339 `time` ([`Rfc3339::write`]); formatted once for a batch.
     pub time: &'a [u8; 27],
+    /// The trace context, written as the `traceparent` and `tracestate`
+    /// extensions (CloudEvents Distributed Tracing).
+    pub trace: Option<&'a crate::trace::TraceContext>,
 }
 
 /// Serializes a `Display` value as a JSON string without an intermediate `String`.
@@ -1212,7 +1233,17 @@ pub fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json
     }
     buf.extend_from_slice(b",\"time\":\"");
     buf.extend_from_slice(stamp.time);
-    buf.extend_from_slice(b"\",\"data\":");
+    buf.push(b'"');
+    if let Some(trace) = stamp.trace {
+        buf.extend_from_slice(b",\"traceparent\":\"");
+        buf.extend_from_slice(&trace.traceparent_bytes());
+        buf.push(b'"');
+        if let Some(state) = &trace.state {
+            buf.extend_from_slice(b",\"tracestate\":");
+            put_str(&mut buf, "tracestate", state)?;
+        }
+    }
+    buf.extend_from_slice(b",\"data\":");
     serde_json::to_writer(&mut buf, event)?;
     buf.push(b'}');
     Ok(Bytes::from(buf))
@@ -1363,12 +1394,80 @@ mod tests {
             id: new_event_id(now),
             source,
             time: &time,
+            trace: None,
         };
         encode(event, stamp).unwrap()
     }
 
     fn general<'a>(bytes: &'a [u8]) -> Attributes<'a> {
         Attributes::parse(bytes).unwrap()
+    }
+
+    #[test]
+    fn the_trace_context_is_written_as_extensions_and_read_on_the_fast_path() {
+        let tc = crate::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("congo=t61rcWkgMzE"),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        let mut time = [0u8; 27];
+        Rfc3339(now).write(&mut time);
+        let traced = |trace| {
+            let stamp = Stamp {
+                id: new_event_id(now),
+                source: "svc",
+                time: &time,
+                trace,
+            };
+            encode(&Plain { n: 7 }, stamp).unwrap()
+        };
+        let bytes = traced(Some(&tc));
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.contains(r#","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"congo=t61rcWkgMzE","data":"#),
+            "{text}"
+        );
+        let (fast, data) = own_layout(text).expect("our own layout");
+        let slow = general(&bytes);
+        let names = |a: &Attributes<'_>| {
+            a.extensions
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.get().to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&fast), names(&slow));
+        assert_eq!(data, r#"{"n":7}"#);
+        let envelope = crate::Envelope::parse(bytes.clone()).unwrap();
+        assert_eq!(envelope.trace_context(), Some(tc.clone()));
+        assert_eq!(decode::<Plain>(&bytes).unwrap(), Plain { n: 7 });
+
+        // Without a state, and without a trace.
+        let mut bare = tc.clone();
+        bare.state = None;
+        let bytes = traced(Some(&bare));
+        assert!(own_layout(std::str::from_utf8(&bytes).unwrap()).is_some());
+        let envelope = crate::Envelope::parse(bytes).unwrap();
+        assert_eq!(envelope.trace_context(), Some(bare.clone()));
+        let envelope = crate::Envelope::parse(traced(None)).unwrap();
+        assert_eq!(envelope.try_trace_context(), Ok(None));
+    }
+
+    #[test]
+    fn a_malformed_traceparent_is_an_error_of_its_own_never_of_the_event() {
+        let bytes = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"a","type":"codec.plain","source":"/s","traceparent":"00-zz","data":{"n":1}}"#,
+        );
+        let envelope = crate::Envelope::parse(bytes.clone()).unwrap();
+        assert_eq!(envelope.trace_context(), None);
+        assert!(envelope.try_trace_context().is_err());
+        assert_eq!(decode::<Plain>(&bytes).unwrap(), Plain { n: 1 });
+        let number = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"a","type":"codec.plain","source":"/s","traceparent":7,"data":{"n":1}}"#,
+        );
+        let envelope = crate::Envelope::parse(number).unwrap();
+        let err = envelope.try_trace_context().unwrap_err();
+        assert_eq!(err.reason(), "not a string");
     }
 
     #[test]
@@ -1861,6 +1960,7 @@ mod tests {
                 id: new_event_id(now),
                 source: "svc",
                 time: &time,
+                trace: None,
             };
             encode(&note, stamp)
         };
@@ -1889,6 +1989,7 @@ mod tests {
             id: new_event_id(now),
             source,
             time: &time,
+            trace: None,
         };
         let err = encode(&Plain { n: 1 }, stamp("svc\n"))
             .unwrap_err()

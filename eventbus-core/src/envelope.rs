@@ -15,6 +15,7 @@ use bytes::Bytes;
 use cloudevents::event::ExtensionValue;
 
 use crate::codec::Attributes;
+use crate::trace::{TRACEPARENT, TRACESTATE, TraceContext, TraceParentError};
 
 /// A string attribute: a range of the message when it appears there as it
 /// is, or a copy when the JSON text escaped it.
@@ -155,6 +156,29 @@ impl Envelope {
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, v)| v)
+    }
+
+    /// The event's trace context (the `traceparent` and `tracestate`
+    /// extensions), if it has a valid one; a malformed `traceparent` is
+    /// ignored (see [`try_trace_context`](Self::try_trace_context) for why).
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.try_trace_context().ok().flatten()
+    }
+
+    /// The event's trace context: `None` without a `traceparent`, an error
+    /// when it is malformed (or not a string).
+    pub fn try_trace_context(&self) -> Result<Option<TraceContext>, TraceParentError> {
+        let Some(parent) = self.extension(TRACEPARENT) else {
+            return Ok(None);
+        };
+        let ExtensionValue::String(parent) = parent else {
+            return Err(TraceParentError::new(&parent.to_string(), "not a string"));
+        };
+        let state = match self.extension(TRACESTATE) {
+            Some(ExtensionValue::String(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        TraceContext::parse(parent, state).map(Some)
     }
 
     /// How many attribute values are copies rather than positions in the

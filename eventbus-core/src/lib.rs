@@ -13,6 +13,8 @@
 //! - [`feed`]: a transport's log read by position ([`feed::Feed`]), behind
 //!   the HTTP pull feed;
 //! - [`Error`] / [`Result`] and [`RetryPolicy`];
+//! - [`trace`]: the W3C [`TraceContext`] of an event (`traceparent`,
+//!   `tracestate`), parsed and formatted without OpenTelemetry;
 //! - [`escape`]: event text made safe for log lines ([`escape::Escaped`]).
 //!
 //! Applications depend on `eventbus`, which re-exports all of this; a
@@ -30,12 +32,14 @@ pub mod event;
 pub mod feed;
 pub mod metrics;
 pub mod retry;
+pub mod trace;
 pub mod transport;
 
 pub use envelope::Envelope;
 pub use error::{Error, Result};
 pub use event::{Event, EventInfo, TaskInfo};
 pub use retry::RetryPolicy;
+pub use trace::TraceContext;
 pub use transport::{Subscriber, Transport};
 
 /// The CloudEvents SDK (`cloudevents-sdk`), the interop type at the edges.

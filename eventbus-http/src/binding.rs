@@ -97,6 +97,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use eventbus_core::Envelope;
 use eventbus_core::codec::{Attributes, DecodeError, is_json_media_type};
+use eventbus_core::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use percent_encoding::{AsciiSet, CONTROLS};
 use serde_json::value::RawValue;
 
@@ -530,6 +531,54 @@ pub fn check_batch(events: Vec<Bytes>) -> Result<Vec<Envelope>, DecodeError> {
 /// The events of a batch-mode body: [`split_batch`], then [`check_batch`].
 pub fn from_batch(body: &Bytes) -> Result<Vec<Envelope>, DecodeError> {
     check_batch(split_batch(body)?)
+}
+
+/// The W3C Trace Context header of an HTTP hop (`traceparent`); its
+/// companion is [`TRACESTATE_HEADER`].
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The W3C `tracestate` header of an HTTP hop.
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// The trace context of the request itself: its `traceparent` and
+/// `tracestate` headers (not the event's `ce-traceparent`), if valid; a
+/// malformed one is logged at `DEBUG` and ignored.
+pub fn request_trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    let parent = headers.get(TRACEPARENT_HEADER)?.to_str().ok()?;
+    let state = headers.get(TRACESTATE_HEADER).and_then(|v| v.to_str().ok());
+    match TraceContext::parse(parent, state) {
+        Ok(tc) => Some(tc),
+        Err(e) => {
+            tracing::debug!("ignoring the request's trace context: {e}");
+            None
+        }
+    }
+}
+
+/// `event` with the trace context of the request's own `traceparent`
+/// header ([`request_trace_context`]) when the event has no `traceparent`
+/// of its own (a `ce-traceparent` header or the attribute always wins).
+pub fn adopt_request_trace(headers: &HeaderMap, event: Envelope) -> Envelope {
+    if event.extension(TRACEPARENT).is_some() {
+        return event;
+    }
+    let Some(tc) = request_trace_context(headers) else {
+        return event;
+    };
+    let payload = event.payload();
+    let Some(open) = payload.iter().position(|&b| b == b'{') else {
+        return event;
+    };
+    let mut buf = Vec::with_capacity(payload.len() + 128);
+    buf.push(b'{');
+    member(&mut buf, TRACEPARENT, &tc.traceparent());
+    if let Some(state) = &tc.state {
+        member(&mut buf, TRACESTATE, state);
+    }
+    buf.push(b',');
+    buf.extend_from_slice(&payload[open + 1..]);
+    // Valid unless the state holds what an attribute may not: then the
+    // event goes on as it came.
+    Envelope::parse(Bytes::from(buf)).unwrap_or(event)
 }
 
 /// A binary-mode message: `ce-*` headers (and `Content-Type`) and a body.

@@ -202,6 +202,15 @@ pub(crate) async fn post(
     if events.is_empty() {
         return StatusCode::ACCEPTED.into_response();
     }
+    // The hop's own `traceparent`, for events that carry none.
+    let events: Vec<Envelope> = if headers.contains_key(binding::TRACEPARENT_HEADER) {
+        events
+            .into_iter()
+            .map(|e| binding::adopt_request_trace(&headers, e))
+            .collect()
+    } else {
+        events
+    };
     // Never queue: a request that would wait for a permit is told to come back.
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return retry_later(

@@ -125,18 +125,31 @@ pub async fn send_encoded(
     event: Bytes,
     mode: Mode,
 ) -> Result<(), SendError> {
+    // The event's trace context is also the hop's `traceparent` header.
+    let trace = eventbus_core::Envelope::parse(event.clone())?.trace_context();
     let request = match mode {
-        Mode::Structured => {
-            eventbus_core::codec::Attributes::parse(&event)?;
-            client
-                .post(url)
-                .header(CONTENT_TYPE, binding::STRUCTURED)
-                .body(event)
-        }
+        Mode::Structured => client
+            .post(url)
+            .header(CONTENT_TYPE, binding::STRUCTURED)
+            .body(event),
         Mode::Binary => {
             let binary = binding::to_binary(&event)?;
             client.post(url).headers(binary.headers).body(binary.body)
         }
+    };
+    let request = match trace {
+        Some(tc) => {
+            let request = request.header(binding::TRACEPARENT_HEADER, tc.traceparent());
+            // A state that cannot be a header value is left out.
+            match tc
+                .state
+                .and_then(|s| reqwest::header::HeaderValue::from_str(&s).ok())
+            {
+                Some(state) => request.header(binding::TRACESTATE_HEADER, state),
+                None => request,
+            }
+        }
+        None => request,
     };
     let redacted = || eventbus_core::transport::redact(url);
     let response = request.send().await.map_err(|source| SendError::Request {

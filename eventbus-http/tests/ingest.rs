@@ -856,3 +856,134 @@ async fn accepted_only_once_redis_streams_has_it() {
     // Bounded by the client's reconnect budget (30 s), not forever.
     assert!(took < Duration::from_secs(90), "took {took:?}");
 }
+
+/// Trace context: binary mode carries it as `ce-traceparent`/`ce-tracestate`
+/// (the generic extension mapping); a request's own `traceparent` header is
+/// used for an event that has none (the event's own always wins; a malformed
+/// header is ignored); egress sends the event's context as the hop's
+/// `traceparent` too.
+#[tokio::test]
+async fn trace_context_in_binary_mode_and_the_hop_s_traceparent() {
+    const A: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const B: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut rec = Recorder::memory().await;
+    let url = serve_bus(&rec.bus, |h| h).await;
+    let client = reqwest::Client::new();
+    let binary = |id: &str| {
+        client
+            .post(&url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-type", "review_created")
+            .header("ce-source", "/reviews")
+            .header("content-type", "application/json")
+            .body("{}")
+    };
+
+    // ce-traceparent wins over the hop's header.
+    let r = binary("t-1")
+        .header("ce-traceparent", A)
+        .header("ce-tracestate", "congo=t61rcWkgMzE")
+        .header("traceparent", B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = rec.next().await;
+    assert_eq!(ext(&got, "traceparent").as_deref(), Some(A));
+    assert_eq!(
+        ext(&got, "tracestate").as_deref(),
+        Some("congo=t61rcWkgMzE")
+    );
+
+    // Binary without ce-traceparent: the hop's header.
+    let r = binary("t-2")
+        .header("traceparent", B)
+        .header("tracestate", "rojo=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = rec.next().await;
+    assert_eq!(got.id(), "t-2");
+    assert_eq!(ext(&got, "traceparent").as_deref(), Some(B));
+    assert_eq!(ext(&got, "tracestate").as_deref(), Some("rojo=1"));
+
+    // Structured, without and with a traceparent attribute.
+    for (id, body_trace, expect) in [("t-3", None, B), ("t-4", Some(A), A)] {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&event_json(id, "review_created")).unwrap();
+        if let Some(tp) = body_trace {
+            body["traceparent"] = tp.into();
+        }
+        let r = client
+            .post(&url)
+            .header("content-type", STRUCTURED)
+            .header("traceparent", B)
+            .body(format!("  {body}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{id}");
+        let got = rec.next().await;
+        assert_eq!(got.id(), id);
+        assert_eq!(ext(&got, "traceparent").as_deref(), Some(expect), "{id}");
+        assert_eq!(ext(&got, "tracestate"), None, "{id}");
+    }
+
+    // A malformed header is ignored, never a reason to refuse the event.
+    let r = binary("t-5")
+        .header("traceparent", A.to_uppercase())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let got = rec.next().await;
+    assert_eq!(got.id(), "t-5");
+    assert_eq!(ext(&got, "traceparent"), None);
+
+    // Egress: `ce-traceparent` in binary mode, and the hop's `traceparent`
+    // header in both modes.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let capture = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let _ = tx.send(headers);
+            async { axum::http::StatusCode::NO_CONTENT }
+        }),
+    );
+    let capture_url = support::serve(capture).await;
+    let event = EventBuilderV10::new()
+        .id("send-t")
+        .ty("review_created")
+        .source("/reviews")
+        .extension("traceparent", A)
+        .extension("tracestate", "congo=t61rcWkgMzE")
+        .data("application/json", serde_json::json!({"id": 7}))
+        .build()
+        .unwrap();
+    for mode in [Mode::Binary, Mode::Structured] {
+        eventbus_http::send(&capture_url, &event, mode)
+            .await
+            .unwrap();
+        let headers = rx.recv().await.unwrap();
+        assert_eq!(headers["traceparent"], A, "{mode:?}");
+        assert_eq!(headers["tracestate"], "congo=t61rcWkgMzE", "{mode:?}");
+        if mode == Mode::Binary {
+            assert_eq!(headers["ce-traceparent"], A);
+            assert_eq!(headers["ce-tracestate"], "congo=t61rcWkgMzE");
+        }
+    }
+    // Without a trace context, no header.
+    let plain = EventBuilderV10::new()
+        .id("send-u")
+        .ty("review_created")
+        .source("/reviews")
+        .build()
+        .unwrap();
+    eventbus_http::send(&capture_url, &plain, Mode::Structured)
+        .await
+        .unwrap();
+    assert!(!rx.recv().await.unwrap().contains_key("traceparent"));
+    rec.stop().await;
+}

@@ -46,6 +46,7 @@ struct Inner {
     workers: Vec<Arc<WorkerSpec>>,
     state: StateMap,
     retry: RetryPolicy,
+    process_parent: crate::trace::ProcessParent,
     shutdown_timeout: Duration,
     shutdown: CancellationToken,
     warned: Mutex<HashSet<&'static str>>,
@@ -162,11 +163,16 @@ impl Bus {
         self.inner.retry
     }
 
+    pub(crate) fn process_parent(&self) -> crate::trace::ProcessParent {
+        self.inner.process_parent
+    }
+
     /// Encodes `event` as a structured CloudEvent, stamped with a fresh UUIDv7
-    /// id and the time; returns the id with the message.
+    /// id, the time and the [current trace context](crate::trace::current);
+    /// returns the id with the message.
     pub fn encode<E: Event>(&self, event: &E) -> Result<(uuid::Uuid, Outgoing)> {
         let (now, time) = codec::now_stamped();
-        self.encode_at(event, now, &time)
+        self.encode_at(event, now, &time, crate::trace::current().as_ref())
     }
 
     /// [`Bus::encode`] at `now`, already formatted as `time`.
@@ -175,6 +181,7 @@ impl Bus {
         event: &E,
         now: SystemTime,
         time: &[u8; 27],
+        trace: Option<&crate::trace::TraceContext>,
     ) -> Result<(uuid::Uuid, Outgoing)> {
         let info = E::info();
         if info.is_deprecated() {
@@ -182,7 +189,12 @@ impl Bus {
         }
         let source = info.source.unwrap_or(&self.inner.source);
         let id = codec::new_event_id(now);
-        let stamp = Stamp { id, source, time };
+        let stamp = Stamp {
+            id,
+            source,
+            time,
+            trace,
+        };
         let payload = codec::encode(event, stamp).map_err(|source| Error::Encode {
             event_type: E::TYPE.to_owned(),
             source,
@@ -239,9 +251,13 @@ impl Bus {
     /// each has its own id.
     pub async fn publish_batch<E: Event>(&self, events: impl IntoIterator<Item = E>) -> Result<()> {
         let (now, time) = codec::now_stamped();
+        let trace = crate::trace::current();
         let batch = events
             .into_iter()
-            .map(|e| self.encode_at(&e, now, &time).map(|(_, m)| m))
+            .map(|e| {
+                self.encode_at(&e, now, &time, trace.as_ref())
+                    .map(|(_, m)| m)
+            })
             .collect::<Result<Vec<_>>>()?;
         if batch.is_empty() {
             return Ok(());
@@ -249,8 +265,12 @@ impl Bus {
         self.send(&batch).await
     }
 
-    /// Publishes a `cloudevents::Event` as it is (for relays and bridges).
+    /// Publishes a `cloudevents::Event` as it is (for relays and bridges),
+    /// with the [current trace context](crate::trace::current) unless it has
+    /// a `traceparent` already.
     pub async fn publish_cloudevent(&self, event: &crate::CloudEvent) -> Result<()> {
+        let traced = crate::trace::stamp_cloudevent(event);
+        let event = traced.as_ref().unwrap_or(event);
         let payload = codec::encode_cloudevent(event).map_err(|source| Error::Encode {
             event_type: cloudevents::AttributesReader::ty(event).to_owned(),
             source,
@@ -669,6 +689,7 @@ pub struct BusBuilder {
     schedules: Vec<ScheduleDef>,
     registered: bool,
     retry: RetryPolicy,
+    process_parent: crate::trace::ProcessParent,
     handler_timeout: Option<Duration>,
     shutdown_timeout: Duration,
     background: Vec<Background>,
@@ -697,6 +718,7 @@ impl Default for BusBuilder {
             schedules: Vec::new(),
             registered: true,
             retry: RetryPolicy::default(),
+            process_parent: crate::trace::ProcessParent::default(),
             handler_timeout: Some(Duration::from_secs(30)),
             shutdown_timeout: Duration::from_secs(30),
             background: Vec::new(),
@@ -790,6 +812,25 @@ impl BusBuilder {
     /// The backoff between retries (default 200 ms doubling up to 60 s, with jitter).
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// How each delivery's `process <type>` span relates to the trace
+    /// context the event carries: its parent (the default), a link, or
+    /// nothing; see [`trace`](crate::trace).
+    ///
+    /// ```
+    /// # async fn demo() -> eventbus::Result<()> {
+    /// use eventbus::trace::ProcessParent;
+    /// let bus = eventbus::Bus::builder()
+    ///     .service("audit")
+    ///     .process_parent(ProcessParent::Link)
+    ///     .connect("memory://")
+    ///     .await?;
+    /// # drop(bus); Ok(()) }
+    /// ```
+    pub fn process_parent(mut self, parent: crate::trace::ProcessParent) -> Self {
+        self.process_parent = parent;
         self
     }
 
@@ -1118,6 +1159,7 @@ impl BusBuilder {
                 workers,
                 state: self.state,
                 retry: self.retry,
+                process_parent: self.process_parent,
                 shutdown_timeout: self.shutdown_timeout,
                 shutdown: CancellationToken::new(),
                 warned: Mutex::new(HashSet::new()),

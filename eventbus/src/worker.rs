@@ -328,25 +328,30 @@ fn start(
     } else {
         fut
     };
-    let span = tracing::info_span!(
-        "eventbus.handle",
-        event_id = %eventbus_core::escape::Escaped(envelope.id()),
-        event_type = %eventbus_core::escape::Escaped(envelope.event_type()),
-        handler = %spec.group.handler,
-        attempt = delivery.attempt,
+    let (span, fut) = crate::trace::process(
+        crate::trace::Delivered {
+            transport: bus.transport().name(),
+            group: &spec.group_name,
+            handler: &spec.group.handler,
+            envelope: &envelope,
+            attempt: delivery.attempt,
+            parent: bus.process_parent(),
+        },
+        fut,
     );
-    let timeout = spec.timeout;
+    let (timeout, max_attempts) = (spec.timeout, spec.max_attempts);
     // Timed for `messaging.process.duration` (two clock reads per event).
     let _ = timed;
     let begun = Some(tokio::time::Instant::now());
     Ok(async move {
         let outcome = match timeout {
-            None => fut.instrument(span).await,
-            Some(t) => match tokio::time::timeout(t, fut.instrument(span)).await {
+            None => fut.instrument(span.clone()).await,
+            Some(t) => match tokio::time::timeout(t, fut.instrument(span.clone())).await {
                 Ok(o) => o,
                 Err(_) => Err(Failure::Error(format!("handler timed out after {t:?}"))),
             },
         };
+        crate::trace::settled(&span, &outcome, delivery.attempt, max_attempts);
         (delivery, envelope, outcome, begun.map(|b| b.elapsed()))
     })
 }

@@ -484,7 +484,10 @@ impl Relay {
     async fn try_publish(&self, batch: &[Outgoing]) -> std::result::Result<(), PublishError> {
         match tokio::time::timeout(
             self.options.publish_timeout,
-            self.bus.publish_encoded(batch),
+            tracing::Instrument::instrument(
+                self.bus.publish_encoded(batch),
+                crate::trace::relay_span(self.bus.transport().name(), batch),
+            ),
         )
         .await
         {

@@ -10,4 +10,5 @@ mod delivery;
 mod routes;
 mod routing;
 mod startup;
+mod trace;
 mod validation;
