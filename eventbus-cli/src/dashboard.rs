@@ -35,6 +35,11 @@ pub(crate) struct DashboardArgs {
     /// The outbox database, for the outbox page (`postgres://...`, `sqlite:...`).
     #[arg(long)]
     database_url: Option<String>,
+    /// A service's catalogue (`catalog.json`, from `cargo run -- docs`), for
+    /// the schedules page: when each schedule fires next and last fired.
+    /// Repeat for more services.
+    #[arg(long)]
+    catalog: Vec<std::path::PathBuf>,
     /// A service's base URL whose webhook subscriptions API the webhooks page reads.
     #[arg(long)]
     webhooks_url: Option<String>,
@@ -52,6 +57,8 @@ struct App {
     write_token: Option<String>,
     database_url: Option<String>,
     webhooks: Option<crate::webhooks::Common>,
+    /// `(service, schedule)` of the catalogues given.
+    schedules: Vec<(String, eventbus_catalog::ScheduleDoc)>,
 }
 
 type Shared = Arc<App>;
@@ -67,6 +74,20 @@ pub(crate) async fn run(args: &DashboardArgs) -> Result<(), String> {
             );
         }
     };
+    let mut schedules = Vec::new();
+    for path in &args.catalog {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the catalogue {}: {e}", path.display()))?;
+        let catalog: eventbus_catalog::Catalog = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not a catalogue (`cargo run -- docs` writes catalog.json): {e}",
+                path.display()
+            )
+        })?;
+        for s in &catalog.schedules {
+            schedules.push((catalog.service.clone(), s.clone()));
+        }
+    }
     let queues = Queues::open(&args.transport_url).await?;
     let app = Arc::new(App {
         queues,
@@ -82,6 +103,7 @@ pub(crate) async fn run(args: &DashboardArgs) -> Result<(), String> {
                 token: args.webhooks_token.clone(),
                 json: false,
             }),
+        schedules,
     });
     let router = axum::Router::new()
         .route("/", get(overview))
@@ -91,6 +113,8 @@ pub(crate) async fn run(args: &DashboardArgs) -> Result<(), String> {
         .route("/outbox", get(outbox))
         .route("/groups", get(groups))
         .route("/webhooks", get(webhooks))
+        .route("/schedules", get(schedules_page))
+        .route("/outbox/retry-failed", post(outbox_retry))
         .route("/webhooks/{id}", get(webhook_attempts))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(args.bind)
@@ -165,7 +189,7 @@ pre {{ background: #f4f4f4; padding: .6em; overflow: auto; }}
 .flash {{ background: #e6ffed; border: 1px solid #34d058; padding: .5em; }}
 .error {{ background: #ffeef0; border: 1px solid #d73a49; padding: .5em; }}
 </style></head><body>
-<header><strong>eventbus</strong> · {transport} · <a href="/">overview</a><a href="/groups">groups</a><a href="/dead-letters">dead letters</a><a href="/outbox">outbox</a><a href="/webhooks">webhooks</a></header>
+<header><strong>eventbus</strong> · {transport} · <a href="/">overview</a><a href="/groups">groups</a><a href="/dead-letters">dead letters</a><a href="/schedules">schedules</a><a href="/outbox">outbox</a><a href="/webhooks">webhooks</a></header>
 <main><h1>{title}</h1>
 {body}
 </main></body></html>"#,
@@ -331,21 +355,8 @@ async fn replay(
     headers: HeaderMap,
     form: Result<Form<ReplayForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Some(expected) = &app.write_token else {
-        return failure(
-            &app,
-            StatusCode::FORBIDDEN,
-            "the dashboard is read-only: start it with --allow-write --token ...",
-        );
-    };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let given = bearer.or(form.ok().map(|f| f.0.token)).unwrap_or_default();
-    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return failure(&app, StatusCode::UNAUTHORIZED, "wrong or missing token");
+    if let Err(denied) = authorize(&app, &headers, form.ok().map(|f| f.0.token)) {
+        return *denied;
     }
     match app.queues.replay(&id).await {
         Ok(true) => Redirect::to(&format!("/dead-letters?replayed={}", q(&id))).into_response(),
@@ -372,9 +383,165 @@ async fn outbox(State(app): State<Shared>) -> Response {
         .into_response();
     };
     match outbox_counts(url).await {
-        Ok(body) => page(&app, "outbox", &body).into_response(),
+        Ok(mut body) => {
+            if app.write_token.is_some() {
+                body.push_str(r#"<form method="post" action="/outbox/retry-failed" id="retry-form"><input type="password" name="token" placeholder="token" required> <button id="retry-failed">make the failed rows pending again</button></form>"#);
+            }
+            page(&app, "outbox", &body).into_response()
+        }
         Err(e) => failure(&app, StatusCode::BAD_GATEWAY, &e),
     }
+}
+
+async fn outbox_retry(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    form: Result<Form<ReplayForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if let Err(denied) = authorize(&app, &headers, form.ok().map(|f| f.0.token)) {
+        return *denied;
+    }
+    let Some(url) = &app.database_url else {
+        return failure(
+            &app,
+            StatusCode::NOT_FOUND,
+            "no outbox database (--database-url)",
+        );
+    };
+    match outbox_retry_failed(url).await {
+        Ok(n) => page(
+            &app,
+            "outbox",
+            &format!(r#"<p class="flash" id="flash">{n} failed rows are pending again.</p><p><a href="/outbox">back to the outbox</a></p>"#),
+        )
+        .into_response(),
+        Err(e) => failure(&app, StatusCode::BAD_GATEWAY, &e),
+    }
+}
+
+/// Checks a write's token; the page to answer with when it is refused.
+fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    form_token: Option<String>,
+) -> Result<(), Box<Response>> {
+    let Some(expected) = &app.write_token else {
+        return Err(Box::new(failure(
+            app,
+            StatusCode::FORBIDDEN,
+            "the dashboard is read-only: start it with --allow-write --token ...",
+        )));
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let given = bearer.or(form_token).unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Box::new(failure(
+            app,
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing token",
+        )))
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+async fn outbox_retry_failed(url: &str) -> Result<u64, String> {
+    let db = eventbus::outbox::Database::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    eventbus::outbox::retry_failed(&db)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+async fn outbox_retry_failed(_url: &str) -> Result<u64, String> {
+    Err("this eventbus-cli is built without the outbox (features postgres, sqlite)".into())
+}
+
+/// When a schedule fires next, from its catalogue entry.
+fn next_fire(s: &eventbus_catalog::ScheduleDoc) -> Result<std::time::SystemTime, String> {
+    let name: &'static str = Box::leak(s.name.clone().into_boxed_str());
+    let produce = || async { SchedulePage };
+    let def = match (&s.every, &s.cron) {
+        (Some(every), _) => {
+            let every = humantime::parse_duration(every).map_err(|e| e.to_string())?;
+            eventbus::ScheduleDef::every(name, every, produce)
+        }
+        (None, Some(cron)) => eventbus::ScheduleDef::cron(name, cron, s.tz.as_deref(), produce)
+            .map_err(|e| e.to_string())?,
+        (None, None) => return Err("neither `every` nor `cron`".into()),
+    };
+    def.next_tick(std::time::SystemTime::now())
+        .map_err(|e| e.to_string())
+}
+
+/// The event type of the schedules the page evaluates (never published).
+#[derive(Debug, Clone, serde::Serialize, Deserialize, schemars::JsonSchema, eventbus::Event)]
+#[event("eventbus_cli.schedule_page")]
+struct SchedulePage;
+
+/// When schedule `<service>.<name>` last fired (its last claimed tick), on Redis.
+async fn last_tick(app: &App, key: &str) -> Option<std::time::SystemTime> {
+    #[cfg(feature = "redis")]
+    if matches!(
+        app.url.split_once("://").map(|(s, _)| s),
+        Some("redis" | "rediss")
+    ) {
+        let client = eventbus::transport::redis::Client::connect_url(&app.url)
+            .await
+            .ok()?;
+        let ms: Option<u64> = client
+            .query(
+                "GET",
+                eventbus::transport::redis::redis::cmd("GET").arg(client.keys().tick(key)),
+            )
+            .await
+            .ok()?;
+        return ms.map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    }
+    let _ = (app, key);
+    None
+}
+
+async fn schedules_page(State(app): State<Shared>) -> Response {
+    if app.schedules.is_empty() {
+        return page(
+            &app,
+            "schedules",
+            "<p>No schedules: start the dashboard with --catalog path/to/catalog.json (a service's catalogue) to see its schedules.</p>",
+        )
+        .into_response();
+    }
+    let mut body = String::from(
+        r#"<table id="schedules"><tr><th>service</th><th>schedule</th><th>when</th><th>publishes</th><th>next fire</th><th>last fired</th></tr>"#,
+    );
+    for (service, s) in &app.schedules {
+        let next = match next_fire(s) {
+            Ok(t) => crate::dlq::rfc3339(t),
+            Err(e) => format!("cannot run: {e}"),
+        };
+        let last = last_tick(&app, &format!("{service}.{}", s.name))
+            .await
+            .map_or("-".to_owned(), crate::dlq::rfc3339);
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(service),
+            esc(&s.name),
+            esc(&s.when),
+            esc(&s.event_type),
+            esc(&next),
+            esc(&last)
+        );
+    }
+    body.push_str("</table>");
+    page(&app, "schedules", &body).into_response()
 }
 
 async fn webhooks(State(app): State<Shared>) -> Response {

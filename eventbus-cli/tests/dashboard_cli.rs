@@ -193,5 +193,81 @@ async fn the_dashboard_replays_a_dead_letter_in_a_real_browser() {
         assert!(Instant::now() < deadline, "the replay was handled: {s:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(dash);
+
+    // Schedules (from the reviews catalogue) and the outbox, with a failed row
+    // made pending again from the page.
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("app.db").display());
+    let eventbus::outbox::Database::Sqlite(pool) =
+        eventbus::outbox::Database::connect(&db_url).await.unwrap()
+    else {
+        unreachable!()
+    };
+    eventbus::outbox::migrate(&pool).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    bus.outbox().publish(&mut *tx, Job { n: 9 }).await.unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query("UPDATE eventbus_outbox SET status = 'failed'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let catalog =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/reviews/docs/catalog.json");
+    let dash = Dashboard::start(
+        &url,
+        &[
+            "--allow-write",
+            "--token",
+            TOKEN,
+            "--database-url",
+            &db_url,
+            "--catalog",
+            catalog.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let html = client
+        .get(format!("{}/schedules", dash.1))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<td>reviews</td><td>moderation_stats</td><td>every 1s</td><td>moderation_stats_due</td>"),
+        "{html}"
+    );
+    assert!(!html.contains("cannot run"), "{html}");
+    let html = client
+        .get(format!("{}/outbox", dash.1))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<tr><th>failed</th><td>1</td></tr>"),
+        "{html}"
+    );
+    let retried = client
+        .post(format!("{}/outbox/retry-failed", dash.1))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200);
+    assert!(
+        retried
+            .text()
+            .await
+            .unwrap()
+            .contains("1 failed rows are pending again")
+    );
+    let counts = eventbus::outbox::counts(&pool).await.unwrap();
+    assert_eq!((counts.pending, counts.failed), (1, 0));
     running.shutdown().await.unwrap();
 }
