@@ -19,8 +19,13 @@ pub(crate) struct TailArgs {
     /// Only these CloudEvents types (repeat the option for more).
     #[arg(long = "type")]
     types: Vec<String>,
+    /// Only the types this consumer group reads (Redis Streams).
+    #[arg(long)]
+    group: Option<String>,
     /// Where to start: `now` (only what is published from now on), `start`
-    /// (the oldest event the transport keeps), or a cursor printed by `--json`.
+    /// (the oldest event the transport keeps), a cursor printed by `--json`,
+    /// or a time (RFC 3339, or an age such as `10m`): the events whose
+    /// `time` is at or after it, read from the start of the log.
     #[arg(long, default_value = "now")]
     from: String,
     /// Stop after this many events.
@@ -65,6 +70,23 @@ fn line(event: &Value, colour: bool) -> String {
     )
 }
 
+/// The types consumer group `group` reads (Redis Streams).
+#[cfg(feature = "redis")]
+async fn group_types(url: &str, group: &str) -> Result<Vec<String>, String> {
+    let groups = crate::groups::snapshot(url).await?;
+    match groups.get(group) {
+        Some(g) => Ok(g.types.iter().cloned().collect()),
+        None => Err(format!(
+            "no consumer group `{group}` on this server; `eventbus groups` lists them"
+        )),
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn group_types(_url: &str, _group: &str) -> Result<Vec<String>, String> {
+    Err("--group reads Redis Streams' groups: build eventbus-cli with the `redis` feature".into())
+}
+
 /// Runs `eventbus tail` until `--count` events or SIGINT/SIGTERM.
 pub(crate) async fn run(args: &TailArgs) -> Result<(), String> {
     let transport = eventbus::transport::connect(&args.transport_url)
@@ -76,13 +98,22 @@ pub(crate) async fn run(args: &TailArgs) -> Result<(), String> {
             transport.name()
         ));
     };
-    let topics = if args.types.is_empty() {
+    let mut types = args.types.clone();
+    if let Some(group) = &args.group {
+        types.extend(group_types(&args.transport_url, group).await?);
+    }
+    let topics = if types.is_empty() {
         Topics::All
     } else {
-        Topics::Types(args.types.clone())
+        Topics::Types(types)
     };
     let fail = |e: eventbus::feed::FeedError| format!("reading the feed failed: {e}");
+    let since = match args.from.as_str() {
+        "start" | "now" => None,
+        other => crate::dlq::parse_time(other).ok(),
+    };
     let mut after: Option<Cursor> = match args.from.as_str() {
+        _ if since.is_some() => None,
         "start" => None,
         "now" => {
             // The end of the log: read it through (a page a round trip).
@@ -115,6 +146,16 @@ pub(crate) async fn run(args: &TailArgs) -> Result<(), String> {
             let event: Value = serde_json::from_slice(&entry.payload).unwrap_or_else(|_| {
                 Value::String(String::from_utf8_lossy(&entry.payload).into_owned())
             });
+            if let Some(since) = since {
+                let time = event
+                    .get("time")
+                    .and_then(Value::as_str)
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| std::time::SystemTime::from(t.with_timezone(&chrono::Utc)));
+                if time.is_none_or(|t| t < since) {
+                    continue;
+                }
+            }
             if args.json {
                 println!(
                     "{}",

@@ -27,6 +27,7 @@ fn command(args: &[&str]) -> tokio::process::Command {
     c.args(args)
         .env("RUST_LOG", "warn")
         .env_remove("EVENTBUS_URL")
+        .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -181,6 +182,58 @@ async fn tail_reads_the_log_and_follows_it() {
         String::from_utf8_lossy(&bad.stderr).contains("the data is not JSON"),
         "{bad:?}"
     );
+
+    // --group (the types a group reads) and --from <time>.
+    let _reader = eventbus::Bus::builder()
+        .service("clitail")
+        .without_registered()
+        .handler(eventbus::HandlerDef::new("others", |_: Other| async {}))
+        .connect(&url)
+        .await
+        .unwrap();
+    let of_group = command(&[
+        "tail",
+        "--transport-url",
+        &url,
+        "--group",
+        "clitail.others",
+        "--from",
+        "1h",
+        "--count",
+        "2",
+        "--json",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        of_group.status.success(),
+        "{}",
+        String::from_utf8_lossy(&of_group.stderr)
+    );
+    assert_eq!(
+        ns(&of_group.stdout),
+        [
+            ("cli_tail.other".to_owned(), 9),
+            ("cli_tail.other".to_owned(), 10)
+        ]
+    );
+    let future = command(&[
+        "tail",
+        "--transport-url",
+        &url,
+        "--from",
+        "2999-01-01T00:00:00Z",
+        "--count",
+        "1",
+    ])
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    bus.publish(Note { n: 7 }).await.unwrap();
+    let nothing =
+        tokio::time::timeout(Duration::from_millis(1500), future.wait_with_output()).await;
+    assert!(nothing.is_err(), "nothing is at or after 2999");
 
     // Pub/sub keeps no log.
     let pubsub = command(&[
