@@ -52,6 +52,13 @@ pub use signature::verify;
 pub trait Source {
     /// The transport events are published to (a bus's routing transport).
     fn transport(&self) -> Arc<dyn Transport>;
+
+    /// The service's own endpoints to serve beside the CloudEvents ones
+    /// (a bus's `/healthz`, `/readyz` and, with its feature, `/metrics`);
+    /// none by default.
+    fn extra_routes(&self) -> Option<axum::Router> {
+        None
+    }
 }
 
 impl Source for Arc<dyn Transport> {
@@ -74,6 +81,8 @@ pub struct Http {
     max_batch: usize,
     max_in_flight: usize,
     token: Option<Arc<str>>,
+    /// The source's own routes ([`Source::extra_routes`]), merged as they are.
+    extra: Option<axum::Router>,
     max_wait: Duration,
     max_limit: usize,
     keep_alive: Duration,
@@ -110,6 +119,7 @@ impl Http {
             max_batch: 1000,
             max_in_flight: 1024,
             token: None,
+            extra: source.extra_routes(),
             max_wait: Duration::from_secs(60),
             max_limit: 1000,
             keep_alive: Duration::from_secs(15),
@@ -187,12 +197,17 @@ impl Http {
             in_flight: Arc::new(tokio::sync::Semaphore::new(self.max_in_flight)),
             config: self,
         });
-        axum::Router::new()
+        let extra = state.config.extra.clone();
+        let router = axum::Router::new()
             .route("/events", axum::routing::post(ingest::post).get(feed::page))
             .route("/events/stream", axum::routing::get(feed::stream))
             .merge(webhooks::routes())
             .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(state)
+            .with_state(state);
+        match extra {
+            Some(extra) => router.merge(extra),
+            None => router,
+        }
     }
 }
 

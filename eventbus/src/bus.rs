@@ -1257,4 +1257,10 @@ impl eventbus_http::Source for Bus {
     fn transport(&self) -> Arc<dyn Transport> {
         self.inner.transport.clone()
     }
+
+    /// `/healthz`, `/readyz` and (feature `prometheus`) `/metrics` of
+    /// [`health`](crate::health), on the same router as the CloudEvents endpoints.
+    fn extra_routes(&self) -> Option<axum::Router> {
+        Some(crate::health::router(self))
+    }
 }

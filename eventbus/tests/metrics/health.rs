@@ -218,3 +218,23 @@ fn metrics_serves_the_prometheus_text_of_a_known_workload() {
     metrics::counter!(eventbus::metrics::RETRIES.name, "group" => "global.check").increment(1);
     assert!(global.render().contains(r#"group="global.check""#));
 }
+
+#[tokio::test]
+async fn the_cloudevents_router_of_a_bus_serves_healthz_and_readyz() {
+    let bus = workload_builder()
+        .transport(MemoryTransport::new())
+        .build()
+        .await
+        .unwrap();
+    let mut running = bus.spawn();
+    running.ready().await.unwrap();
+    let (listener, url) = listen().await;
+    let router = eventbus::http::router(&bus);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
+    let (status, body) = get_json(&format!("{url}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    // The CloudEvents endpoints are still there.
+    assert_ne!(get(&format!("{url}/events")).await.0, 404);
+    running.shutdown().await.unwrap();
+}
