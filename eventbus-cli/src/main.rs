@@ -19,7 +19,7 @@ mod webhooks;
 #[command(
     name = "eventbus",
     version,
-    about = "Operate eventbus services: the transactional outbox (relay, migrate, capture, outbox-stats, retry-failed), webhook subscriptions (webhooks) and the dead-letter queue (dlq).",
+    about = "Operate eventbus services: the transactional outbox (relay, migrate, capture, outbox-stats, retry-failed), webhook subscriptions (webhooks), the dead-letter queue (dlq), consumer groups (groups), the log (tail, publish, replay) and a dashboard.",
     after_help = "Logs go to stderr (RUST_LOG, default `info`). Exit codes: 0 ok, 1 error, 2 usage, 3 a check found a problem (`dlq list --max`).",
     arg_required_else_help = true
 )]
