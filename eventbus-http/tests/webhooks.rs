@@ -970,3 +970,30 @@ fn webhook_attempts_are_counted_by_outcome() {
     assert_eq!(count("delivered"), 1);
     assert_eq!(count("dead_lettered"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_carries_the_events_trace_context_as_its_traceparent_header() {
+    let (svc, _stop) = Service::start().await;
+    let (url, got) = sink(vec![(200, None)], Duration::ZERO, true).await;
+    let s = svc
+        .subscribe(json!({"sink": url, "types": ["review_created"]}))
+        .await;
+    svc.wait_state(s["id"].as_str().unwrap(), "active").await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let event = eventbus::codec::decode_cloudevent(
+        json!({
+            "specversion": "1.0", "id": "traced-1", "source": "/test", "type": "review_created",
+            "traceparent": traceparent, "tracestate": "vendor=1",
+            "datacontenttype": "application/json", "data": {"id": "r-t", "n": 1}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    svc.bus.publish_cloudevent(&event).await.unwrap();
+    eventually("the traced delivery", || !posts(&got).is_empty()).await;
+    let (headers, body) = posts(&got).remove(0);
+    assert_eq!(headers["traceparent"], traceparent);
+    assert_eq!(headers["tracestate"], "vendor=1");
+    assert_eq!(body["traceparent"], traceparent, "the event keeps its own");
+}

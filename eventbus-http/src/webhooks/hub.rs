@@ -550,6 +550,15 @@ impl Hub {
                 Err(e) => return Err(format!("cannot put the event in binary mode: {e}")),
             },
         };
+        // The event's trace context is also the hop's own `traceparent`.
+        if let Some(tc) = event.trace_context() {
+            if let Ok(v) = HeaderValue::try_from(tc.traceparent()) {
+                headers.insert(crate::binding::TRACEPARENT_HEADER, v);
+            }
+            if let Some(v) = tc.state.and_then(|s| HeaderValue::try_from(s).ok()) {
+                headers.insert(crate::binding::TRACESTATE_HEADER, v);
+            }
+        }
         for (name, value) in &sub.headers {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::try_from(name.as_str()),
