@@ -161,6 +161,9 @@ async fn a_consumer_without_heartbeat_is_taken_over_after_claim_idle() {
     opts.claim_interval = Duration::from_millis(50);
     let survivor = client.consumer("g", only("t"), opts).await.unwrap();
     publish_n(&client, 2).await;
+    // Taken before the read: Redis's idle time of the entries is never more
+    // than this clock's time since (taken after, it could be, by the round trip).
+    let read_at = Instant::now();
     let read = server
         .cmd(&[
             "XREADGROUP",
@@ -174,7 +177,6 @@ async fn a_consumer_without_heartbeat_is_taken_over_after_claim_idle() {
             ">",
         ])
         .unwrap();
-    let read_at = Instant::now();
     assert_eq!(read.matches("cloud_event").count(), 2, "{read}");
     assert!(deadline(&server, "old-version").is_none());
 
