@@ -436,6 +436,18 @@ impl Shared {
         .to_string()
     }
 
+    /// kombu's acknowledgement of `tag`: out of `unacked_index` and `unacked`.
+    fn add_ack(&self, pipe: &mut redis::Pipeline, tag: &str) {
+        pipe.cmd("ZREM")
+            .arg(self.unacked_index())
+            .arg(tag)
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.unacked())
+            .arg(tag)
+            .ignore();
+    }
+
     fn add_result(&self, pipe: &mut redis::Pipeline, task_id: &str, meta: &str) {
         let key = result_key(task_id);
         pipe.cmd("SETEX")
@@ -1113,11 +1125,7 @@ impl Reader {
                 let meta = shared.result_meta(&msg.id, "REVOKED", serde_json::json!({"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "celery.exceptions"}), None);
                 shared.add_result(&mut pipe, &msg.id, &meta);
             }
-            pipe.cmd("ZREM")
-                .arg(shared.unacked_index())
-                .arg(&tag)
-                .ignore();
-            pipe.cmd("HDEL").arg(shared.unacked()).arg(&tag).ignore();
+            shared.add_ack(&mut pipe, &tag);
             shared.client.run_pipe::<()>("Celery ack", &pipe).await?;
             return Ok(());
         }
@@ -1512,14 +1520,7 @@ impl Subscriber for CelerySubscriber {
                     );
                     self.shared.add_result(&mut pipe, &f.task_id, &meta);
                 }
-                pipe.cmd("ZREM")
-                    .arg(self.shared.unacked_index())
-                    .arg(&f.tag)
-                    .ignore();
-                pipe.cmd("HDEL")
-                    .arg(self.shared.unacked())
-                    .arg(&f.tag)
-                    .ignore();
+                self.shared.add_ack(&mut pipe, &f.tag);
             }
             self.shared
                 .client
