@@ -26,7 +26,9 @@ use bytes::Bytes;
 
 use crate::Envelope;
 use crate::codec::DecodeError;
-use crate::handler::{Call, ErasedHandler, Failure, HandlerFuture};
+use std::task::{Context, Poll};
+
+use crate::handler::{Call, ErasedHandler, Failure, HandlerFuture, HandlerSlot, Scope};
 use crate::transport::{Outgoing, Transport};
 
 /// The handler of a bridge: appends the message to the destination.
@@ -36,15 +38,34 @@ pub(crate) struct Forward {
 }
 
 impl ErasedHandler for Forward {
-    fn call(&self, call: Call<'_>) -> Result<(Envelope, HandlerFuture), DecodeError> {
+    fn slot(self: Arc<Self>) -> Box<dyn HandlerSlot> {
+        Box::new(ForwardSlot {
+            forward: self,
+            run: None,
+        })
+    }
+
+    fn event_type(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// A bridge's run: one append (boxed; a bridge appends one event at a time).
+struct ForwardSlot {
+    forward: Arc<Forward>,
+    run: Option<HandlerFuture>,
+}
+
+impl HandlerSlot for ForwardSlot {
+    fn start(&mut self, call: Call<'_>, scope: Scope<'_>) -> Result<Envelope, DecodeError> {
         // Read once for the worker's logs and dead letters; appended as received.
         let envelope = Envelope::parse(Bytes::clone(call.payload))?;
         let message = Outgoing {
-            event_type: Cow::Owned(self.event_type.to_string()),
+            event_type: Cow::Owned(self.forward.event_type.to_string()),
             payload: Bytes::clone(call.payload),
         };
-        let to = self.to.clone();
-        let fut: HandlerFuture = Box::pin(async move {
+        let to = self.forward.to.clone();
+        let append = async move {
             to.publish(std::slice::from_ref(&message))
                 .await
                 .map_err(|e| {
@@ -54,12 +75,22 @@ impl ErasedHandler for Forward {
                         to.name()
                     ))
                 })
-        });
-        Ok((envelope, fut))
+        };
+        self.run = Some(Box::pin(crate::trace::scoped(scope(&envelope), append)));
+        Ok(envelope)
     }
 
-    fn event_type(&self) -> Option<&'static str> {
-        None
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Ready(Err(Failure::Error("no append in this slot".into())));
+        };
+        let outcome = std::task::ready!(run.as_mut().poll(cx));
+        self.run = None;
+        Poll::Ready(outcome)
+    }
+
+    fn clear(&mut self) {
+        self.run = None;
     }
 }
 

@@ -241,7 +241,7 @@ impl Bus {
             Some(done) => done,
             None => self.inner.transport.publish(batch).await,
         }?;
-        crate::metrics::sent(self.inner.transport.name(), batch);
+        self.inner.metrics.sent(self.inner.transport.name(), batch);
         Ok(())
     }
 

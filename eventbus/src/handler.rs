@@ -7,6 +7,9 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -17,6 +20,7 @@ use crate::Envelope;
 use crate::codec::DecodeError;
 use crate::context::{Context, ContextSeed};
 use crate::event::Upcast;
+use crate::trace::TraceContext;
 pub use eventbus_core::arg::{HandlerArg, Incoming};
 
 /// Options of a handler, from `#[handler(...)]` or the [`HandlerDef`] builder.
@@ -77,12 +81,79 @@ pub type HandlerFuture = BoxFuture<'static, Result<(), Failure>>;
 /// A type-erased handler.
 #[doc(hidden)]
 pub trait ErasedHandler: Send + Sync + 'static {
-    /// Decodes the message (in one pass), builds its [`Envelope`] and starts
-    /// the handler; the envelope is also returned for the worker (tracing,
-    /// dead letters).
-    fn call(&self, call: Call<'_>) -> Result<(Envelope, HandlerFuture), DecodeError>;
+    /// A place for one run of the handler at a time, reused run after run
+    /// (a worker keeps one per unit of concurrency).
+    fn slot(self: Arc<Self>) -> Box<dyn HandlerSlot>;
     /// The CloudEvents type it takes; `None` for a global handler.
     fn event_type(&self) -> Option<&'static str>;
+}
+
+/// The trace context a run continues, chosen from its envelope (the worker
+/// opens the run's span there).
+#[doc(hidden)]
+pub type Scope<'a> = &'a mut dyn FnMut(&Envelope) -> Option<TraceContext>;
+
+/// One run of a handler at a time. A typed handler's slot holds the run's
+/// future inline, so starting a run allocates nothing: the future is
+/// written into the slot and dropped there when it ends.
+#[doc(hidden)]
+pub trait HandlerSlot: Send {
+    /// Decodes the message (in one pass), builds its [`Envelope`] and starts
+    /// the handler in this idle slot, in the trace context `scope` chooses;
+    /// the envelope is also returned for the worker (tracing, dead letters).
+    fn start(&mut self, call: Call<'_>, scope: Scope<'_>) -> Result<Envelope, DecodeError>;
+    /// Polls the run; once it is ready the slot is idle again.
+    fn poll_run(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>>;
+    /// Drops the run (timed out, or not to be run at all).
+    fn clear(&mut self);
+}
+
+/// A run as a typed slot holds it: the handler's own future, panics caught,
+/// in the event's trace context.
+type Run<Fut> = tokio::task::futures::TaskLocalFuture<
+    Option<TraceContext>,
+    futures::future::CatchUnwind<AssertUnwindSafe<Fut>>,
+>;
+
+/// The slot of a typed handler.
+struct InlineSlot<H, Fut> {
+    handler: Arc<H>,
+    run: Pin<Box<Option<Run<Fut>>>>,
+}
+
+impl<H, Fut, R> InlineSlot<H, Fut>
+where
+    Fut: Future<Output = R> + Send + 'static,
+    R: HandlerReturn,
+{
+    fn new(handler: Arc<H>) -> Box<Self> {
+        Box::new(Self {
+            handler,
+            run: Box::pin(None),
+        })
+    }
+
+    fn begin(&mut self, fut: Fut, handling: Option<TraceContext>) {
+        self.run.set(Some(crate::trace::scoped(
+            handling,
+            AssertUnwindSafe(fut).catch_unwind(),
+        )));
+    }
+
+    fn poll_inline(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
+        let Some(run) = self.run.as_mut().as_pin_mut() else {
+            return Poll::Ready(Err(Failure::Error("no handler run in this slot".into())));
+        };
+        let out = std::task::ready!(run.poll(cx));
+        self.run.set(None);
+        Poll::Ready(match out {
+            Ok(ret) => ret.into_outcome().map_err(Failure::Error),
+            Err(panic) => Err(Failure::Error(format!(
+                "handler panicked: {}",
+                panic_message(&*panic)
+            ))),
+        })
+    }
 }
 
 /// One delivery, as the worker hands it to a handler.
@@ -127,7 +198,7 @@ impl Call<'_> {
 /// ```
 pub struct HandlerDef {
     pub(crate) meta: HandlerMeta,
-    pub(crate) handler: std::sync::Arc<dyn ErasedHandler>,
+    pub(crate) handler: Arc<dyn ErasedHandler>,
 }
 
 impl fmt::Debug for HandlerDef {
@@ -213,7 +284,7 @@ pub trait IntoHandler<Args>: Send + Sync + Sized + 'static {
     #[doc(hidden)]
     const GLOBAL: bool;
     #[doc(hidden)]
-    fn into_erased(self) -> std::sync::Arc<dyn ErasedHandler>;
+    fn into_erased(self) -> Arc<dyn ErasedHandler>;
 }
 
 /// What a handler may return: `()` or `Result<(), E>` with `E: Display`.
@@ -260,20 +331,6 @@ struct Erased<F, Args> {
     _args: PhantomData<fn(Args)>,
 }
 
-fn guard<Fut, R>(fut: Fut) -> HandlerFuture
-where
-    Fut: Future<Output = R> + Send + 'static,
-    R: HandlerReturn,
-{
-    Box::pin(AssertUnwindSafe(fut).catch_unwind().map(|r| match r {
-        Ok(ret) => ret.into_outcome().map_err(Failure::Error),
-        Err(panic) => Err(Failure::Error(format!(
-            "handler panicked: {}",
-            panic_message(&*panic)
-        ))),
-    }))
-}
-
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -291,13 +348,36 @@ where
     A: HandlerArg,
     R: HandlerReturn,
 {
-    fn call(&self, call: Call<'_>) -> Result<(Envelope, HandlerFuture), DecodeError> {
-        let (envelope, arg) = call.decode::<A>()?;
-        Ok((envelope, guard((self.f)(arg))))
+    fn slot(self: Arc<Self>) -> Box<dyn HandlerSlot> {
+        InlineSlot::<Self, Fut>::new(self)
     }
 
     fn event_type(&self) -> Option<&'static str> {
         A::event_type()
+    }
+}
+
+impl<F, Fut, A, R> HandlerSlot for InlineSlot<Erased<F, (A,)>, Fut>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    A: HandlerArg,
+    R: HandlerReturn,
+{
+    fn start(&mut self, call: Call<'_>, scope: Scope<'_>) -> Result<Envelope, DecodeError> {
+        let (envelope, arg) = call.decode::<A>()?;
+        let handling = scope(&envelope);
+        let fut = (self.handler.f)(arg);
+        self.begin(fut, handling);
+        Ok(envelope)
+    }
+
+    fn poll_run(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
+        self.poll_inline(cx)
+    }
+
+    fn clear(&mut self) {
+        self.run.set(None);
     }
 }
 
@@ -309,14 +389,38 @@ where
     C: ContextArg,
     R: HandlerReturn,
 {
-    fn call(&self, call: Call<'_>) -> Result<(Envelope, HandlerFuture), DecodeError> {
-        let (envelope, arg) = call.decode::<A>()?;
-        let ctx = call.context.into_context(envelope.clone());
-        Ok((envelope, guard((self.f)(arg, C::from_context(ctx)))))
+    fn slot(self: Arc<Self>) -> Box<dyn HandlerSlot> {
+        InlineSlot::<Self, Fut>::new(self)
     }
 
     fn event_type(&self) -> Option<&'static str> {
         A::event_type()
+    }
+}
+
+impl<F, Fut, A, C, R> HandlerSlot for InlineSlot<Erased<F, (A, C)>, Fut>
+where
+    F: Fn(A, C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    A: HandlerArg,
+    C: ContextArg,
+    R: HandlerReturn,
+{
+    fn start(&mut self, call: Call<'_>, scope: Scope<'_>) -> Result<Envelope, DecodeError> {
+        let (envelope, arg) = call.decode::<A>()?;
+        let handling = scope(&envelope);
+        let ctx = call.context.into_context(envelope.clone());
+        let fut = (self.handler.f)(arg, C::from_context(ctx));
+        self.begin(fut, handling);
+        Ok(envelope)
+    }
+
+    fn poll_run(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Failure>> {
+        self.poll_inline(cx)
+    }
+
+    fn clear(&mut self) {
+        self.run.set(None);
     }
 }
 
@@ -329,8 +433,8 @@ where
 {
     const GLOBAL: bool = A::GLOBAL;
 
-    fn into_erased(self) -> std::sync::Arc<dyn ErasedHandler> {
-        std::sync::Arc::new(Erased::<F, (A,)> {
+    fn into_erased(self) -> Arc<dyn ErasedHandler> {
+        Arc::new(Erased::<F, (A,)> {
             f: self,
             _args: PhantomData,
         })
@@ -347,8 +451,8 @@ where
 {
     const GLOBAL: bool = A::GLOBAL;
 
-    fn into_erased(self) -> std::sync::Arc<dyn ErasedHandler> {
-        std::sync::Arc::new(Erased::<F, (A, C)> {
+    fn into_erased(self) -> Arc<dyn ErasedHandler> {
+        Arc::new(Erased::<F, (A, C)> {
             f: self,
             _args: PhantomData,
         })

@@ -37,6 +37,9 @@ pub(crate) struct BusMetrics {
     pub interval: Option<Duration>,
     /// The outbox relays running with this bus.
     pub relays: Mutex<Vec<Arc<RelayBeat>>>,
+    /// `messaging.client.sent.messages` by event type, registered with the
+    /// recorder at the first publish of the type (see [`GroupMetrics`]).
+    sent: Mutex<TypeMap<metrics::Counter>>,
 }
 
 impl Default for BusMetrics {
@@ -44,6 +47,50 @@ impl Default for BusMetrics {
         Self {
             interval: Some(DEFAULT_INTERVAL),
             relays: Mutex::new(Vec::new()),
+            sent: Mutex::default(),
+        }
+    }
+}
+
+impl BusMetrics {
+    /// `messaging.client.sent.messages`, one increment per run of one type.
+    pub(crate) fn sent(&self, transport: &'static str, batch: &[Outgoing]) {
+        let mut sent = self.sent.lock();
+        for run in batch.chunk_by(|a, b| a.event_type == b.event_type) {
+            let ty = &*run[0].event_type;
+            let counter = match sent.get(ty) {
+                Some(c) => c,
+                None => sent.entry(ty.into()).or_insert_with(|| {
+                    counter!(SENT_MESSAGES.name, "type" => ty.to_owned(), "transport" => transport)
+                }),
+            };
+            counter.increment(run.len() as u64);
+        }
+    }
+}
+
+/// A map by event type, hashed by FNV-1a: its keys are a few short names, on
+/// the path of every event.
+type TypeMap<V> = std::collections::HashMap<Box<str>, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// FNV-1a (64 bits).
+#[derive(Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 }
@@ -110,21 +157,13 @@ pub(crate) fn relays_stuck(bus: &crate::Bus, after: Duration) -> Option<String> 
         .find_map(|b| b.stuck(after))
 }
 
-/// `messaging.client.sent.messages`, one increment per run of one type.
-pub(crate) fn sent(transport: &'static str, batch: &[Outgoing]) {
-    for run in batch.chunk_by(|a, b| a.event_type == b.event_type) {
-        counter!(SENT_MESSAGES.name, "type" => run[0].event_type.clone(), "transport" => transport)
-            .increment(run.len() as u64);
-    }
-}
-
 /// A worker's metric handles, registered with the recorder once per event
 /// type: an event then costs a map lookup, not a key built (and allocated)
 /// and looked up by the recorder. So install the recorder before the bus
 /// handles its first event.
 #[derive(Default)]
 pub(crate) struct GroupMetrics {
-    by_type: Mutex<std::collections::HashMap<Box<str>, TypeHandles>>,
+    by_type: Mutex<TypeMap<TypeHandles>>,
     /// The transport's name, known from the first read (before anything is
     /// handled).
     transport: std::sync::OnceLock<&'static str>,

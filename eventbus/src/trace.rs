@@ -126,12 +126,18 @@ pub(crate) struct Delivered<'a> {
     pub parent: ProcessParent,
 }
 
-/// The `process <type>` span of a delivery, and a future running `fut` in
-/// the trace context of its event (see the module docs).
-pub(crate) fn process<F: Future>(
-    d: Delivered<'_>,
+/// Runs `fut` in `handling`, the trace context [`current`] continues (what a
+/// handler run is wrapped in; a nameable type, so a worker's slot holds it).
+pub(crate) fn scoped<F: Future>(
+    handling: Option<TraceContext>,
     fut: F,
-) -> (tracing::Span, impl Future<Output = F::Output> + use<F>) {
+) -> tokio::task::futures::TaskLocalFuture<Option<TraceContext>, F> {
+    HANDLING.scope(handling, fut)
+}
+
+/// The `process <type>` span of a delivery, and the trace context its
+/// handler runs in ([`scoped`]; see the module docs).
+pub(crate) fn process(d: Delivered<'_>) -> (tracing::Span, Option<TraceContext>) {
     use eventbus_core::escape::Escaped;
     let envelope = d.envelope;
     let span = tracing::info_span!(
@@ -165,7 +171,7 @@ pub(crate) fn process<F: Future>(
         ProcessParent::Link => event.map(|_| TraceContext::new_root()),
         ProcessParent::None => None,
     };
-    (span, HANDLING.scope(handling, fut))
+    (span, handling)
 }
 
 /// Records how a handler run ended on its span: `error.type` and the status

@@ -25,13 +25,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::Envelope;
 use crate::RetryPolicy;
@@ -40,6 +36,9 @@ use crate::context::ContextSeed;
 use crate::event::Upcast;
 use crate::handler::{Call, Failure, HandlerDef};
 use crate::transport::{DeadLetterInfo, Delivery, DeliveryId, GroupSpec, Subscriber};
+
+mod runs;
+use runs::{Finished, Runs};
 
 /// Everything a worker needs to know about its group.
 #[derive(Debug)]
@@ -77,8 +76,7 @@ struct RunTime {
 }
 
 impl RunTime {
-    fn record(&mut self, took: Option<Duration>) {
-        let Some(took) = took else { return };
+    fn record(&mut self, took: Duration) {
         let s = took.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.ns = Some(match self.ns {
             None => s,
@@ -178,7 +176,11 @@ pub(crate) async fn run(
         others: Vec::new(),
     };
 
-    let mut in_flight = FuturesUnordered::new();
+    let mut runs = Runs::new(
+        spec.handler.handler.clone(),
+        spec.timeout,
+        spec.max_attempts,
+    );
     // Read and not started yet (prefetch).
     let mut waiting: VecDeque<Delivery> = VecDeque::new();
     let mut run_time = RunTime { ns: None };
@@ -187,11 +189,15 @@ pub(crate) async fn run(
     let mut read: Option<BoxFuture<'_, crate::Result<Vec<Delivery>>>> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
-        while in_flight.len() < spec.concurrency
+        while runs.running() < spec.concurrency
             && let Some(delivery) = waiting.pop_front()
         {
-            match start(&bus, &spec, delivery, prefetching) {
-                Ok(fut) => in_flight.push(fut),
+            match start(&bus, &spec, &mut runs, delivery) {
+                Ok(None) => {}
+                // Not to be run (a Celery task on a global handler): done.
+                Ok(Some((delivery, envelope, outcome, took))) => {
+                    settler.push(settle(&spec, &retry, delivery, envelope, outcome, took))
+                }
                 Err(refused) => {
                     let Refused {
                         delivery,
@@ -208,7 +214,7 @@ pub(crate) async fn run(
         } else {
             0
         };
-        let room = (spec.concurrency + prefetch).saturating_sub(in_flight.len() + waiting.len());
+        let room = (spec.concurrency + prefetch).saturating_sub(runs.running() + waiting.len());
         if reading && read.is_none() && room > 0 {
             read = Some(sub.next(room.min(MAX_BATCH)));
         }
@@ -216,11 +222,9 @@ pub(crate) async fn run(
         settler.flush().await;
         tokio::select! {
             biased;
-            Some((delivery, envelope, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
-                run_time.record(took);
-                settler.push(settle(&spec, &retry, delivery, envelope, outcome, took));
-                // Collect everything else that is done before settling.
-                while let Some(Some((delivery, envelope, outcome, took))) = in_flight.next().now_or_never() {
+            () = std::future::poll_fn(|cx| runs.poll_done(cx)), if runs.running() > 0 => {
+                // Everything that ended is settled at once.
+                for (delivery, envelope, outcome, took) in runs.done.drain(..) {
                     run_time.record(took);
                     settler.push(settle(&spec, &retry, delivery, envelope, outcome, took));
                 }
@@ -277,16 +281,14 @@ pub(crate) async fn run(
 
 type Outcome = Result<(), Failure>;
 
-/// What a started handler run ends with: its delivery and envelope, how it
-/// went, and how long it took (when timed).
-type Finished = (Delivery, Envelope, Outcome, Option<Duration>);
-
+/// Starts the run of `delivery` in a slot of `runs`; a delivery that is not
+/// to be run ends at once (returned), one that cannot be is refused.
 fn start(
     bus: &Bus,
     spec: &Arc<WorkerSpec>,
+    runs: &mut Runs,
     delivery: Delivery,
-    timed: bool,
-) -> Result<impl std::future::Future<Output = Finished> + Send + 'static, Box<Refused>> {
+) -> Result<Option<Finished>, Box<Refused>> {
     if delivery.attempt > spec.max_attempts {
         let reason = format!(
             "delivered {} times without being acknowledged (the handler crashed, hung, or its worker was killed each time); at most {} attempts are allowed",
@@ -308,9 +310,24 @@ fn start(
             group: spec.group_name.clone(),
         },
     };
-    let (envelope, fut) = match spec.handler.handler.call(call) {
-        Ok(started) => started,
+    let mut span = None;
+    let (index, slot) = runs.acquire();
+    let started = slot.start(call, &mut |envelope| {
+        let (s, handling) = crate::trace::process(crate::trace::Delivered {
+            transport: bus.transport().name(),
+            group: &spec.group_name,
+            handler: &spec.group.handler,
+            envelope,
+            attempt: delivery.attempt,
+            parent: bus.process_parent(),
+        });
+        span = Some(s);
+        handling
+    });
+    let envelope = match started {
+        Ok(envelope) => envelope,
         Err(e) => {
+            runs.release(index);
             // What the decoder could read of the event (its type and id
             // even when another attribute is broken).
             let read = e
@@ -323,37 +340,15 @@ fn start(
             }));
         }
     };
-    let fut = if spec.skip.contains(&envelope.event_type()) {
-        Box::pin(async { Ok(()) })
-    } else {
-        fut
-    };
-    let (span, fut) = crate::trace::process(
-        crate::trace::Delivered {
-            transport: bus.transport().name(),
-            group: &spec.group_name,
-            handler: &spec.group.handler,
-            envelope: &envelope,
-            attempt: delivery.attempt,
-            parent: bus.process_parent(),
-        },
-        fut,
-    );
-    let (timeout, max_attempts) = (spec.timeout, spec.max_attempts);
-    // Timed for `messaging.process.duration` (two clock reads per event).
-    let _ = timed;
-    let begun = Some(tokio::time::Instant::now());
-    Ok(async move {
-        let outcome = match timeout {
-            None => fut.instrument(span.clone()).await,
-            Some(t) => match tokio::time::timeout(t, fut.instrument(span.clone())).await {
-                Ok(o) => o,
-                Err(_) => Err(Failure::Error(format!("handler timed out after {t:?}"))),
-            },
-        };
-        crate::trace::settled(&span, &outcome, delivery.attempt, max_attempts);
-        (delivery, envelope, outcome, begun.map(|b| b.elapsed()))
-    })
+    let span = span.unwrap_or_else(tracing::Span::none);
+    if spec.skip.contains(&envelope.event_type()) {
+        runs.release(index);
+        let outcome = Ok(());
+        crate::trace::settled(&span, &outcome, delivery.attempt, spec.max_attempts);
+        return Ok(Some((delivery, envelope, outcome, Duration::ZERO)));
+    }
+    runs.begin(index, delivery, envelope, span);
+    Ok(None)
 }
 
 fn settle(
@@ -362,16 +357,14 @@ fn settle(
     delivery: Delivery,
     envelope: Envelope,
     outcome: Outcome,
-    took: Option<Duration>,
+    took: Duration,
 ) -> Settle {
-    if let Some(took) = took {
-        spec.metrics.processed(
-            &spec.group_name,
-            envelope.event_type(),
-            outcome.is_ok(),
-            took,
-        );
-    }
+    spec.metrics.processed(
+        &spec.group_name,
+        envelope.event_type(),
+        outcome.is_ok(),
+        took,
+    );
     match outcome {
         Ok(()) => Settle::Ack(delivery.id),
         Err(Failure::Error(error)) => {
