@@ -518,7 +518,12 @@ async fn raw_e2e<P: Payload>(env: &Env<P>, n: usize) -> anyhow::Result<Sample> {
 
 /// `bus.publish_batch` of 100, one call at a time (`concurrent` = false), or
 /// `CONCURRENT` tasks each calling `bus.publish` for one event at a time.
-async fn bus_publish<P: Payload>(env: &Env<P>, n: usize, mode: &str, concurrent: bool) -> anyhow::Result<Sample> {
+async fn bus_publish<P: Payload>(
+    env: &Env<P>,
+    n: usize,
+    mode: &str,
+    concurrent: bool,
+) -> anyhow::Result<Sample> {
     let prefix = env.unique("pub");
     let bus = env.bus(&prefix, mode, None).await?;
     // The first publish of a type registers it; keep that out of the timing.
@@ -596,7 +601,11 @@ async fn raw_publish<P: Payload>(env: &Env<P>, n: usize, command: &str) -> anyho
 
 /// Raw: `CONCURRENT` tasks, each sending one XADD (or PUBLISH) at a time on
 /// a shared multiplexed connection (which pipelines them on the wire).
-async fn raw_concurrent<P: Payload>(env: &Env<P>, n: usize, command: &'static str) -> anyhow::Result<Sample> {
+async fn raw_concurrent<P: Payload>(
+    env: &Env<P>,
+    n: usize,
+    command: &'static str,
+) -> anyhow::Result<Sample> {
     let key = env.unique("raw-tasks");
     let conn = env.raw.get_multiplexed_async_connection().await?;
     let per = n / CONCURRENT;
@@ -1034,7 +1043,9 @@ impl Opts {
                         .map(|k| match k.trim() {
                             Tick::KEY => Ok(Tick::KEY),
                             Order::KEY => Ok(Order::KEY),
-                            other => bail!("unknown payload `{other}`; tick or order (or tick,order)"),
+                            other => {
+                                bail!("unknown payload `{other}`; tick or order (or tick,order)")
+                            }
                         })
                         .collect::<anyhow::Result<_>>()?;
                 }

@@ -1200,8 +1200,7 @@ fn put_str(buf: &mut Vec<u8>, name: &str, s: &str) -> Result<(), serde_json::Err
 /// the same order as cloudevents-sdk, attributes copied without an escaping
 /// pass when they need none, `data` from the payload's own `Serialize`.
 pub fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json::Error> {
-    // Attributes take ~230 bytes; most payloads fit in the rest.
-    let mut buf = Vec::with_capacity(512);
+    let mut buf = Vec::with_capacity(size_hint());
     buf.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
     let mut id_buf = uuid::Uuid::encode_buffer();
     buf.extend_from_slice(stamp.id.hyphenated().encode_lower(&mut id_buf).as_bytes());
@@ -1246,7 +1245,22 @@ pub fn encode<E: Event>(event: &E, stamp: Stamp<'_>) -> Result<Bytes, serde_json
     buf.extend_from_slice(b",\"data\":");
     serde_json::to_writer(&mut buf, event)?;
     buf.push(b'}');
+    LAST_SIZE.set(buf.len());
     Ok(Bytes::from(buf))
+}
+
+thread_local! {
+    /// The size of the last event this thread encoded.
+    static LAST_SIZE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The capacity to encode an event into: the last one's size and a
+/// margin, as a thread tends to publish the same types over and over (a
+/// buffer that grows is copied; one far too large keeps its slack for as
+/// long as the message is queued). Attributes alone take ~230 bytes.
+fn size_hint() -> usize {
+    let last = LAST_SIZE.get();
+    (last + last / 8 + 16).clamp(384, 64 * 1024)
 }
 
 /// Writes a `cloudevents::Event` as structured-mode JSON.

@@ -23,6 +23,9 @@ use crate::trace::{TRACEPARENT, TRACESTATE, TraceContext, TraceParentError};
 enum Text {
     At(u32, u32),
     Owned(Box<str>),
+    /// A name the program knows (the handler's event type), equal to the
+    /// message's text: read without checking the bytes again.
+    Static(&'static str),
 }
 
 impl Text {
@@ -46,6 +49,7 @@ impl Text {
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .unwrap_or(""),
             Text::Owned(s) => s,
+            Text::Static(s) => s,
         }
     }
 }
@@ -107,6 +111,23 @@ impl Envelope {
         // of the same buffer.
         let envelope = Envelope::new(payload.clone(), &attrs);
         Ok(envelope)
+    }
+
+    /// When the event's `type` is `known` (the type a typed handler
+    /// decoded it as), reads it from there from now on: [`Envelope::event_type`]
+    /// is then a field access, not a check of the message's bytes.
+    pub fn with_known_type(mut self, known: &'static str) -> Self {
+        let same = match &self.ty {
+            Text::At(start, end) => {
+                self.payload.get(*start as usize..*end as usize) == Some(known.as_bytes())
+            }
+            Text::Owned(s) => &**s == known,
+            Text::Static(s) => *s == known,
+        };
+        if same {
+            self.ty = Text::Static(known);
+        }
+        self
     }
 
     /// The message exactly as received.
@@ -248,5 +269,20 @@ mod tests {
         assert_eq!(env.extension("data"), None);
         let cloned = env.clone();
         assert_eq!(cloned.id(), "a-1");
+    }
+
+    #[test]
+    fn a_known_type_is_read_from_the_program_only_when_it_is_the_same() {
+        let payload = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"a-1","type":"review_created","source":"/s","data":{}}"#,
+        );
+        let env = Envelope::parse(payload.clone()).unwrap();
+        let known = env.clone().with_known_type("review_created");
+        assert!(matches!(known.ty, Text::Static("review_created")));
+        assert_eq!(known.event_type(), "review_created");
+        // An alias (the message names an old type): kept as it is.
+        let other = env.with_known_type("review_approved");
+        assert!(matches!(other.ty, Text::At(..)));
+        assert_eq!(other.event_type(), "review_created");
     }
 }

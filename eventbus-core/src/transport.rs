@@ -474,8 +474,24 @@ pub trait Subscriber: Send + Sync {
     /// the future is dropped before it completes, nothing is lost.
     fn next(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>>>;
 
+    /// Appends to `out` up to `max` deliveries that are ready now, without
+    /// waiting and without a future (an in-process transport); returns how
+    /// many. The worker asks before it calls [`Subscriber::next`]; the
+    /// default has none ready.
+    fn next_now(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+        let _ = (max, out);
+        0
+    }
+
     /// Acknowledges finished deliveries (one round trip for the batch).
     fn ack<'a>(&'a self, ids: &'a [DeliveryId]) -> BoxFuture<'a, Result<()>>;
+
+    /// Acknowledges at once, without a future, when the transport can (an
+    /// in-process one); `None` means "use [`Subscriber::ack`]".
+    fn ack_now(&self, ids: &[DeliveryId]) -> Option<Result<()>> {
+        let _ = ids;
+        None
+    }
 
     /// Gives the delivery back, to be delivered again (attempt + 1) after `delay`.
     fn retry(&self, id: DeliveryId, delay: Duration) -> BoxFuture<'_, Result<()>>;

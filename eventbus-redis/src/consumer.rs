@@ -243,6 +243,33 @@ impl Consumer {
         Ok(entries.into_iter().map(Entry::into_delivery).collect())
     }
 
+    /// What is ready now, without waiting or a round trip: the pub/sub
+    /// messages already received (up to `max`, handed out as [`Consumer::read`]
+    /// does); always empty on Streams, whose entries are read from Redis.
+    pub fn read_now(&self, max: usize) -> Vec<Delivery> {
+        match &self.kind {
+            Kind::Streams(_) => Vec::new(),
+            Kind::PubSub(c) => c
+                .read_now(max)
+                .into_iter()
+                .map(Entry::into_delivery)
+                .collect(),
+        }
+    }
+
+    /// Acknowledges at once when that needs no round trip (pub/sub, where it
+    /// only releases the entries kept for `retry_later`); false on Streams:
+    /// use [`Consumer::ack`].
+    pub fn ack_now(&self, ids: &[DeliveryId]) -> bool {
+        match &self.kind {
+            Kind::Streams(_) => false,
+            Kind::PubSub(c) => {
+                c.ack(ids);
+                true
+            }
+        }
+    }
+
     /// Acknowledges handled entries, in one round trip (a no-op on Redis for
     /// pub/sub, where it only releases the entries kept for `retry_later`).
     pub async fn ack(&self, ids: &[DeliveryId]) -> Result<()> {

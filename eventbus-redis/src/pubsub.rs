@@ -16,7 +16,7 @@
 //! type; the consumer keeps the bytes as received, which is what a dead
 //! letter records and a replay publishes again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -144,6 +144,74 @@ impl ChannelFormats {
     }
 }
 
+/// The entries handed out and not settled, by sequence number: numbers are
+/// given in order, so the entries are a queue with holes where settled ones
+/// were (no tree to keep, no node to allocate per message).
+#[derive(Default)]
+struct HeldRing {
+    /// The number of `slots[0]`.
+    front: u64,
+    slots: std::collections::VecDeque<Option<Held>>,
+    /// Entries held (slots that are not holes).
+    live: usize,
+}
+
+impl HeldRing {
+    fn insert(&mut self, held: Held) {
+        let seq = held.entry.id.seq;
+        if self.slots.is_empty() {
+            self.front = seq;
+        }
+        // Numbers only grow; one below the queue (never given) is not kept.
+        let Some(at) = seq.checked_sub(self.front) else {
+            return;
+        };
+        let at = at as usize;
+        while self.slots.len() < at {
+            self.slots.push_back(None);
+        }
+        if at == self.slots.len() {
+            self.slots.push_back(Some(held));
+            self.live += 1;
+        } else if self.slots[at].replace(held).is_none() {
+            self.live += 1;
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Held> {
+        let at = usize::try_from(seq.checked_sub(self.front)?).ok()?;
+        let held = self.slots.get_mut(at)?.take()?;
+        self.live -= 1;
+        self.trim();
+        Some(held)
+    }
+
+    /// Releases the oldest entries beyond `max`; returns how many.
+    fn bound(&mut self, max: usize) -> u64 {
+        let mut released = 0;
+        while self.live > max {
+            if let Some(Some(_)) = self.slots.pop_front() {
+                self.live -= 1;
+                released += 1;
+            }
+            self.front += 1;
+        }
+        self.trim();
+        released
+    }
+
+    /// Drops the holes at the front.
+    fn trim(&mut self) {
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.front += 1;
+        }
+        if self.slots.is_empty() {
+            self.live = 0;
+        }
+    }
+}
+
 pub(crate) struct PubSubConsumer {
     client: Client,
     group: String,
@@ -151,7 +219,7 @@ pub(crate) struct PubSubConsumer {
     opts: ConsumerOptions,
     rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
     /// Entries handed out, kept for `retry_later` and `dead_letter` until acked.
-    held: Mutex<BTreeMap<u64, Held>>,
+    held: Mutex<HeldRing>,
     /// Entries whose retry is due (or will be), sent by timer tasks.
     retries_tx: mpsc::UnboundedSender<Held>,
     retries_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Held>>,
@@ -225,7 +293,7 @@ impl PubSubConsumer {
             group: group.to_owned(),
             opts,
             rx: tokio::sync::Mutex::new(rx),
-            held: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(HeldRing::default()),
             retries_tx,
             retries_rx: tokio::sync::Mutex::new(retries_rx),
             next_seq: AtomicU64::new(1),
@@ -256,12 +324,7 @@ impl PubSubConsumer {
         let mut out = Vec::new();
         {
             let mut retries = self.retries_rx.lock().await;
-            while out.len() < max {
-                match retries.try_recv() {
-                    Ok(e) => out.push(e),
-                    Err(_) => break,
-                }
-            }
+            self.due_retries(&mut retries, max, &mut out);
         }
         if out.is_empty() {
             let mut rx = self.rx.lock().await;
@@ -273,43 +336,101 @@ impl PubSubConsumer {
                         return Err(Error::Unsupported("the pub/sub subscriber stopped".into()));
                     }
                 }
-                Some(e) = retries.recv() => out.push(e),
+                Some(e) = retries.recv() => out.push(self.again(e)),
                 _ = tokio::time::sleep(self.opts.block) => {}
             }
-            for m in batch {
-                let received = Bytes::from(m.payload);
-                let (payload, original) = self.structured(&m.channel, received);
-                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-                out.push(Held {
-                    entry: Entry {
-                        id: EntryId {
-                            stream: PUBSUB_STREAM,
-                            ms: 0,
-                            seq,
-                        },
-                        event_type: m.channel.ty.clone(),
-                        payload,
-                        delivery_count: 1,
-                    },
-                    channel: m.channel,
-                    original,
-                });
+            out.extend(batch.into_iter().map(|m| self.held_of(m)));
+        }
+        Ok(self.hand_out(out))
+    }
+
+    /// What is buffered now, up to `max` entries, without waiting (empty
+    /// when another read holds the buffer).
+    pub(crate) fn read_now(&self, max: usize) -> Vec<Entry> {
+        let max = max.max(1);
+        let mut out = Vec::new();
+        if let Ok(mut retries) = self.retries_rx.try_lock() {
+            self.due_retries(&mut retries, max, &mut out);
+        }
+        if out.is_empty()
+            && let Ok(mut rx) = self.rx.try_lock()
+        {
+            while out.len() < max {
+                match rx.try_recv() {
+                    Ok(m) => out.push(self.held_of(m)),
+                    Err(_) => break,
+                }
             }
         }
-        if !out.is_empty() {
+        self.hand_out(out)
+    }
+
+    fn due_retries(
+        &self,
+        retries: &mut mpsc::UnboundedReceiver<Held>,
+        max: usize,
+        out: &mut Vec<Held>,
+    ) {
+        while out.len() < max {
+            match retries.try_recv() {
+                Ok(e) => out.push(self.again(e)),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// A retry handed out again, under a new sequence number (the held
+    /// entries are kept in the order of their numbers).
+    fn again(&self, mut held: Held) -> Held {
+        held.entry.id.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        held
+    }
+
+    fn held_of(&self, m: Message) -> Held {
+        let received = Bytes::from(m.payload);
+        let (payload, original) = self.structured(&m.channel, received);
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        Held {
+            entry: Entry {
+                id: EntryId {
+                    stream: PUBSUB_STREAM,
+                    ms: 0,
+                    seq,
+                },
+                event_type: m.channel.ty.clone(),
+                payload,
+                delivery_count: 1,
+            },
+            channel: m.channel,
+            original,
+        }
+    }
+
+    /// Keeps what is handed out for `retry_later` and `dead_letter` (up to
+    /// `pubsub_hold` entries), counted as delivered.
+    fn hand_out(&self, out: Vec<Held>) -> Vec<Entry> {
+        if out.is_empty() {
+            return Vec::new();
+        }
+        self.counters
+            .delivered
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        let mut held = self.held.lock().expect("not poisoned");
+        let entries = out
+            .into_iter()
+            .map(|h| {
+                let entry = h.entry.clone();
+                held.insert(h);
+                entry
+            })
+            .collect();
+        let released = held.bound(self.opts.pubsub_hold.max(1));
+        if released > 0 {
             self.counters
-                .delivered
-                .fetch_add(out.len() as u64, Ordering::Relaxed);
-            let mut held = self.held.lock().expect("not poisoned");
-            for h in &out {
-                held.insert(h.entry.id.seq, h.clone());
-            }
-            while held.len() > self.opts.pubsub_hold.max(1) {
-                held.pop_first();
-                self.counters.released.fetch_add(1, Ordering::Relaxed);
-            }
+                .released
+                .fetch_add(released, Ordering::Relaxed);
         }
-        Ok(out.into_iter().map(|h| h.entry).collect())
+        entries
     }
 
     /// The structured CloudEvent of a message received on `channel`, and
@@ -349,15 +470,15 @@ impl PubSubConsumer {
     pub(crate) fn ack(&self, ids: &[DeliveryId]) {
         let mut held = self.held.lock().expect("not poisoned");
         for id in ids {
-            held.remove(&EntryId::of(*id).seq);
+            held.remove(EntryId::of(*id).seq);
         }
     }
 
     /// Forgets the entries held for `retry_later`; returns how many.
     pub(crate) fn close(&self) -> u64 {
         let mut held = self.held.lock().expect("not poisoned");
-        let n = held.len() as u64;
-        held.clear();
+        let n = held.live as u64;
+        *held = HeldRing::default();
         n
     }
 
@@ -366,7 +487,7 @@ impl PubSubConsumer {
             .held
             .lock()
             .expect("not poisoned")
-            .remove(&id.seq)
+            .remove(id.seq)
             .ok_or_else(|| {
                 Error::Unsupported(format!(
                     "pub/sub entry {id} is no longer held (acked, or released because more than `pubsub_hold` entries were outstanding)"
@@ -385,11 +506,7 @@ impl PubSubConsumer {
     /// Records the entry in the DLQ with the bytes as received (not their
     /// wrapping) and the channel it came on.
     pub(crate) async fn dead_letter(&self, entry: &Entry, info: &DeadLetterInfo) -> Result<String> {
-        let held = self
-            .held
-            .lock()
-            .expect("not poisoned")
-            .remove(&entry.id.seq);
+        let held = self.held.lock().expect("not poisoned").remove(entry.id.seq);
         let dlq = self.client.keys().dlq();
         // An entry no longer held (released past `pubsub_hold`): its
         // wrapping, on the channel of its type.

@@ -419,8 +419,31 @@ impl Subscriber for RedisSubscriber {
         })
     }
 
+    fn next_now(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+        let batch = self.consumer.read_now(max);
+        if batch.is_empty() {
+            return 0;
+        }
+        let batch = match &self.pubsub {
+            None => batch,
+            Some(group) => {
+                let (keep, skip) = group.filter(batch);
+                // Pub/sub acks are local (they only release what is held).
+                self.consumer.ack_now(&skip);
+                keep
+            }
+        };
+        let n = batch.len();
+        out.extend(batch);
+        n
+    }
+
     fn ack<'a>(&'a self, ids: &'a [DeliveryId]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { Ok(self.consumer.ack(ids).await?) })
+    }
+
+    fn ack_now(&self, ids: &[DeliveryId]) -> Option<Result<()>> {
+        self.consumer.ack_now(ids).then_some(Ok(()))
     }
 
     fn retry(&self, id: DeliveryId, delay: Duration) -> BoxFuture<'_, Result<()>> {

@@ -154,6 +154,42 @@ fn memory_bus(c: &mut Criterion) {
     let raw_allocs = (allocs() - before) as f64 / BATCH as f64;
     println!("allocations per event: bus {bus_allocs:.2}, raw mpsc (json) {raw_allocs:.2}");
 
+    // The ratio, from interleaved rounds (the order flipping every round,
+    // as the machine may be shared): the median of the per-round ratios.
+    let rounds = 9;
+    let (mut vs_json, mut vs_typed) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut bus_t = Duration::ZERO;
+        let mut json_t = Duration::ZERO;
+        let mut typed_t = Duration::ZERO;
+        let mut measure = |which: usize| {
+            rt.block_on(async {
+                for _ in 0..5 {
+                    match which {
+                        0 => bus_t += run_bus(&bus, &counter, BATCH).await,
+                        1 => json_t += run_raw_json(BATCH).await,
+                        _ => typed_t += run_raw_typed(BATCH).await,
+                    }
+                }
+            })
+        };
+        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for which in order {
+            measure(which);
+        }
+        vs_json.push(json_t.as_secs_f64() / bus_t.as_secs_f64());
+        vs_typed.push(typed_t.as_secs_f64() / bus_t.as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "throughput vs raw, median of {rounds} interleaved rounds of 5 x {BATCH} events: eventbus memory = {:.2}x raw mpsc + serde_json (target >= 0.8x), {:.2}x raw mpsc of the struct",
+        median(vs_json),
+        median(vs_typed)
+    );
+
     let mut g = c.benchmark_group("memory_bus");
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);

@@ -175,7 +175,12 @@ impl Call<'_> {
             upcasts: self.upcasts,
         };
         let (attrs, arg) = A::decode(&incoming)?;
-        Ok((Envelope::new(Bytes::clone(self.payload), &attrs), arg))
+        let envelope = Envelope::new(Bytes::clone(self.payload), &attrs);
+        let envelope = match A::event_type() {
+            Some(ty) => envelope.with_known_type(ty),
+            None => envelope,
+        };
+        Ok((envelope, arg))
     }
 }
 

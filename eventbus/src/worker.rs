@@ -122,9 +122,11 @@ impl Settler<'_> {
         }
         match &self.tx {
             Some(tx) => {
-                if !self.acks.is_empty() {
+                // Acks that need no round trip (pub/sub) are done here.
+                if !self.acks.is_empty() && !matches!(self.sub.ack_now(&self.acks), Some(Ok(()))) {
                     let _ = tx.send(Settle::Acks(std::mem::take(&mut self.acks)));
                 }
+                self.acks.clear();
                 for cmd in self.others.drain(..) {
                     let _ = tx.send(cmd);
                 }
@@ -216,6 +218,22 @@ pub(crate) async fn run(
         };
         let room = (spec.concurrency + prefetch).saturating_sub(runs.running() + waiting.len());
         if reading && read.is_none() && room > 0 {
+            // What an in-process transport has ready is taken without a future.
+            let held = waiting.len();
+            if sub.next_now(room.min(MAX_BATCH), &mut waiting) > 0 {
+                let (old, new) = waiting.as_slices();
+                spec.metrics.consumed(
+                    &spec.group_name,
+                    bus.transport().name(),
+                    old.get(held..).unwrap_or(&[]),
+                );
+                spec.metrics.consumed(
+                    &spec.group_name,
+                    bus.transport().name(),
+                    &new[held.saturating_sub(old.len())..],
+                );
+                continue;
+            }
             read = Some(sub.next(room.min(MAX_BATCH)));
         }
         // Settle what finished (and what could not start) before waiting.
@@ -470,7 +488,10 @@ async fn execute(
     others: Vec<Settle>,
 ) {
     if !acks.is_empty() {
-        retrying(spec, "acknowledge", || sub.ack(acks)).await;
+        match sub.ack_now(acks) {
+            Some(Ok(())) => {}
+            _ => retrying(spec, "acknowledge", || sub.ack(acks)).await,
+        }
     }
     for cmd in others {
         match cmd {

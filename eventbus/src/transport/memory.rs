@@ -712,6 +712,31 @@ struct MemorySubscriber {
     private: bool,
 }
 
+impl MemorySubscriber {
+    /// Hands out up to `max` waiting messages (into `out`); how many.
+    fn take(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+        let mut f = self.group.in_flight.lock();
+        let mut q = self.group.queue.lock();
+        let n = q.ready.len().min(max);
+        for (msg, attempt) in q.ready.drain(..n) {
+            let id = f.next_id;
+            f.next_id += 1;
+            f.map.insert(id, (msg.clone(), attempt, self.me));
+            out.push_back(Delivery {
+                id: DeliveryId(u128::from(id)),
+                event_type: msg.event_type,
+                payload: msg.payload,
+                attempt,
+            });
+        }
+        if n > 0 && !q.ready.is_empty() {
+            // Let a competing subscriber take the rest.
+            self.group.notify.notify_one();
+        }
+        n
+    }
+}
+
 impl Subscriber for MemorySubscriber {
     fn settles_inline(&self) -> bool {
         true
@@ -724,39 +749,24 @@ impl Subscriber for MemorySubscriber {
                 let notified = self.group.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                {
-                    let mut f = self.group.in_flight.lock();
-                    let mut q = self.group.queue.lock();
-                    if !q.ready.is_empty() {
-                        let n = q.ready.len().min(max);
-                        let mut out = Vec::with_capacity(n);
-                        for _ in 0..n {
-                            let Some((msg, attempt)) = q.ready.pop_front() else {
-                                break;
-                            };
-                            let id = f.next_id;
-                            f.next_id += 1;
-                            f.map.insert(id, (msg.clone(), attempt, self.me));
-                            out.push(Delivery {
-                                id: DeliveryId(u128::from(id)),
-                                event_type: msg.event_type,
-                                payload: msg.payload,
-                                attempt,
-                            });
-                        }
-                        if !q.ready.is_empty() {
-                            // Let a competing subscriber take the rest.
-                            self.group.notify.notify_one();
-                        }
-                        return Ok(out);
-                    }
+                let mut out = std::collections::VecDeque::new();
+                if self.take(max, &mut out) > 0 {
+                    return Ok(out.into());
                 }
                 notified.await;
             }
         })
     }
 
+    fn next_now(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+        self.take(max, out)
+    }
+
     fn ack<'a>(&'a self, ids: &'a [DeliveryId]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(std::future::ready(self.ack_now(ids).unwrap_or(Ok(()))))
+    }
+
+    fn ack_now(&self, ids: &[DeliveryId]) -> Option<Result<()>> {
         let mut f = self.group.in_flight.lock();
         for id in ids {
             let id = id.0 as u64;
@@ -767,7 +777,7 @@ impl Subscriber for MemorySubscriber {
                 f.map.remove(&id);
             }
         }
-        Box::pin(std::future::ready(Ok(())))
+        Some(Ok(()))
     }
 
     fn retry(&self, id: DeliveryId, delay: Duration) -> BoxFuture<'_, Result<()>> {
