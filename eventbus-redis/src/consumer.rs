@@ -170,7 +170,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    fn into_delivery(self) -> Delivery {
+    pub(crate) fn into_delivery(self) -> Delivery {
         Delivery {
             id: DeliveryId(self.id.to_bits()),
             event_type: self.event_type.into(),

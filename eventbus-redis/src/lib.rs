@@ -31,6 +31,10 @@ pub use lease::LeaseOptions;
 pub use schedule::{SchedulerHandle, SchedulerOptions, TrimReport};
 pub use transport::RedisTransport;
 
+/// Not an API: entry points for `eventbus`'s instruction-count benches.
+#[doc(hidden)]
+pub use streams::__bench;
+
 /// The `cloudevents` crate (cloudevents-sdk) this crate speaks at its edges.
 pub use eventbus_core::cloudevents;
 /// The `redis` crate this one is built on, for [`Client::query`].

@@ -541,15 +541,7 @@ impl StreamConsumer {
     }
 
     fn hand_out(&self, rd: &mut Reader, max: usize) -> Vec<Entry> {
-        let n = max.min(rd.buffer.len());
-        let out: Vec<Entry> = rd.buffer.drain(..n).collect();
-        if !out.is_empty() {
-            let mut outstanding = self.outstanding.lock().expect("not poisoned");
-            outstanding.extend(out.iter().map(|e| e.id));
-            self.delivered
-                .fetch_add(out.len() as u64, Ordering::Relaxed);
-        }
-        out
+        hand_out(&mut rd.buffer, max, &self.outstanding, &self.delivered)
     }
 
     /// One round of: housekeeping, due retries, history, then a blocking read.
@@ -688,18 +680,14 @@ impl StreamConsumer {
             .map_err(|e| Failure::from_redis("XREADGROUP", e))?;
         rd.need_history = false;
         let mut skipped: HashMap<u32, Vec<String>> = HashMap::new();
-        for (key, entries) in stream_replies(reply) {
-            let Some(idx) = self.table().by_key.get(&key).copied() else {
-                continue;
-            };
-            for (id, fields) in entries {
-                match self.make_entry(rd, idx, &id, fields, 1) {
-                    Made::Entry(e) => rd.buffer.push_back(e),
-                    Made::Skip(id) => skipped.entry(idx).or_default().push(id),
-                    Made::Bad => {}
-                }
-            }
-        }
+        read_reply(
+            &self.table(),
+            self.filter.as_ref(),
+            &mut rd.interned,
+            reply,
+            &mut rd.buffer,
+            &mut skipped,
+        );
         if !skipped.is_empty() {
             // Django layout: entries of types this group does not consume.
             let mut pipe = redis::pipe();
@@ -722,73 +710,15 @@ impl StreamConsumer {
     }
 
     fn make_entry(&self, rd: &mut Reader, idx: u32, id: &[u8], fields: Value, count: u32) -> Made {
-        let Some(entry_id) = EntryId::parse(idx, id) else {
-            tracing::warn!(id = %String::from_utf8_lossy(id), "ignoring stream entry with an unparseable id");
-            return Made::Bad;
-        };
-        let kind = self.table().slots[idx as usize].kind.clone();
-        let mut cloud_event: Option<Vec<u8>> = None;
-        let mut data: Option<Vec<u8>> = None;
-        let mut ty: Option<Vec<u8>> = None;
-        let type_field: &[u8] = match kind {
-            SlotKind::Django => b"event_type",
-            _ => b"type",
-        };
-        for_each_field(fields, |name, value| {
-            if name == b"cloud_event" {
-                cloud_event = Some(value);
-            } else if name == b"data" {
-                data = Some(value);
-            } else if name == type_field {
-                ty = Some(value);
-            }
-        });
-        let event_type: Arc<str> = match kind {
-            SlotKind::Type(t) => t,
-            SlotKind::Django | SlotKind::Replay => {
-                let raw = ty.unwrap_or_default();
-                if let Some(filter) = &self.filter
-                    && matches!(kind, SlotKind::Django)
-                    && !filter.contains(&*String::from_utf8_lossy(&raw))
-                {
-                    return Made::Skip(entry_id.to_string());
-                }
-                match rd.interned.get(&raw) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t: Arc<str> = Arc::from(&*String::from_utf8_lossy(&raw));
-                        if rd.interned.len() < 10_000 {
-                            rd.interned.insert(raw, t.clone());
-                        }
-                        t
-                    }
-                }
-            }
-        };
-        let payload = match (cloud_event, data) {
-            (Some(ce), _) => Bytes::from(ce),
-            (None, Some(d)) => {
-                // The same id and time at every delivery of the entry.
-                let key = self.table().slots[idx as usize].key.clone();
-                let wrapped = match codec::entry_event_id(&key, &String::from_utf8_lossy(id)) {
-                    Some((eid, time)) => {
-                        codec::wrap_legacy_as(&event_type, &source_of(&event_type), &d, eid, time)
-                    }
-                    None => codec::wrap_legacy(&event_type, &source_of(&event_type), &d),
-                };
-                wrapped.unwrap_or_else(|| Bytes::from(d))
-            }
-            (None, None) => {
-                tracing::warn!(id = %entry_id, event_type = %eventbus_core::escape::Escaped(&event_type), "stream entry has neither `cloud_event` nor `data`");
-                Bytes::new()
-            }
-        };
-        Made::Entry(Entry {
-            id: entry_id,
-            event_type,
-            payload,
-            delivery_count: count,
-        })
+        make_entry(
+            &self.table(),
+            self.filter.as_ref(),
+            &mut rd.interned,
+            idx,
+            id,
+            fields,
+            count,
+        )
     }
 
     fn slot_for_key(&self, key: &str) -> u32 {
@@ -1147,10 +1077,7 @@ impl StreamConsumer {
             }
         })?;
         self.client.run_pipe::<()>("XACK", &pipe).await?;
-        let mut outstanding = self.outstanding.lock().expect("not poisoned");
-        for id in ids {
-            outstanding.remove(&EntryId::of(*id));
-        }
+        settled(&self.outstanding, ids);
         Ok(())
     }
 
@@ -1172,10 +1099,7 @@ impl StreamConsumer {
             }
         })?;
         self.client.run_pipe::<()>("ZADD", &pipe).await?;
-        let mut outstanding = self.outstanding.lock().expect("not poisoned");
-        for id in ids {
-            outstanding.remove(&EntryId::of(*id));
-        }
+        settled(&self.outstanding, ids);
         Ok(())
     }
 
@@ -1383,6 +1307,140 @@ return n
     )
 });
 
+// ---- entries --------------------------------------------------------------
+
+/// One entry of stream slot `idx` as the consumer hands it out (`Skip`: a
+/// django-layout entry of a type `filter` leaves out; `Bad`: an unparseable
+/// id). `interned` keeps the type names read from entries, one `Arc` each.
+fn make_entry(
+    table: &Table,
+    filter: Option<&HashSet<String>>,
+    interned: &mut HashMap<Vec<u8>, Arc<str>>,
+    idx: u32,
+    id: &[u8],
+    fields: Value,
+    count: u32,
+) -> Made {
+    let Some(entry_id) = EntryId::parse(idx, id) else {
+        tracing::warn!(id = %String::from_utf8_lossy(id), "ignoring stream entry with an unparseable id");
+        return Made::Bad;
+    };
+    let kind = table.slots[idx as usize].kind.clone();
+    let mut cloud_event: Option<Vec<u8>> = None;
+    let mut data: Option<Vec<u8>> = None;
+    let mut ty: Option<Vec<u8>> = None;
+    let type_field: &[u8] = match kind {
+        SlotKind::Django => b"event_type",
+        _ => b"type",
+    };
+    for_each_field(fields, |name, value| {
+        if name == b"cloud_event" {
+            cloud_event = Some(value);
+        } else if name == b"data" {
+            data = Some(value);
+        } else if name == type_field {
+            ty = Some(value);
+        }
+    });
+    let event_type: Arc<str> = match kind {
+        SlotKind::Type(t) => t,
+        SlotKind::Django | SlotKind::Replay => {
+            let raw = ty.unwrap_or_default();
+            if let Some(filter) = filter
+                && matches!(kind, SlotKind::Django)
+                && !filter.contains(&*String::from_utf8_lossy(&raw))
+            {
+                return Made::Skip(entry_id.to_string());
+            }
+            match interned.get(&raw) {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = Arc::from(&*String::from_utf8_lossy(&raw));
+                    if interned.len() < 10_000 {
+                        interned.insert(raw, t.clone());
+                    }
+                    t
+                }
+            }
+        }
+    };
+    let payload = match (cloud_event, data) {
+        (Some(ce), _) => Bytes::from(ce),
+        (None, Some(d)) => {
+            // The same id and time at every delivery of the entry.
+            let key = table.slots[idx as usize].key.clone();
+            let wrapped = match codec::entry_event_id(&key, &String::from_utf8_lossy(id)) {
+                Some((eid, time)) => {
+                    codec::wrap_legacy_as(&event_type, &source_of(&event_type), &d, eid, time)
+                }
+                None => codec::wrap_legacy(&event_type, &source_of(&event_type), &d),
+            };
+            wrapped.unwrap_or_else(|| Bytes::from(d))
+        }
+        (None, None) => {
+            tracing::warn!(id = %entry_id, event_type = %eventbus_core::escape::Escaped(&event_type), "stream entry has neither `cloud_event` nor `data`");
+            Bytes::new()
+        }
+    };
+    Made::Entry(Entry {
+        id: entry_id,
+        event_type,
+        payload,
+        delivery_count: count,
+    })
+}
+
+/// The entries of one `XREADGROUP` reply into `buffer`, in order; the ids of
+/// entries `filter` leaves out into `skipped` (per slot, to be acked). What
+/// the consumer does with every reply, and what [`__bench`] measures.
+fn read_reply(
+    table: &Table,
+    filter: Option<&HashSet<String>>,
+    interned: &mut HashMap<Vec<u8>, Arc<str>>,
+    reply: Value,
+    buffer: &mut VecDeque<Entry>,
+    skipped: &mut HashMap<u32, Vec<String>>,
+) {
+    for (key, entries) in stream_replies(reply) {
+        let Some(idx) = table.by_key.get(&key).copied() else {
+            continue;
+        };
+        for (id, fields) in entries {
+            match make_entry(table, filter, interned, idx, &id, fields, 1) {
+                Made::Entry(e) => buffer.push_back(e),
+                Made::Skip(id) => skipped.entry(idx).or_default().push(id),
+                Made::Bad => {}
+            }
+        }
+    }
+}
+
+/// Up to `max` entries of `buffer`, now outstanding (until acked, retried or
+/// dead-lettered) and counted as delivered.
+fn hand_out(
+    buffer: &mut VecDeque<Entry>,
+    max: usize,
+    outstanding: &Mutex<HashSet<EntryId>>,
+    delivered: &AtomicU64,
+) -> Vec<Entry> {
+    let n = max.min(buffer.len());
+    let out: Vec<Entry> = buffer.drain(..n).collect();
+    if !out.is_empty() {
+        let mut outstanding = outstanding.lock().expect("not poisoned");
+        outstanding.extend(out.iter().map(|e| e.id));
+        delivered.fetch_add(out.len() as u64, Ordering::Relaxed);
+    }
+    out
+}
+
+/// Entries settled (acked or handed back): no longer outstanding.
+fn settled(outstanding: &Mutex<HashSet<EntryId>>, ids: &[DeliveryId]) {
+    let mut outstanding = outstanding.lock().expect("not poisoned");
+    for id in ids {
+        outstanding.remove(&EntryId::of(*id));
+    }
+}
+
 // ---- reply parsing -------------------------------------------------------
 
 pub(crate) fn bulk_bytes(v: Value) -> Option<Vec<u8>> {
@@ -1471,5 +1529,76 @@ fn stream_replies(v: Value) -> Vec<(String, Vec<RawEntry>)> {
             .filter_map(|(k, v)| Some((bulk_string(k)?, entries_of(v))))
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// Not an API: the consumer's decoding of an `XREADGROUP` reply, without a
+/// connection, for `eventbus`'s instruction-count bench
+/// (`eventbus/benches/delivery_instructions.rs`). It runs the functions a
+/// [`Consumer`](crate::Consumer) of per-type streams runs on each reply, so
+/// the bench cannot drift from it.
+#[doc(hidden)]
+pub mod __bench {
+    use std::collections::{HashMap, HashSet, VecDeque};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
+
+    use redis::Value;
+
+    use super::{SlotKind, Table, hand_out, read_reply, settled};
+    use crate::consumer::{Entry, EntryId};
+    use eventbus_core::transport::{Delivery, DeliveryId};
+
+    /// A stream consumer's reply decoding state: its streams, interned type
+    /// names, read-ahead buffer and outstanding entries.
+    #[derive(Debug, Default)]
+    pub struct StreamReader {
+        table: Table,
+        interned: HashMap<Vec<u8>, std::sync::Arc<str>>,
+        buffer: VecDeque<Entry>,
+        outstanding: Mutex<HashSet<EntryId>>,
+        delivered: AtomicU64,
+    }
+
+    impl StreamReader {
+        /// A reader of per-type streams, given as `(stream key, event type)`.
+        pub fn new<'a>(streams: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+            let mut reader = StreamReader::default();
+            for (key, ty) in streams {
+                reader
+                    .table
+                    .add(key.to_owned(), SlotKind::Type(ty.into()), true);
+            }
+            reader
+        }
+
+        /// What `Consumer::read` returns for an `XREADGROUP` reply: its
+        /// entries as [`Delivery`]s, now outstanding.
+        pub fn deliveries_of_reply(&mut self, reply: Value) -> Vec<Delivery> {
+            let mut skipped = HashMap::new();
+            read_reply(
+                &self.table,
+                None,
+                &mut self.interned,
+                reply,
+                &mut self.buffer,
+                &mut skipped,
+            );
+            hand_out(
+                &mut self.buffer,
+                usize::MAX,
+                &self.outstanding,
+                &self.delivered,
+            )
+            .into_iter()
+            .map(Entry::into_delivery)
+            .collect()
+        }
+
+        /// The bookkeeping of an ack once Redis answered: the entries are no
+        /// longer outstanding.
+        pub fn acked(&self, ids: &[DeliveryId]) {
+            settled(&self.outstanding, ids);
+        }
     }
 }
