@@ -101,6 +101,11 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+#[path = "common/measure.rs"]
+#[allow(dead_code)]
+mod measure;
+use measure::{Lat, median, process_cpu_ns, rate};
+
 // ---- measurement ----------------------------------------------------------
 
 /// What a handler (or a raw consumer) saw: how many tasks, and their latencies.
@@ -187,29 +192,6 @@ async fn on_noop(task: NoopTask, ctx: Context) {
     ctx.state::<Arc<Probe>>().hit(task.1, latency);
 }
 
-/// Latency percentiles, in µs.
-#[derive(Debug, Clone, Copy)]
-struct Lat {
-    p50: u64,
-    p90: u64,
-    p99: u64,
-}
-
-impl Lat {
-    fn of(v: &mut [u64]) -> Option<Lat> {
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable();
-        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-        Some(Lat {
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-        })
-    }
-}
-
 /// One measurement of one side in one round.
 #[derive(Debug, Clone, Default)]
 struct Sample {
@@ -219,39 +201,6 @@ struct Sample {
     lat: Option<Lat>,
     /// CPU per task while draining, ns: this process, redis-server, the Python worker.
     cpu: (f64, f64, f64),
-}
-
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn median_u64(v: Vec<u64>) -> u64 {
-    median(v.into_iter().map(|x| x as f64).collect()) as u64
-}
-
-/// CPU time used so far by this process (every thread), in ns.
-fn process_cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// CPU time used so far by the processes of group `pgid` (the Celery
@@ -276,17 +225,6 @@ fn group_cpu_ns(pgid: u32) -> u64 {
         * 10_000_000
 }
 
-/// CPU time used so far by redis-server (`INFO cpu`), in ns.
-async fn server_cpu_ns(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
-    Ok(info
-        .lines()
-        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
-        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
-        .map(|secs| (secs * 1e9) as u64)
-        .sum())
-}
-
 /// CPU counters at the start of a timed drain.
 struct CpuMark {
     ours: u64,
@@ -299,7 +237,7 @@ impl CpuMark {
         let mut conn = env.conn.clone();
         Ok(CpuMark {
             ours: process_cpu_ns(),
-            redis: server_cpu_ns(&mut conn).await?,
+            redis: measure::redis_cpu_ns(&mut conn).await?,
             python: env.python_pid.map_or(0, group_cpu_ns),
         })
     }
@@ -1036,14 +974,9 @@ fn lat_cell(l: Option<Lat>) -> String {
 }
 
 fn summarize(samples: &[Sample]) -> Sample {
-    let lats: Vec<Lat> = samples.iter().filter_map(|s| s.lat).collect();
     Sample {
         rate: median(samples.iter().map(|s| s.rate).collect()),
-        lat: (!lats.is_empty()).then(|| Lat {
-            p50: median_u64(lats.iter().map(|l| l.p50).collect()),
-            p90: median_u64(lats.iter().map(|l| l.p90).collect()),
-            p99: median_u64(lats.iter().map(|l| l.p99).collect()),
-        }),
+        lat: Lat::median_of(samples.iter().map(|s| s.lat)),
         cpu: (
             median(samples.iter().map(|s| s.cpu.0).collect()),
             median(samples.iter().map(|s| s.cpu.1).collect()),

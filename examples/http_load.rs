@@ -130,30 +130,12 @@ impl Payload {
     }
 }
 
+#[path = "common/measure.rs"]
+#[allow(dead_code)]
+mod measure;
+use measure::{Lat, median, ms, threads_cpu_ns};
+
 // ---- measurement ----------------------------------------------------------
-
-/// Latency percentiles, in ns.
-#[derive(Debug, Clone, Copy)]
-struct Lat {
-    p50: u64,
-    p99: u64,
-    max: u64,
-}
-
-impl Lat {
-    fn of(v: &mut [u64]) -> Option<Lat> {
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable();
-        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-        Some(Lat {
-            p50: at(0.50),
-            p99: at(0.99),
-            max: v[v.len() - 1],
-        })
-    }
-}
 
 /// One measurement of one side (raw or eventbus) in one round.
 #[derive(Debug, Clone, Default)]
@@ -165,53 +147,6 @@ struct Sample {
     /// CPU time per event of the server threads, of the client threads and
     /// of redis-server, in ns.
     cpu: (f64, f64, f64),
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn median_u64(v: Vec<u64>) -> u64 {
-    median(v.into_iter().map(|x| x as f64).collect()) as u64
-}
-
-/// CPU time used so far by this process's threads whose name starts with
-/// `name`, in ns.
-fn threads_cpu_ns(name: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if !comm.starts_with(name) {
-                return None;
-            }
-            let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
-            stat.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
-/// CPU time used so far by redis-server (`INFO cpu`), in ns.
-async fn server_cpu_ns(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
-    Ok(info
-        .lines()
-        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
-        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
-        .map(|secs| (secs * 1e9) as u64)
-        .sum())
 }
 
 // ---- the raw service --------------------------------------------------------
@@ -781,10 +716,6 @@ impl Opts {
     }
 }
 
-fn ms(ns: u64) -> String {
-    format!("{:.2}", ns as f64 / 1e6)
-}
-
 fn lat_cell(l: Option<Lat>) -> String {
     match l {
         Some(l) => format!("{}/{}/{}", ms(l.p50), ms(l.p99), ms(l.max)),
@@ -794,14 +725,9 @@ fn lat_cell(l: Option<Lat>) -> String {
 
 /// The median of each figure over the rounds.
 fn summarize(samples: &[Sample]) -> Sample {
-    let lats: Vec<Lat> = samples.iter().filter_map(|s| s.lat).collect();
     Sample {
         rate: median(samples.iter().map(|s| s.rate).collect()),
-        lat: (!lats.is_empty()).then(|| Lat {
-            p50: median_u64(lats.iter().map(|l| l.p50).collect()),
-            p99: median_u64(lats.iter().map(|l| l.p99).collect()),
-            max: median_u64(lats.iter().map(|l| l.max).collect()),
-        }),
+        lat: Lat::median_of(samples.iter().map(|s| s.lat)),
         cpu: (
             median(samples.iter().map(|s| s.cpu.0).collect()),
             median(samples.iter().map(|s| s.cpu.1).collect()),
@@ -905,7 +831,7 @@ async fn measure(env: &Env, opts: &Opts, url: &str) -> anyhow::Result<()> {
                 let (server0, client0, redis0) = (
                     threads_cpu_ns("server"),
                     threads_cpu_ns("client"),
-                    server_cpu_ns(&mut redis).await?,
+                    measure::redis_cpu_ns(&mut redis).await?,
                 );
                 let mut sample = s.run(env, opts, raw).await.with_context(|| {
                     format!("{} ({})", s.key(), if raw { "raw" } else { "eventbus" })
@@ -913,7 +839,7 @@ async fn measure(env: &Env, opts: &Opts, url: &str) -> anyhow::Result<()> {
                 let (server1, client1, redis1) = (
                     threads_cpu_ns("server"),
                     threads_cpu_ns("client"),
-                    server_cpu_ns(&mut redis).await?,
+                    measure::redis_cpu_ns(&mut redis).await?,
                 );
                 let n = s.events(opts) as f64;
                 sample.cpu = (

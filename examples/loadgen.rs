@@ -419,8 +419,9 @@ async fn bus_e2e<P: Payload>(env: &Env<P>, n: usize) -> anyhow::Result<Sample> {
     let probe = Probe::new(n);
     let bus = env.bus(&prefix, "streams", Some(probe.clone())).await?;
     let mut conn = env.raw.get_multiplexed_async_connection().await?;
-    let running = bus.spawn();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut running = bus.spawn();
+    // Every subscription is live (and a pub/sub group holds its lease).
+    running.ready().await?;
     let start = Instant::now();
     let mut seq = 0;
     while seq < n as u64 {
@@ -692,7 +693,10 @@ async fn bus_pubsub_deliver<P: Payload>(env: &Env<P>, n: usize) -> anyhow::Resul
     let prefix = env.unique("ps");
     let probe = Probe::new(n);
     let bus = env.bus(&prefix, "pubsub", Some(probe.clone())).await?;
-    let running = bus.spawn();
+    let mut running = bus.spawn();
+    // Subscribed, and the group's lease taken: a pub/sub group handles what
+    // is published after its lease marker (see `eventbus_redis::lease`).
+    running.ready().await?;
     wait_subscribed(env, &format!("{prefix}:{}", P::TYPE)).await?;
     let start_ns = now_ns();
     let mut seq = 0;
@@ -752,8 +756,9 @@ async fn bus_latency<P: Payload>(env: &Env<P>, n: usize, rate: u64) -> anyhow::R
     let prefix = env.unique("lat");
     let probe = Probe::new(n);
     let bus = env.bus(&prefix, "streams", Some(probe.clone())).await?;
-    let running = bus.spawn();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut running = bus.spawn();
+    // Every subscription is live (and a pub/sub group holds its lease).
+    running.ready().await?;
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
     for i in 0..n {

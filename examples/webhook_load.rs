@@ -100,28 +100,12 @@ const PER_SINK: usize = 4;
 const PUBLISH_BATCH: usize = 100;
 const PUBLISH_REPS: usize = 9;
 
+#[path = "common/measure.rs"]
+#[allow(dead_code)]
+mod measure;
+use measure::{Lat, median, ms, threads_cpu_ns};
+
 // ---- measurement ----------------------------------------------------------
-
-/// Latency percentiles, in ns.
-#[derive(Debug, Clone, Copy)]
-struct Lat {
-    p50: u64,
-    p99: u64,
-}
-
-impl Lat {
-    fn of(v: &mut [u64]) -> Option<Lat> {
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable();
-        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-        Some(Lat {
-            p50: at(0.50),
-            p99: at(0.99),
-        })
-    }
-}
 
 /// One measurement of one side in one round.
 #[derive(Debug, Clone, Default)]
@@ -135,46 +119,6 @@ struct Sample {
     /// CPU per delivery of the client threads (hub or raw loop) and of the
     /// sinks' threads, in ns.
     cpu: (f64, f64),
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn median_lat(v: Vec<Option<Lat>>) -> Option<Lat> {
-    let v: Vec<Lat> = v.into_iter().flatten().collect();
-    (!v.is_empty()).then(|| Lat {
-        p50: median(v.iter().map(|l| l.p50 as f64).collect()) as u64,
-        p99: median(v.iter().map(|l| l.p99 as f64).collect()) as u64,
-    })
-}
-
-/// CPU time used so far by this process's threads whose name starts with
-/// `name`, in ns.
-fn threads_cpu_ns(name: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if !comm.starts_with(name) {
-                return None;
-            }
-            let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
-            stat.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
 }
 
 // ---- the sinks --------------------------------------------------------------
@@ -598,10 +542,6 @@ impl Opts {
     }
 }
 
-fn ms(ns: u64) -> String {
-    format!("{:.2}", ns as f64 / 1e6)
-}
-
 fn lat_cell(l: Option<Lat>) -> String {
     match l {
         Some(l) => format!("{}/{}", ms(l.p50), ms(l.p99)),
@@ -721,9 +661,9 @@ async fn run(opts: &Opts, sink_rt: &tokio::runtime::Handle) -> anyhow::Result<()
             median(raw.iter().map(|s| s.rate).collect()),
             ratio,
             target,
-            lat_cell(median_lat(ours.iter().map(|s| s.cycle).collect())),
-            lat_cell(median_lat(raw.iter().map(|s| s.cycle).collect())),
-            lat_cell(median_lat(raw.iter().map(|s| s.client).collect())),
+            lat_cell(Lat::median_of(ours.iter().map(|s| s.cycle))),
+            lat_cell(Lat::median_of(raw.iter().map(|s| s.cycle))),
+            lat_cell(Lat::median_of(raw.iter().map(|s| s.client))),
         );
         cpu_lines.push(format!(
             "{:<22} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
