@@ -624,3 +624,64 @@ async fn run_subscriber(
         tokio::time::sleep(delay).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(seq: u64) -> Held {
+        let channel = Arc::new(Channel {
+            name: "review_created".into(),
+            ty: Arc::from("review_created"),
+            seen: AtomicU8::new(0),
+        });
+        Held {
+            entry: Entry {
+                id: EntryId {
+                    stream: PUBSUB_STREAM,
+                    ms: 0,
+                    seq,
+                },
+                event_type: channel.ty.clone(),
+                payload: Bytes::from(format!("{{\"n\":{seq}}}")),
+                delivery_count: 1,
+            },
+            channel,
+            original: None,
+        }
+    }
+
+    #[test]
+    fn held_entries_are_found_by_number_until_settled_and_the_oldest_go_past_the_bound() {
+        let mut ring = HeldRing::default();
+        for seq in 1..=5 {
+            ring.insert(held(seq));
+        }
+        assert_eq!(ring.live, 5);
+        // Settled out of order: a hole in the middle, then the front.
+        assert_eq!(ring.remove(3).map(|h| h.entry.id.seq), Some(3));
+        assert!(ring.remove(3).is_none(), "settled twice");
+        assert_eq!(ring.remove(1).map(|h| h.entry.id.seq), Some(1));
+        assert_eq!((ring.front, ring.live), (2, 3));
+        // Beyond the bound the oldest held go (counted), holes are not counted.
+        for seq in 6..=8 {
+            ring.insert(held(seq));
+        }
+        assert_eq!(ring.bound(4), 2, "2 and 4 released");
+        assert!(ring.remove(2).is_none() && ring.remove(4).is_none());
+        assert_eq!(ring.live, 4);
+        for seq in [5, 6, 7, 8] {
+            assert_eq!(ring.remove(seq).map(|h| h.entry.id.seq), Some(seq));
+        }
+        assert_eq!((ring.live, ring.slots.len()), (0, 0));
+        // Numbers never given, or below the queue, are not there.
+        assert!(ring.remove(0).is_none() && ring.remove(100).is_none());
+        // A gap in the numbers (a retry renumbered past others) is kept in order.
+        ring.insert(held(20));
+        ring.insert(held(23));
+        assert_eq!(ring.live, 2);
+        assert_eq!(ring.remove(23).map(|h| h.entry.id.seq), Some(23));
+        assert_eq!(ring.remove(20).map(|h| h.entry.id.seq), Some(20));
+        assert_eq!(ring.live, 0);
+    }
+}
