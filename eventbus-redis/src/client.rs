@@ -43,6 +43,10 @@ pub(crate) struct Inner {
     /// What this client's pub/sub consumers received on each channel.
     pub(crate) formats: ChannelFormats,
     pub(crate) scheduler_wake: tokio::sync::Notify,
+    /// The connection of the consumers' acknowledgements, made at the first
+    /// one: apart from the publishes, so an ack never waits behind a large
+    /// publish pipeline (nor a publish behind acks).
+    settle: tokio::sync::OnceCell<Conn>,
 }
 
 impl fmt::Debug for Client {
@@ -99,6 +103,7 @@ impl Client {
                 targets: RwLock::new(HashMap::new()),
                 formats: ChannelFormats::default(),
                 scheduler_wake: tokio::sync::Notify::new(),
+                settle: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -142,8 +147,35 @@ impl Client {
         op: &'static str,
         pipe: &redis::Pipeline,
     ) -> Result<T> {
-        let conn = self.conn();
-        conn::retry(op, self.options().reconnect_for, || {
+        Self::pipe_on(self.conn(), self.options().reconnect_for, op, pipe).await
+    }
+
+    /// [`Client::run_pipe`] on the acknowledgements' connection.
+    pub(crate) async fn run_settle_pipe<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        let conn = self
+            .inner
+            .settle
+            .get_or_try_init(|| {
+                self.inner
+                    .connector
+                    .connect(self.inner.connector.options().response_timeout)
+            })
+            .await?
+            .clone();
+        Self::pipe_on(conn, self.options().reconnect_for, op, pipe).await
+    }
+
+    async fn pipe_on<T: redis::FromRedisValue>(
+        conn: Conn,
+        reconnect_for: std::time::Duration,
+        op: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        conn::retry(op, reconnect_for, || {
             let mut c = conn.clone();
             async move { pipe.query_async::<T>(&mut c).await }
         })

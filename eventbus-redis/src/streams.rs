@@ -1076,7 +1076,7 @@ impl StreamConsumer {
                 pipe.cmd("XDEL").arg(key).arg(ids).ignore();
             }
         })?;
-        self.client.run_pipe::<()>("XACK", &pipe).await?;
+        self.client.run_settle_pipe::<()>("XACK", &pipe).await?;
         settled(&self.outstanding, ids);
         Ok(())
     }
