@@ -1,7 +1,9 @@
 //! Connections: one multiplexed, self-reconnecting connection shared by every
 //! non-blocking command (single server: `ConnectionManager`; cluster:
-//! `cluster_async::ClusterConnection`), dedicated ones for blocking reads and
-//! for pub/sub, and the retry-with-backoff used around every command.
+//! `cluster_async::ClusterConnection`), one more of the same kind for the
+//! consumers' acknowledgements (apart from the publish pipelines), dedicated
+//! ones for blocking reads and for pub/sub, and the retry-with-backoff used
+//! around every command.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
