@@ -478,7 +478,7 @@ pub trait Subscriber: Send + Sync {
     /// waiting and without a future (an in-process transport); returns how
     /// many. The worker asks before it calls [`Subscriber::next`]; the
     /// default has none ready.
-    fn next_now(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+    fn next_now(&self, max: usize, out: &mut Vec<Delivery>) -> usize {
         let _ = (max, out);
         0
     }

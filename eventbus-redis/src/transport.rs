@@ -394,6 +394,18 @@ impl PubSubGroup {
     }
 }
 
+impl RedisSubscriber {
+    /// The deliveries of `batch` this subscriber handles, and the ids of the
+    /// others, to acknowledge (pub/sub lease markers, events another
+    /// instance of the group handles).
+    fn mine(&self, batch: Vec<Delivery>) -> (Vec<Delivery>, Vec<DeliveryId>) {
+        match &self.pubsub {
+            None => (batch, Vec::new()),
+            Some(group) => group.filter(batch),
+        }
+    }
+}
+
 impl Subscriber for RedisSubscriber {
     fn next(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>>> {
         Box::pin(async move {
@@ -401,17 +413,10 @@ impl Subscriber for RedisSubscriber {
             // read again. A failed read (after the binding's reconnects) goes
             // back to the worker, the one owner of read retries.
             loop {
-                let batch = self.consumer.read(max).await?;
-                let batch = match &self.pubsub {
-                    None => batch,
-                    Some(group) => {
-                        let (keep, skip) = group.filter(batch);
-                        if !skip.is_empty() {
-                            self.consumer.ack(&skip).await?;
-                        }
-                        keep
-                    }
-                };
+                let (batch, skip) = self.mine(self.consumer.read(max).await?);
+                if !skip.is_empty() {
+                    self.consumer.ack(&skip).await?;
+                }
                 if !batch.is_empty() {
                     return Ok(batch);
                 }
@@ -419,20 +424,14 @@ impl Subscriber for RedisSubscriber {
         })
     }
 
-    fn next_now(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+    fn next_now(&self, max: usize, out: &mut Vec<Delivery>) -> usize {
         let batch = self.consumer.read_now(max);
         if batch.is_empty() {
             return 0;
         }
-        let batch = match &self.pubsub {
-            None => batch,
-            Some(group) => {
-                let (keep, skip) = group.filter(batch);
-                // Pub/sub acks are local (they only release what is held).
-                self.consumer.ack_now(&skip);
-                keep
-            }
-        };
+        let (batch, skip) = self.mine(batch);
+        // Pub/sub acks are local (they only release what is held).
+        self.consumer.ack_now(&skip);
         let n = batch.len();
         out.extend(batch);
         n

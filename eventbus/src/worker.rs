@@ -185,6 +185,8 @@ pub(crate) async fn run(
     );
     // Read and not started yet (prefetch).
     let mut waiting: VecDeque<Delivery> = VecDeque::new();
+    // What `next_now` hands over, on its way to `waiting` (kept for reuse).
+    let mut ready: Vec<Delivery> = Vec::new();
     let mut run_time = RunTime { ns: None };
     let prefetching = !sub.settles_inline();
     let mut reading = true;
@@ -218,20 +220,12 @@ pub(crate) async fn run(
         };
         let room = (spec.concurrency + prefetch).saturating_sub(runs.running() + waiting.len());
         if reading && read.is_none() && room > 0 {
-            // What an in-process transport has ready is taken without a future.
-            let held = waiting.len();
-            if sub.next_now(room.min(MAX_BATCH), &mut waiting) > 0 {
-                let (old, new) = waiting.as_slices();
-                spec.metrics.consumed(
-                    &spec.group_name,
-                    bus.transport().name(),
-                    old.get(held..).unwrap_or(&[]),
-                );
-                spec.metrics.consumed(
-                    &spec.group_name,
-                    bus.transport().name(),
-                    &new[held.saturating_sub(old.len())..],
-                );
+            // What is ready already (in-process, or buffered) is taken
+            // without a future.
+            if sub.next_now(room.min(MAX_BATCH), &mut ready) > 0 {
+                spec.metrics
+                    .consumed(&spec.group_name, bus.transport().name(), &ready);
+                waiting.extend(ready.drain(..));
                 continue;
             }
             read = Some(sub.next(room.min(MAX_BATCH)));

@@ -714,7 +714,7 @@ struct MemorySubscriber {
 
 impl MemorySubscriber {
     /// Hands out up to `max` waiting messages (into `out`); how many.
-    fn take(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+    fn take(&self, max: usize, out: &mut Vec<Delivery>) -> usize {
         let mut f = self.group.in_flight.lock();
         let mut q = self.group.queue.lock();
         let n = q.ready.len().min(max);
@@ -722,7 +722,7 @@ impl MemorySubscriber {
             let id = f.next_id;
             f.next_id += 1;
             f.map.insert(id, (msg.clone(), attempt, self.me));
-            out.push_back(Delivery {
+            out.push(Delivery {
                 id: DeliveryId(u128::from(id)),
                 event_type: msg.event_type,
                 payload: msg.payload,
@@ -749,16 +749,16 @@ impl Subscriber for MemorySubscriber {
                 let notified = self.group.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let mut out = std::collections::VecDeque::new();
+                let mut out = Vec::new();
                 if self.take(max, &mut out) > 0 {
-                    return Ok(out.into());
+                    return Ok(out);
                 }
                 notified.await;
             }
         })
     }
 
-    fn next_now(&self, max: usize, out: &mut std::collections::VecDeque<Delivery>) -> usize {
+    fn next_now(&self, max: usize, out: &mut Vec<Delivery>) -> usize {
         self.take(max, out)
     }
 
